@@ -1,0 +1,658 @@
+//! The configuration file: parsing, validation and provider presets.
+//!
+//! `Config::from_str` is pure (text in, config or error out) so that every
+//! case is a unit test; `Config::from_path` adds the file name to errors and
+//! warns about loose permissions. Every error names the line and column.
+//! This module never touches the network, the state folder or the bus.
+
+use crate::secret::{ClientSecret, SecretSource, warn_if_readable_by_others};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use toml::Spanned;
+use url::Url;
+
+/// A parsed, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub consumers: BTreeMap<String, Arc<Consumer>>,
+    pub installations: BTreeMap<String, Installation>,
+}
+
+/// The `[daemon]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Refresh this long before expiry; `None` derives it from the lifetime.
+    pub refresh_margin: Option<Duration>,
+}
+
+/// One `[consumers.NAME]` table with its preset applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub name: String,
+    pub provider: Option<Preset>,
+    pub token_url: Url,
+    pub auth_url: Option<Url>,
+    pub revoke_url: Option<Url>,
+    pub client_id: String,
+    pub secret: SecretSource,
+    pub redirect_uri: Option<Url>,
+    pub client_auth: ClientAuth,
+}
+
+/// One `[installations.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installation {
+    pub name: String,
+    pub consumer: String,
+    pub scopes: Vec<String>,
+    pub grant: Grant,
+    pub schedule: Option<CronSchedule>,
+}
+
+/// How an installation obtains its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    /// A human logs in once (`tokctl login`); refresh tokens do the rest.
+    AuthorizationCode,
+    /// The consumer's own credentials; no refresh token, no human.
+    ClientCredentials,
+}
+
+impl Grant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "authorization_code",
+            Self::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+/// How the client authenticates to the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic with the form-urlencoded id and secret (RFC 6749 §2.3.1).
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// A provider preset: endpoints and defaults for a known provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    Bitbucket,
+    Github,
+    Smartthings,
+}
+
+/// What a preset supplies; explicit keys in the consumer table win.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresetEndpoints {
+    pub auth_url: &'static str,
+    pub token_url: &'static str,
+    pub revoke_url: Option<&'static str>,
+    pub client_auth: ClientAuth,
+}
+
+impl Preset {
+    pub fn endpoints(self) -> PresetEndpoints {
+        match self {
+            Self::Bitbucket => PresetEndpoints {
+                auth_url: "https://bitbucket.org/site/oauth2/authorize",
+                token_url: "https://bitbucket.org/site/oauth2/access_token",
+                revoke_url: None,
+                client_auth: ClientAuth::Basic,
+            },
+            Self::Github => PresetEndpoints {
+                auth_url: "https://github.com/login/oauth/authorize",
+                token_url: "https://github.com/login/oauth/access_token",
+                revoke_url: None,
+                client_auth: ClientAuth::Post,
+            },
+            Self::Smartthings => PresetEndpoints {
+                auth_url: "https://api.smartthings.com/oauth/authorize",
+                token_url: "https://auth-global.api.smartthings.com/oauth/token",
+                revoke_url: None,
+                client_auth: ClientAuth::Basic,
+            },
+        }
+    }
+}
+
+/// A cron expression with seconds (`"0 0 */6 * * *"`), checked by the same
+/// parser (tokio-cron-scheduler's) that will run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronSchedule(String);
+
+impl CronSchedule {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim();
+        tokio_cron_scheduler::Job::new_async(trimmed, |_, _| Box::pin(async {})).map_err(|_| {
+            format!(
+                "invalid cron schedule {text:?}: expected six fields with seconds first \
+                 (\"sec min hour day-of-month month day-of-week\"), e.g. \"0 0 */6 * * *\""
+            )
+        })?;
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for CronSchedule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `"90s"`, `"5m"`, `"1h"`, `"1500ms"`, `"1h 30m"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|error| {
+        format!(
+            "invalid duration {text:?} ({error}); write e.g. \"90s\", \"5m\", \"1h\" or \"1500ms\""
+        )
+    })
+}
+
+/// A duration written as a string in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConfigDuration(Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text)
+            .map(ConfigDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An absolute http(s) URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HttpUrl(Url);
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let url = Url::parse(&text)
+            .map_err(|error| serde::de::Error::custom(format!("invalid URL {text:?}: {error}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(serde::de::Error::custom(format!(
+                "invalid URL {text:?}: expected an http:// or https:// URL with a host"
+            )));
+        }
+        Ok(HttpUrl(url))
+    }
+}
+
+/// Whether `url` points at this machine (plain http is tolerated only there).
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    consumers: BTreeMap<Spanned<String>, RawConsumer>,
+    #[serde(default)]
+    installations: BTreeMap<Spanned<String>, RawInstallation>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    refresh_margin: Option<ConfigDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsumer {
+    provider: Option<Preset>,
+    token_url: Option<Spanned<HttpUrl>>,
+    auth_url: Option<Spanned<HttpUrl>>,
+    revoke_url: Option<Spanned<HttpUrl>>,
+    client_id: Spanned<String>,
+    client_secret: Option<Spanned<String>>,
+    client_secret_file: Option<Spanned<String>>,
+    client_secret_command: Option<Spanned<Vec<String>>>,
+    redirect_uri: Option<HttpUrl>,
+    client_auth: Option<ClientAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstallation {
+    consumer: Spanned<String>,
+    #[serde(default)]
+    scopes: Vec<Spanned<String>>,
+    grant: Option<Grant>,
+    schedule: Option<CronSchedule>,
+}
+
+/// A configuration error, naming the file (when there is one) and the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}{message}", location_prefix(.path.as_deref(), *.line, *.column))]
+    Invalid {
+        path: Option<PathBuf>,
+        /// 1-based; 0 when the error has no position.
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+fn location_prefix(path: Option<&Path>, line: usize, column: usize) -> String {
+    let file = path.map_or_else(|| "config".to_owned(), |path| path.display().to_string());
+    if line == 0 {
+        format!("{file}: ")
+    } else {
+        format!("{file}:{line}:{column}: ")
+    }
+}
+
+impl ConfigError {
+    /// The 1-based line of an `Invalid` error (0 when unknown).
+    pub fn line(&self) -> usize {
+        match self {
+            Self::Invalid { line, .. } => *line,
+            Self::Read { .. } => 0,
+        }
+    }
+
+    /// The message without the location.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Invalid { message, .. } => message.clone(),
+            Self::Read { .. } => self.to_string(),
+        }
+    }
+
+    fn with_path(self, file: &Path) -> Self {
+        match self {
+            Self::Invalid {
+                line,
+                column,
+                message,
+                ..
+            } => Self::Invalid {
+                path: Some(file.to_owned()),
+                line,
+                column,
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Collects the text and positions while validating.
+struct Source<'a> {
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = span.map_or((0, 0), |span| line_column(self.text, span.start));
+        ConfigError::Invalid {
+            path: None,
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Expands a leading `~` and makes a relative path relative to `base`.
+fn expand_path(text: &str, base: Option<&Path>) -> Result<PathBuf, String> {
+    let path = if text == "~" || text.starts_with("~/") {
+        let home = directories::BaseDirs::new()
+            .map(|dirs| dirs.home_dir().to_owned())
+            .ok_or("cannot expand `~`: the home folder is unknown")?;
+        home.join(text.trim_start_matches('~').trim_start_matches('/'))
+    } else {
+        PathBuf::from(text)
+    };
+    Ok(match base {
+        Some(base) if path.is_relative() => base.join(path),
+        _ => path,
+    })
+}
+
+impl Config {
+    /// Parses and validates config text. Relative `client_secret_file` paths
+    /// stay relative (there is no file to be relative to).
+    #[allow(clippy::should_implement_trait)] // returns our error type, with positions
+    pub fn from_str(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, None)
+    }
+
+    /// Reads, parses and validates the file at `path`; errors name the file.
+    /// Relative `client_secret_file` paths are taken from the file's folder.
+    pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text, path.parent()).map_err(|error| error.with_path(path))?;
+        let has_inline_secret = config
+            .consumers
+            .values()
+            .any(|consumer| matches!(consumer.secret, SecretSource::Inline(_)));
+        if has_inline_secret && let Ok(metadata) = std::fs::metadata(path) {
+            warn_if_readable_by_others(
+                path,
+                metadata.permissions().mode(),
+                "config file holds a client_secret and",
+            );
+        }
+        Ok(config)
+    }
+
+    fn parse(text: &str, base: Option<&Path>) -> Result<Self, ConfigError> {
+        let source = Source { text };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|error| source.error(error.span(), error.message().trim_end().to_owned()))?;
+
+        let mut consumers = BTreeMap::new();
+        for (name, raw) in raw.consumers {
+            let span = name.span();
+            let name = name.into_inner();
+            if !valid_name(&name) {
+                return Err(source.error(Some(span), name_error("consumer", &name)));
+            }
+            let consumer = build_consumer(&source, &name, span, raw, base)?;
+            consumers.insert(name, Arc::new(consumer));
+        }
+
+        let mut installations = BTreeMap::new();
+        for (name, raw) in raw.installations {
+            let span = name.span();
+            let name = name.into_inner();
+            if !valid_name(&name) {
+                return Err(source.error(Some(span), name_error("installation", &name)));
+            }
+            let installation = build_installation(&source, &name, raw, &consumers)?;
+            installations.insert(name, installation);
+        }
+
+        Ok(Config {
+            daemon: DaemonConfig {
+                refresh_margin: raw.daemon.refresh_margin.map(|d| d.0),
+            },
+            consumers,
+            installations,
+        })
+    }
+
+    /// The consumer an installation uses. Validation guarantees it exists.
+    pub fn consumer_of(&self, installation: &Installation) -> Option<&Arc<Consumer>> {
+        self.consumers.get(&installation.consumer)
+    }
+
+    /// One line saying what is configured, for `tokd --check-config`.
+    pub fn summary(&self) -> String {
+        let names = |keys: Vec<&String>| {
+            if keys.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<&str> = keys.into_iter().map(String::as_str).collect();
+                format!(" ({})", list.join(", "))
+            }
+        };
+        let plural = |count: usize, word: &str| {
+            if count == 1 {
+                format!("1 {word}")
+            } else {
+                format!("{count} {word}s")
+            }
+        };
+        format!(
+            "{}{}, {}{}",
+            plural(self.consumers.len(), "consumer"),
+            names(self.consumers.keys().collect()),
+            plural(self.installations.len(), "installation"),
+            names(self.installations.keys().collect()),
+        )
+    }
+}
+
+fn name_error(what: &str, name: &str) -> String {
+    format!(
+        "{what} name {name:?} may use only letters, digits, '.', '_' and '-' (it becomes a file name and a command argument)"
+    )
+}
+
+fn build_consumer(
+    source: &Source<'_>,
+    name: &str,
+    name_span: Range<usize>,
+    raw: RawConsumer,
+    base: Option<&Path>,
+) -> Result<Consumer, ConfigError> {
+    let preset = raw.provider.map(Preset::endpoints);
+    let preset_url = |text: &str| Url::parse(text).expect("preset URLs are valid");
+
+    let mut sources = Vec::new();
+    if let Some(secret) = &raw.client_secret {
+        sources.push(("client_secret", secret.span()));
+    }
+    if let Some(file) = &raw.client_secret_file {
+        sources.push(("client_secret_file", file.span()));
+    }
+    if let Some(command) = &raw.client_secret_command {
+        sources.push(("client_secret_command", command.span()));
+    }
+    if let [(first, _), (second, span), ..] = sources.as_slice() {
+        return Err(source.error(
+            Some(span.clone()),
+            format!("consumer `{name}` has both `{first}` and `{second}`; keep exactly one secret source"),
+        ));
+    }
+    let secret = if let Some(secret) = raw.client_secret {
+        SecretSource::Inline(ClientSecret::new(secret.into_inner()))
+    } else if let Some(file) = raw.client_secret_file {
+        let span = file.span();
+        let path = expand_path(file.get_ref(), base)
+            .map_err(|message| source.error(Some(span), message))?;
+        SecretSource::File(path)
+    } else if let Some(command) = raw.client_secret_command {
+        let span = command.span();
+        let argv = command.into_inner();
+        if argv.first().is_none_or(|program| program.is_empty()) {
+            return Err(source.error(
+                Some(span),
+                format!("consumer `{name}`: `client_secret_command` needs a program, e.g. [\"pass\", \"show\", \"{name}\"]"),
+            ));
+        }
+        SecretSource::Command(argv)
+    } else {
+        SecretSource::None
+    };
+
+    let client_id = raw.client_id;
+    if client_id.get_ref().trim().is_empty() {
+        return Err(source.error(
+            Some(client_id.span()),
+            format!("consumer `{name}` has an empty `client_id`"),
+        ));
+    }
+
+    let token_url = match (raw.token_url, preset) {
+        (Some(url), _) => checked_endpoint(source, name, "token_url", url)?,
+        (None, Some(preset)) => preset_url(preset.token_url),
+        (None, None) => {
+            return Err(source.error(
+                Some(name_span),
+                format!(
+                    "consumer `{name}` has no `provider` preset, so it needs `token_url` \
+                     (presets: bitbucket, github, smartthings)"
+                ),
+            ));
+        }
+    };
+    let auth_url = match (raw.auth_url, preset) {
+        (Some(url), _) => Some(checked_endpoint(source, name, "auth_url", url)?),
+        (None, Some(preset)) => Some(preset_url(preset.auth_url)),
+        (None, None) => None,
+    };
+    let revoke_url = match (raw.revoke_url, preset) {
+        (Some(url), _) => Some(checked_endpoint(source, name, "revoke_url", url)?),
+        (None, Some(preset)) => preset.revoke_url.map(preset_url),
+        (None, None) => None,
+    };
+    let client_auth = raw
+        .client_auth
+        .or(preset.map(|preset| preset.client_auth))
+        .unwrap_or(ClientAuth::Basic);
+
+    Ok(Consumer {
+        name: name.to_owned(),
+        provider: raw.provider,
+        token_url,
+        auth_url,
+        revoke_url,
+        client_id: client_id.into_inner(),
+        secret,
+        redirect_uri: raw.redirect_uri.map(|url| url.0),
+        client_auth,
+    })
+}
+
+/// Endpoints carry secrets, so plain http is refused except on loopback.
+fn checked_endpoint(
+    source: &Source<'_>,
+    consumer: &str,
+    key: &str,
+    url: Spanned<HttpUrl>,
+) -> Result<Url, ConfigError> {
+    let span = url.span();
+    let url = url.into_inner().0;
+    if url.scheme() == "http" && !is_loopback(&url) {
+        return Err(source.error(
+            Some(span),
+            format!(
+                "consumer `{consumer}`: `{key}` must use https (plain http is allowed only for \
+                 127.0.0.1, ::1 and localhost, since it carries secrets)"
+            ),
+        ));
+    }
+    Ok(url)
+}
+
+fn build_installation(
+    source: &Source<'_>,
+    name: &str,
+    raw: RawInstallation,
+    consumers: &BTreeMap<String, Arc<Consumer>>,
+) -> Result<Installation, ConfigError> {
+    let consumer_name = raw.consumer.get_ref();
+    let Some(consumer) = consumers.get(consumer_name) else {
+        let known: Vec<&str> = consumers.keys().map(String::as_str).collect();
+        let known = if known.is_empty() {
+            "no consumers are defined".to_owned()
+        } else {
+            format!("defined: {}", known.join(", "))
+        };
+        return Err(source.error(
+            Some(raw.consumer.span()),
+            format!(
+                "installation `{name}` names consumer `{consumer_name}`, which is not defined ({known}); \
+                 add a [consumers.{consumer_name}] table"
+            ),
+        ));
+    };
+    let grant = raw.grant.unwrap_or(Grant::AuthorizationCode);
+    let span = raw.consumer.span();
+    match grant {
+        Grant::AuthorizationCode if consumer.auth_url.is_none() => {
+            return Err(source.error(
+                Some(span),
+                format!(
+                    "installation `{name}` uses the authorization_code grant, but consumer \
+                     `{consumer_name}` has no `auth_url` (and no provider preset)"
+                ),
+            ));
+        }
+        Grant::ClientCredentials if consumer.secret == SecretSource::None => {
+            return Err(source.error(
+                Some(span),
+                format!(
+                    "installation `{name}` uses the client_credentials grant, but consumer \
+                     `{consumer_name}` has no client secret (client_secret_command, \
+                     client_secret_file or client_secret)"
+                ),
+            ));
+        }
+        _ => {}
+    }
+    let mut scopes = Vec::with_capacity(raw.scopes.len());
+    for scope in raw.scopes {
+        let text = scope.get_ref();
+        if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(source.error(
+                Some(scope.span()),
+                format!("installation `{name}`: scope {text:?} may not be empty or contain spaces; list each scope on its own"),
+            ));
+        }
+        scopes.push(scope.into_inner());
+    }
+    Ok(Installation {
+        name: name.to_owned(),
+        consumer: consumer_name.clone(),
+        scopes,
+        grant,
+        schedule: raw.schedule,
+    })
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,448 @@
+use super::*;
+
+const SPEC_EXAMPLE: &str = r#"
+[daemon]
+refresh_margin = "5m"
+
+[consumers.bitbucket]
+provider = "bitbucket"
+client_id = "KEY"
+client_secret_command = ["pass", "show", "bitbucket/oauth"]
+redirect_uri = "http://127.0.0.1:8765/callback"
+
+[consumers.acme]
+token_url = "https://apim.example.com/oauth2/token"
+auth_url = "https://apim.example.com/oauth2/authorize"
+revoke_url = "https://apim.example.com/oauth2/revoke"
+client_id = "..."
+client_secret_file = "~/.config/tokd/acme.secret"
+client_auth = "basic"
+
+[installations.bitbucket]
+consumer = "bitbucket"
+scopes = ["repository", "pullrequest"]
+
+[installations.bitbucket-bot]
+consumer = "bitbucket"
+grant = "client_credentials"
+schedule = "0 0 */6 * * *"
+"#;
+
+fn parse(text: &str) -> Config {
+    match Config::from_str(text) {
+        Ok(config) => config,
+        Err(error) => panic!("config should parse: {error}"),
+    }
+}
+
+/// Asserts the text is refused on `line` with a message containing `needle`.
+fn refused(text: &str, line: usize, needle: &str) -> ConfigError {
+    let error = match Config::from_str(text) {
+        Ok(config) => panic!("config should be refused ({needle}), got {config:?}"),
+        Err(error) => error,
+    };
+    let shown = error.to_string();
+    assert!(shown.contains(needle), "expected {needle:?} in: {shown}");
+    assert_eq!(error.line(), line, "wrong line in: {shown}");
+    assert!(shown.starts_with(&format!("config:{line}:")), "{shown}");
+    error
+}
+
+#[test]
+fn the_spec_example_parses() {
+    let config = parse(SPEC_EXAMPLE);
+    assert_eq!(config.daemon.refresh_margin, Some(Duration::from_secs(300)));
+
+    let bitbucket = &config.consumers["bitbucket"];
+    assert_eq!(bitbucket.provider, Some(Preset::Bitbucket));
+    assert_eq!(
+        bitbucket.token_url.as_str(),
+        "https://bitbucket.org/site/oauth2/access_token"
+    );
+    assert_eq!(
+        bitbucket.auth_url.as_ref().map(Url::as_str),
+        Some("https://bitbucket.org/site/oauth2/authorize")
+    );
+    assert_eq!(bitbucket.client_auth, ClientAuth::Basic);
+    assert_eq!(
+        bitbucket.secret,
+        SecretSource::Command(vec!["pass".into(), "show".into(), "bitbucket/oauth".into()])
+    );
+    assert_eq!(
+        bitbucket.redirect_uri.as_ref().map(Url::as_str),
+        Some("http://127.0.0.1:8765/callback")
+    );
+
+    let acme = &config.consumers["acme"];
+    assert_eq!(acme.provider, None);
+    assert_eq!(
+        acme.token_url.as_str(),
+        "https://apim.example.com/oauth2/token"
+    );
+    assert_eq!(
+        acme.revoke_url.as_ref().map(Url::as_str),
+        Some("https://apim.example.com/oauth2/revoke")
+    );
+    match &acme.secret {
+        SecretSource::File(path) => {
+            assert!(path.is_absolute(), "~ expanded: {}", path.display());
+            assert!(path.ends_with(".config/tokd/acme.secret"));
+        }
+        other => panic!("expected a file source, got {other:?}"),
+    }
+
+    let interactive = &config.installations["bitbucket"];
+    assert_eq!(interactive.consumer, "bitbucket");
+    assert_eq!(interactive.grant, Grant::AuthorizationCode);
+    assert_eq!(interactive.scopes, ["repository", "pullrequest"]);
+    assert_eq!(interactive.schedule, None);
+
+    let bot = &config.installations["bitbucket-bot"];
+    assert_eq!(bot.grant, Grant::ClientCredentials);
+    assert_eq!(
+        bot.schedule.as_ref().map(CronSchedule::as_str),
+        Some("0 0 */6 * * *")
+    );
+    assert!(bot.scopes.is_empty());
+
+    assert_eq!(
+        config.summary(),
+        "2 consumers (acme, bitbucket), 2 installations (bitbucket, bitbucket-bot)"
+    );
+}
+
+#[test]
+fn an_empty_file_is_a_valid_empty_config() {
+    let config = parse("");
+    assert!(config.consumers.is_empty() && config.installations.is_empty());
+    assert_eq!(config.daemon, DaemonConfig::default());
+    assert_eq!(config.summary(), "0 consumers, 0 installations");
+}
+
+#[test]
+fn every_preset_supplies_endpoints() {
+    for (name, preset, auth) in [
+        ("bitbucket", Preset::Bitbucket, ClientAuth::Basic),
+        ("github", Preset::Github, ClientAuth::Post),
+        ("smartthings", Preset::Smartthings, ClientAuth::Basic),
+    ] {
+        let config = parse(&format!(
+            "[consumers.c]\nprovider = \"{name}\"\nclient_id = \"id\"\nclient_secret = \"s\"\n"
+        ));
+        let consumer = &config.consumers["c"];
+        assert_eq!(consumer.provider, Some(preset));
+        assert_eq!(consumer.token_url.as_str(), preset.endpoints().token_url);
+        assert_eq!(
+            consumer.auth_url.as_ref().map(Url::as_str),
+            Some(preset.endpoints().auth_url)
+        );
+        assert!(consumer.token_url.scheme() == "https");
+        assert_eq!(consumer.client_auth, auth, "{name}");
+    }
+}
+
+#[test]
+fn explicit_keys_override_a_preset() {
+    let config = parse(
+        r#"
+[consumers.bb]
+provider = "bitbucket"
+token_url = "http://127.0.0.1:9000/token"
+auth_url = "http://localhost:9000/authorize"
+revoke_url = "http://[::1]:9000/revoke"
+client_auth = "post"
+client_id = "id"
+"#,
+    );
+    let consumer = &config.consumers["bb"];
+    assert_eq!(consumer.token_url.as_str(), "http://127.0.0.1:9000/token");
+    assert_eq!(
+        consumer.auth_url.as_ref().map(Url::as_str),
+        Some("http://localhost:9000/authorize")
+    );
+    assert_eq!(
+        consumer.revoke_url.as_ref().map(Url::as_str),
+        Some("http://[::1]:9000/revoke")
+    );
+    assert_eq!(consumer.client_auth, ClientAuth::Post);
+    assert_eq!(consumer.secret, SecretSource::None);
+}
+
+#[test]
+fn inline_secret_and_client_auth_default() {
+    let config = parse(
+        "[consumers.x]\ntoken_url = \"https://a.example/t\"\nclient_id = \"id\"\nclient_secret = \"shh\"\n",
+    );
+    let consumer = &config.consumers["x"];
+    assert_eq!(consumer.client_auth, ClientAuth::Basic);
+    assert_eq!(consumer.auth_url, None);
+    match &consumer.secret {
+        SecretSource::Inline(secret) => assert_eq!(secret.expose(), "shh"),
+        other => panic!("{other:?}"),
+    }
+    // The parsed config's Debug never shows the inline secret.
+    assert!(!format!("{config:?}").contains("shh"));
+}
+
+#[test]
+fn durations_in_every_documented_form() {
+    for (text, expected) in [
+        ("90s", Duration::from_secs(90)),
+        ("5m", Duration::from_secs(300)),
+        ("1h", Duration::from_secs(3600)),
+        ("1500ms", Duration::from_millis(1500)),
+        ("1h 30m", Duration::from_secs(5400)),
+        (" 2m ", Duration::from_secs(120)),
+    ] {
+        assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        let config = parse(&format!("[daemon]\nrefresh_margin = \"{text}\"\n"));
+        assert_eq!(config.daemon.refresh_margin, Some(expected));
+    }
+    for bad in ["", "5", "five minutes", "-5m", "5 parsecs"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+    }
+}
+
+#[test]
+fn bad_duration_names_the_line() {
+    refused(
+        "[daemon]\n\nrefresh_margin = \"5 minutez\"\n",
+        3,
+        "invalid duration \"5 minutez\"",
+    );
+    refused(
+        "[daemon]\nrefresh_margin = 300\n",
+        2,
+        "invalid type: integer",
+    );
+}
+
+#[test]
+fn bad_cron_names_the_line() {
+    let text = r#"[consumers.c]
+token_url = "https://a.example/t"
+client_id = "id"
+client_secret = "s"
+
+[installations.i]
+consumer = "c"
+grant = "client_credentials"
+schedule = "every tuesday"
+"#;
+    refused(text, 9, "invalid cron schedule \"every tuesday\"");
+    // Five fields (no seconds) is the classic mistake: the message says so.
+    let five = text.replace("every tuesday", "0 */6 * * *");
+    refused(&five, 9, "six fields with seconds first");
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_line() {
+    refused(
+        "[daemon]\nrefresh_margn = \"5m\"\n",
+        2,
+        "unknown field `refresh_margn`",
+    );
+    refused("[demon]\n", 1, "unknown field `demon`");
+    let consumer = "[consumers.c]\ntoken_url = \"https://a.example/t\"\nclient_id = \"id\"\nclient_secrett = \"s\"\n";
+    refused(consumer, 4, "unknown field `client_secrett`");
+    let installation = consumer.replace("client_secrett", "client_secret")
+        + "[installations.i]\nconsumer = \"c\"\nscope = [\"a\"]\n";
+    refused(&installation, 7, "unknown field `scope`");
+}
+
+#[test]
+fn missing_consumer_is_named() {
+    let text = r#"[consumers.bitbucket]
+provider = "bitbucket"
+client_id = "id"
+
+[installations.work]
+consumer = "bitbuckett"
+"#;
+    let error = refused(
+        text,
+        6,
+        "installation `work` names consumer `bitbuckett`, which is not defined",
+    );
+    assert!(error.to_string().contains("defined: bitbucket"), "{error}");
+    refused(
+        "[installations.work]\nconsumer = \"nobody\"\n",
+        2,
+        "no consumers are defined",
+    );
+}
+
+#[test]
+fn two_secret_sources_are_refused() {
+    let text = r#"[consumers.c]
+provider = "bitbucket"
+client_id = "id"
+client_secret = "inline"
+client_secret_file = "/etc/secret"
+"#;
+    refused(text, 5, "has both `client_secret` and `client_secret_file`");
+    let three = text.to_owned() + "client_secret_command = [\"pass\"]\n";
+    refused(&three, 5, "keep exactly one secret source");
+}
+
+#[test]
+fn empty_secret_command_is_refused() {
+    refused(
+        "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\nclient_secret_command = []\n",
+        4,
+        "`client_secret_command` needs a program",
+    );
+}
+
+#[test]
+fn authorization_code_needs_an_auth_url() {
+    let text = r#"[consumers.m2m]
+token_url = "https://a.example/token"
+client_id = "id"
+client_secret = "s"
+
+[installations.i]
+consumer = "m2m"
+"#;
+    refused(
+        text,
+        7,
+        "uses the authorization_code grant, but consumer `m2m` has no `auth_url`",
+    );
+    // The same consumer can do client credentials.
+    let config = parse(&(text.to_owned() + "grant = \"client_credentials\"\n"));
+    assert_eq!(config.installations["i"].grant, Grant::ClientCredentials);
+}
+
+#[test]
+fn client_credentials_needs_a_secret() {
+    let text = "[consumers.c]\nprovider = \"bitbucket\"\nclient_id = \"id\"\n\n[installations.i]\nconsumer = \"c\"\ngrant = \"client_credentials\"\n";
+    refused(text, 6, "has no client secret");
+}
+
+#[test]
+fn consumer_without_preset_needs_a_token_url() {
+    refused(
+        "\n[consumers.acme]\nclient_id = \"id\"\n",
+        2,
+        "consumer `acme` has no `provider` preset, so it needs `token_url`",
+    );
+}
+
+#[test]
+fn names_outside_the_allowed_set_are_refused() {
+    refused(
+        "[consumers.\"my consumer\"]\nprovider = \"github\"\nclient_id = \"id\"\n",
+        1,
+        "consumer name \"my consumer\" may use only letters, digits",
+    );
+    let text = "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\n[installations.\"../evil\"]\nconsumer = \"c\"\n";
+    refused(text, 4, "installation name \"../evil\" may use only");
+    // Every allowed character is accepted.
+    let ok = "[consumers.\"A-z_0.9\"]\nprovider = \"github\"\nclient_id = \"id\"\n";
+    assert!(parse(ok).consumers.contains_key("A-z_0.9"));
+}
+
+#[test]
+fn unknown_preset_grant_and_client_auth_are_refused() {
+    refused(
+        "[consumers.c]\nprovider = \"gitlab\"\nclient_id = \"id\"\n",
+        2,
+        "unknown variant `gitlab`",
+    );
+    refused(
+        "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\nclient_auth = \"jwt\"\n",
+        4,
+        "unknown variant `jwt`",
+    );
+    refused(
+        "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\n[installations.i]\nconsumer = \"c\"\ngrant = \"password\"\n",
+        6,
+        "unknown variant `password`",
+    );
+}
+
+#[test]
+fn bad_urls_are_refused() {
+    refused(
+        "[consumers.c]\ntoken_url = \"not a url\"\nclient_id = \"id\"\n",
+        2,
+        "invalid URL \"not a url\"",
+    );
+    refused(
+        "[consumers.c]\ntoken_url = \"ftp://a.example/t\"\nclient_id = \"id\"\n",
+        2,
+        "expected an http:// or https:// URL",
+    );
+    refused(
+        "[consumers.c]\ntoken_url = \"http://apim.example.com/token\"\nclient_id = \"id\"\n",
+        2,
+        "`token_url` must use https",
+    );
+}
+
+#[test]
+fn missing_client_id_and_empty_client_id() {
+    refused(
+        "[consumers.c]\nprovider = \"github\"\n",
+        1,
+        "missing field `client_id`",
+    );
+    refused(
+        "[consumers.c]\nprovider = \"github\"\nclient_id = \" \"\n",
+        3,
+        "empty `client_id`",
+    );
+}
+
+#[test]
+fn scopes_with_spaces_are_refused() {
+    refused(
+        "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\n[installations.i]\nconsumer = \"c\"\nscopes = [\"repo user\"]\n",
+        6,
+        "scope \"repo user\" may not be empty or contain spaces",
+    );
+}
+
+#[test]
+fn toml_syntax_errors_have_a_line() {
+    refused("[daemon\n", 1, "");
+    refused("[consumers.c]\nclient_id = \"unterminated\n", 2, "");
+}
+
+#[test]
+fn from_path_names_the_file_and_resolves_relative_secret_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "[daemon]\nbogus = 1\n").expect("write");
+    let error = Config::from_path(&path).expect_err("refused");
+    let shown = error.to_string();
+    assert!(
+        shown.starts_with(&format!("{}:2:1: ", path.display())),
+        "{shown}"
+    );
+
+    std::fs::write(
+        &path,
+        "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\nclient_secret_file = \"c.secret\"\n",
+    )
+    .expect("write");
+    let config = Config::from_path(&path).expect("valid");
+    assert_eq!(
+        config.consumers["c"].secret,
+        SecretSource::File(dir.path().join("c.secret"))
+    );
+
+    let missing = Config::from_path(&dir.path().join("absent.toml")).expect_err("missing");
+    assert!(matches!(missing, ConfigError::Read { .. }));
+    assert!(missing.to_string().contains("absent.toml"), "{missing}");
+}
+
+#[test]
+fn line_column_counts_characters() {
+    let text = "ab\nçd=1\n";
+    assert_eq!(line_column(text, 0), (1, 1));
+    assert_eq!(line_column(text, 3), (2, 1));
+    assert_eq!(line_column(text, 5), (2, 2)); // after the two-byte 'ç'
+    assert_eq!(line_column(text, 999), (3, 1));
+}

@@ -1,0 +1,399 @@
+//! Secret values and where the client secret comes from.
+//!
+//! Every secret the daemon handles is a newtype here whose `Debug` and
+//! `Display` print `[redacted]`; the raw value is reachable only through
+//! `expose()`, called where the value is sent or stored. This module never
+//! logs a value, and a failing secret command's output never reaches a
+//! message.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+macro_rules! secret_type {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Wraps a raw value.
+            pub fn new(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+
+            /// The raw value, for the one place that sends or stores it.
+            pub fn expose(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "([redacted])"))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("[redacted]")
+            }
+        }
+    };
+}
+
+secret_type!(
+    /// An OAuth access token.
+    AccessToken
+);
+secret_type!(
+    /// An OAuth refresh token.
+    RefreshToken
+);
+secret_type!(
+    /// A one-use authorization code.
+    AuthorizationCode
+);
+secret_type!(
+    /// A consumer's client secret.
+    ClientSecret
+);
+secret_type!(
+    /// A PKCE code verifier (RFC 7636).
+    PkceVerifier
+);
+
+/// How long a `client_secret_command` may run before it is killed.
+pub const SECRET_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a consumer's client secret comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The consumer has no secret (a public client).
+    None,
+    /// Run this argv, without a shell; its stdout is the secret.
+    Command(Vec<String>),
+    /// Read this file; its content is the secret.
+    File(PathBuf),
+    /// Written in the config file itself.
+    Inline(ClientSecret),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            // The argv is not secret (it is in the config), the output is.
+            Self::Command(argv) => f.debug_tuple("Command").field(argv).finish(),
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Inline(secret) => f.debug_tuple("Inline").field(secret).finish(),
+        }
+    }
+}
+
+/// Why a client secret could not be had. Never carries the secret or the
+/// command's output.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("client secret command `{program}` could not be started: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("client secret command `{program}` did not finish within {}s and was killed", .timeout.as_secs())]
+    Timeout { program: String, timeout: Duration },
+    #[error("client secret command `{program}` failed ({status}); run it by hand to see why")]
+    Failed { program: String, status: String },
+    #[error("client secret command `{program}` printed nothing on stdout")]
+    EmptyCommand { program: String },
+    #[error("client secret command `{program}` printed something that is not UTF-8")]
+    NotUtf8Command { program: String },
+    #[error("cannot read client secret file {}: {source}", .path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("client secret file {} is empty", .path.display())]
+    EmptyFile { path: PathBuf },
+    #[error("client secret file {} is not UTF-8", .path.display())]
+    NotUtf8File { path: PathBuf },
+}
+
+impl SecretSource {
+    /// Produces the secret: runs the command or reads the file now. Called
+    /// only when a request needs the secret; nothing is cached, so a secret
+    /// changed at its source is used from the next request on.
+    pub async fn resolve(&self) -> Result<Option<ClientSecret>, SecretError> {
+        self.resolve_with_timeout(SECRET_COMMAND_TIMEOUT).await
+    }
+
+    /// `resolve` with a chosen command timeout (tests use a short one).
+    pub async fn resolve_with_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<ClientSecret>, SecretError> {
+        match self {
+            Self::None => Ok(None),
+            Self::Inline(secret) => Ok(Some(secret.clone())),
+            Self::File(path) => read_secret_file(path).await.map(Some),
+            Self::Command(argv) => run_secret_command(argv, timeout).await.map(Some),
+        }
+    }
+}
+
+/// Strips the one trailing line ending that `echo` and editors add.
+fn trim_line_ending(text: &str) -> &str {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    text.strip_suffix('\r').unwrap_or(text)
+}
+
+async fn read_secret_file(path: &Path) -> Result<ClientSecret, SecretError> {
+    let read_error = |source| SecretError::ReadFile {
+        path: path.to_owned(),
+        source,
+    };
+    let metadata = tokio::fs::metadata(path).await.map_err(read_error)?;
+    warn_if_readable_by_others(path, metadata.permissions().mode(), "client secret file");
+    let bytes = tokio::fs::read(path).await.map_err(read_error)?;
+    let text = String::from_utf8(bytes).map_err(|_| SecretError::NotUtf8File {
+        path: path.to_owned(),
+    })?;
+    let secret = trim_line_ending(&text);
+    if secret.is_empty() {
+        return Err(SecretError::EmptyFile {
+            path: path.to_owned(),
+        });
+    }
+    Ok(ClientSecret::new(secret))
+}
+
+async fn run_secret_command(
+    argv: &[String],
+    timeout: Duration,
+) -> Result<ClientSecret, SecretError> {
+    // The config parser refuses an empty argv, so the program is always there.
+    let program = argv.first().cloned().unwrap_or_default();
+    let mut child = tokio::process::Command::new(&program)
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        // stderr goes where the daemon's goes: a password manager's prompt or
+        // complaint is for the human, and it is not the secret.
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| SecretError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    let mut stdout = child.stdout.take();
+    let run = async {
+        let mut output = Vec::new();
+        if let Some(stdout) = stdout.as_mut() {
+            // A read error here shows up as an empty or short secret, which
+            // the checks below report.
+            let _ = stdout.read_to_end(&mut output).await;
+        }
+        let status = child.wait().await;
+        (output, status)
+    };
+    let (output, status) = match tokio::time::timeout(timeout, run).await {
+        Ok(done) => done,
+        Err(_) => {
+            // kill_on_drop reaps it when `child` goes out of scope.
+            return Err(SecretError::Timeout { program, timeout });
+        }
+    };
+    let status = status.map_err(|source| SecretError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if !status.success() {
+        return Err(SecretError::Failed {
+            program,
+            status: status.to_string(),
+        });
+    }
+    let text = String::from_utf8(output).map_err(|_| SecretError::NotUtf8Command {
+        program: program.clone(),
+    })?;
+    let secret = trim_line_ending(&text);
+    if secret.is_empty() {
+        return Err(SecretError::EmptyCommand { program });
+    }
+    Ok(ClientSecret::new(secret))
+}
+
+/// Logs a warning when `mode` lets the group or others read the file.
+/// Returns whether it warned.
+pub fn warn_if_readable_by_others(path: &Path, mode: u32, what: &str) -> bool {
+    if mode & 0o044 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{:o}", mode & 0o777),
+            "{what} is readable by other users; run `chmod 600 {}`",
+            path.display()
+        );
+        true
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAW: &str = "s3cr3t-value-42";
+
+    #[test]
+    fn every_secret_type_redacts_in_debug_and_display() {
+        let shown = [
+            format!("{:?} {}", AccessToken::new(RAW), AccessToken::new(RAW)),
+            format!("{:?} {}", RefreshToken::new(RAW), RefreshToken::new(RAW)),
+            format!(
+                "{:?} {}",
+                AuthorizationCode::new(RAW),
+                AuthorizationCode::new(RAW)
+            ),
+            format!("{:?} {}", ClientSecret::new(RAW), ClientSecret::new(RAW)),
+            format!("{:?} {}", PkceVerifier::new(RAW), PkceVerifier::new(RAW)),
+            format!("{:?}", SecretSource::Inline(ClientSecret::new(RAW))),
+            format!("{:#?}", Some(AccessToken::new(RAW))),
+        ];
+        for text in shown {
+            assert!(!text.contains(RAW), "leaked: {text}");
+            assert!(text.contains("redacted"), "{text}");
+        }
+    }
+
+    #[test]
+    fn expose_gives_the_raw_value() {
+        assert_eq!(ClientSecret::new(RAW).expose(), RAW);
+    }
+
+    #[test]
+    fn serialization_keeps_the_raw_value() {
+        // The store must write the real token, not the redaction.
+        let json = serde_json::to_string(&RefreshToken::new(RAW)).expect("serialize");
+        assert_eq!(json, format!("\"{RAW}\""));
+    }
+
+    #[test]
+    fn line_endings_are_trimmed_once() {
+        assert_eq!(trim_line_ending("abc\n"), "abc");
+        assert_eq!(trim_line_ending("abc\r\n"), "abc");
+        assert_eq!(trim_line_ending("abc\n\n"), "abc\n");
+        assert_eq!(trim_line_ending(" abc "), " abc ");
+    }
+
+    fn argv(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn command_stdout_is_the_secret() {
+        let source = SecretSource::Command(argv(&["printf", "%s\\n", RAW]));
+        let secret = source.resolve().await.expect("resolve").expect("some");
+        assert_eq!(secret.expose(), RAW);
+    }
+
+    #[tokio::test]
+    async fn command_runs_without_a_shell() {
+        // With a shell, `$HOME` would expand; without one it is a literal.
+        let source = SecretSource::Command(argv(&["printf", "%s", "$HOME"]));
+        let secret = source.resolve().await.expect("resolve").expect("some");
+        assert_eq!(secret.expose(), "$HOME");
+    }
+
+    #[tokio::test]
+    async fn failing_command_names_the_program_but_not_its_output() {
+        let source = SecretSource::Command(argv(&["sh", "-c", &format!("echo {RAW}; exit 3")]));
+        let error = source.resolve().await.expect_err("must fail");
+        let text = error.to_string();
+        assert!(matches!(error, SecretError::Failed { .. }), "{text}");
+        assert!(text.contains("`sh`") && text.contains('3'), "{text}");
+        assert!(!text.contains(RAW), "{text}");
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_spawn_error() {
+        let source = SecretSource::Command(argv(&["/nonexistent/tokd-secret-helper"]));
+        let error = source.resolve().await.expect_err("must fail");
+        assert!(matches!(error, SecretError::Spawn { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn empty_output_is_refused() {
+        let source = SecretSource::Command(argv(&["true"]));
+        let error = source.resolve().await.expect_err("must fail");
+        assert!(matches!(error, SecretError::EmptyCommand { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn slow_command_is_killed_at_the_timeout() {
+        let source = SecretSource::Command(argv(&["sleep", "30"]));
+        let started = std::time::Instant::now();
+        let error = source
+            .resolve_with_timeout(Duration::from_millis(200))
+            .await
+            .expect_err("must time out");
+        assert!(matches!(error, SecretError::Timeout { .. }), "{error}");
+        // Not a speed check: it proves we did not wait for `sleep 30`.
+        assert!(started.elapsed() < Duration::from_secs(25));
+    }
+
+    #[tokio::test]
+    async fn file_content_is_the_secret() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, format!("{RAW}\n")).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let secret = SecretSource::File(path)
+            .resolve()
+            .await
+            .expect("resolve")
+            .expect("some");
+        assert_eq!(secret.expose(), RAW);
+    }
+
+    #[tokio::test]
+    async fn missing_and_empty_files_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = SecretSource::File(dir.path().join("nope"));
+        assert!(matches!(
+            missing.resolve().await,
+            Err(SecretError::ReadFile { .. })
+        ));
+        let empty_path = dir.path().join("empty");
+        std::fs::write(&empty_path, "\n").expect("write");
+        assert!(matches!(
+            SecretSource::File(empty_path).resolve().await,
+            Err(SecretError::EmptyFile { .. })
+        ));
+    }
+
+    #[test]
+    fn loose_modes_warn() {
+        let path = Path::new("/x");
+        assert!(warn_if_readable_by_others(path, 0o644, "file"));
+        assert!(warn_if_readable_by_others(path, 0o640, "file"));
+        assert!(!warn_if_readable_by_others(path, 0o600, "file"));
+        assert!(!warn_if_readable_by_others(path, 0o700, "file"));
+    }
+
+    #[tokio::test]
+    async fn inline_and_none() {
+        let inline = SecretSource::Inline(ClientSecret::new(RAW));
+        assert_eq!(
+            inline.resolve().await.expect("ok").expect("some").expose(),
+            RAW
+        );
+        assert!(SecretSource::None.resolve().await.expect("ok").is_none());
+    }
+}

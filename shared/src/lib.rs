@@ -1,0 +1,123 @@
+//! What crosses tokd's D-Bus interface, shared by the daemon and every client.
+//!
+//! This crate owns the bus names, the wire types and the named D-Bus errors.
+//! It never depends on the daemon, never speaks HTTP and never reads config:
+//! a client (tokctl, a desktop program) compiles only this.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Well-known name the daemon owns on the session bus.
+pub const BUS_NAME: &str = "org.tokd.tokd1";
+/// Object path of the manager object.
+pub const OBJECT_PATH: &str = "/org/tokd/tokd1";
+/// Interface of the manager object.
+pub const INTERFACE: &str = "org.tokd.tokd1.Manager";
+/// Prefix of every named D-Bus error the daemon returns.
+pub const ERROR_PREFIX: &str = "org.tokd.tokd1.Error";
+
+/// Where an installation stands. One word per state, the same in `tokctl
+/// list`, in `--json` output and on D-Bus (as the lowercase string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstallationState {
+    /// Never authorized: no token held.
+    Empty,
+    /// A token is held and not expired.
+    Valid,
+    /// A request to the provider is in flight.
+    Refreshing,
+    /// The last refresh failed transiently; a retry is scheduled.
+    Failing,
+    /// The authorization is lost: a human must run `tokctl login NAME`.
+    NeedsLogin,
+    /// The consumer is misconfigured (bad client credentials, bad grant).
+    Misconfigured,
+}
+
+impl InstallationState {
+    /// Every state, in a stable order.
+    pub const ALL: [InstallationState; 6] = [
+        Self::Empty,
+        Self::Valid,
+        Self::Refreshing,
+        Self::Failing,
+        Self::NeedsLogin,
+        Self::Misconfigured,
+    ];
+
+    /// The wire and display form: `empty`, `valid`, `refreshing`, `failing`,
+    /// `needs-login`, `misconfigured`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::Valid => "valid",
+            Self::Refreshing => "refreshing",
+            Self::Failing => "failing",
+            Self::NeedsLogin => "needs-login",
+            Self::Misconfigured => "misconfigured",
+        }
+    }
+
+    /// Parses the form `as_str` writes.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+}
+
+impl fmt::Display for InstallationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The named errors of `org.tokd.tokd1.Manager`, each carrying one human
+/// sentence that says what happened and what to do. Clients match on the
+/// variant (the D-Bus error name), never on the sentence.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.tokd.tokd1.Error")]
+pub enum Error {
+    /// A transport-level failure (the daemon is absent, the bus is down).
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// No installation has that name.
+    UnknownInstallation(String),
+    /// The authorization is lost: run `tokctl login NAME`.
+    NeedsLogin(String),
+    /// The consumer's configuration is wrong (client id, secret, URLs).
+    Misconfigured(String),
+    /// The provider is failing (timeouts, 5xx, 429) and no valid token is held.
+    ProviderUnavailable(String),
+    /// The call's arguments were refused (bad name, absurd duration).
+    InvalidArgument(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::DBusError as _;
+
+    #[test]
+    fn state_round_trips_through_its_wire_form() {
+        for state in InstallationState::ALL {
+            assert_eq!(InstallationState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(InstallationState::parse("bogus"), None);
+    }
+
+    #[test]
+    fn error_names_are_under_the_documented_prefix() {
+        let error = Error::NeedsLogin("run `tokctl login x`".into());
+        assert_eq!(error.name().as_str(), "org.tokd.tokd1.Error.NeedsLogin");
+        let error = Error::UnknownInstallation(String::new());
+        assert!(error.name().as_str().starts_with(ERROR_PREFIX));
+    }
+
+    #[test]
+    fn names_are_pinned() {
+        // Desktop programs hard-code these; changing one is a breaking change.
+        assert_eq!(BUS_NAME, "org.tokd.tokd1");
+        assert_eq!(OBJECT_PATH, "/org/tokd/tokd1");
+        assert_eq!(INTERFACE, "org.tokd.tokd1.Manager");
+    }
+}
