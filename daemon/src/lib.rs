@@ -4,4 +4,6 @@
 //! in-process. See ARCHITECTURE.md for the map.
 
 pub mod config;
+pub mod oauth;
 pub mod secret;
+pub mod store;

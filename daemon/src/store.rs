@@ -1,0 +1,536 @@
+//! Durable token storage: one JSON file per installation.
+//!
+//! The store owns the state folder (`$XDG_STATE_HOME/tokd/`, mode 0700) and
+//! the files in it (`NAME.json`, mode 0600). Every write is atomic: a
+//! temporary file in the same folder, fsync, rename over the old file, fsync
+//! of the folder. A reader therefore sees the old record or the new one,
+//! never a torn file. A file that cannot be parsed is moved aside to
+//! `NAME.json.corrupt-UNIXTIME` with a warning, never overwritten or deleted,
+//! and affects only its own installation.
+//!
+//! The functions here are blocking (small files, fsync); async callers run
+//! them on the blocking pool. This module never speaks HTTP and never decides
+//! when to refresh.
+
+use crate::secret::{AccessToken, RefreshToken};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The version written in every record. A file with a higher version was
+/// written by a newer tokd and is left untouched.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Temporary files older than this are leftovers of a crash and are removed
+/// when the store is opened.
+const STALE_TEMPORARY: Duration = Duration::from_secs(60);
+
+/// What is kept for one installation across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub version: u32,
+    #[serde(default)]
+    pub access_token: Option<AccessToken>,
+    #[serde(default)]
+    pub refresh_token: Option<RefreshToken>,
+    /// Wall-clock expiry of the access token; `None` when the provider gave
+    /// no lifetime and the token does not expire.
+    #[serde(default, with = "unix_seconds")]
+    pub expires_at: Option<SystemTime>,
+    /// Scopes the provider granted (may differ from those asked for).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Lowercased token type, usually `bearer`.
+    #[serde(default)]
+    pub token_type: Option<String>,
+    #[serde(default, with = "unix_seconds")]
+    pub last_refresh: Option<SystemTime>,
+    /// The last failure, as a human sentence (never a secret).
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self {
+            version: FORMAT_VERSION,
+            access_token: None,
+            refresh_token: None,
+            expires_at: None,
+            scopes: Vec::new(),
+            token_type: None,
+            last_refresh: None,
+            last_error: None,
+        }
+    }
+}
+
+mod unix_seconds {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    pub fn serialize<S: Serializer>(time: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        time.map(|time| {
+            time.duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs())
+        })
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        let seconds = Option::<u64>::deserialize(d)?;
+        Ok(seconds.map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds)))
+    }
+}
+
+/// What loading one installation found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No file: the installation was never authorized (or was revoked).
+    Missing,
+    Found(Record),
+    /// The file could not be read or parsed; it was moved to `moved_to`.
+    MovedAside {
+        moved_to: PathBuf,
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state folder {}: {source}", .path.display())]
+    CreateFolder { path: PathBuf, source: io::Error },
+    #[error("state folder {} belongs to uid {owner}, not to this user (uid {me}); refusing to use it", .path.display())]
+    ForeignFolder { path: PathBuf, owner: u32, me: u32 },
+    #[error("state folder {} is not a folder", .path.display())]
+    NotAFolder { path: PathBuf },
+    #[error("cannot write {}: {source}", .path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot read {}: {source}", .path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{} was written by a newer tokd (format {found}, this one reads {FORMAT_VERSION}); it was left untouched, upgrade tokd", .path.display())]
+    NewerFormat { path: PathBuf, found: u32 },
+}
+
+/// A handle on the state folder.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Distinguishes temporary files written concurrently by one process.
+static TEMPORARY_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// This process's uid, without `unsafe`: the owner of `/proc/self`.
+fn current_uid() -> io::Result<u32> {
+    fs::metadata("/proc/self").map(|metadata| metadata.uid())
+}
+
+impl Store {
+    /// Opens (creating if needed) the state folder: mode 0700, owned by this
+    /// user. A looser mode is tightened with a warning; a folder owned by
+    /// someone else is refused.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        let create_error = |source| StoreError::CreateFolder {
+            path: dir.clone(),
+            source,
+        };
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(create_error)?;
+        let metadata = fs::metadata(&dir).map_err(create_error)?;
+        if !metadata.is_dir() {
+            return Err(StoreError::NotAFolder { path: dir });
+        }
+        let me = current_uid().map_err(create_error)?;
+        if metadata.uid() != me {
+            return Err(StoreError::ForeignFolder {
+                path: dir,
+                owner: metadata.uid(),
+                me,
+            });
+        }
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode != 0o700 {
+            tracing::warn!(
+                path = %dir.display(),
+                mode = format_args!("{mode:o}"),
+                "state folder had loose permissions; set them to 700"
+            );
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(create_error)?;
+        }
+        let store = Self { dir };
+        store.remove_stale_temporaries();
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file that holds `name`'s record.
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// Reads `name`'s record. A file that cannot be parsed is moved aside
+    /// (and reported in the result and the log); a file from a newer tokd is
+    /// an error and left in place.
+    pub fn load(&self, name: &str) -> Result<Loaded, StoreError> {
+        let path = self.path_of(name);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+            Err(error) => return self.move_aside(name, &path, format!("unreadable: {error}")),
+        };
+        self.tighten_file(&path);
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            version: u32,
+        }
+        match serde_json::from_slice::<VersionOnly>(&bytes) {
+            Ok(VersionOnly { version }) if version > FORMAT_VERSION => {
+                return Err(StoreError::NewerFormat {
+                    path,
+                    found: version,
+                });
+            }
+            Ok(_) => {}
+            Err(error) => return self.move_aside(name, &path, parse_reason(&error)),
+        }
+        match serde_json::from_slice::<Record>(&bytes) {
+            Ok(record) => Ok(Loaded::Found(record)),
+            Err(error) => self.move_aside(name, &path, parse_reason(&error)),
+        }
+    }
+
+    /// Writes `name`'s record atomically and durably: when this returns Ok,
+    /// the record survives a crash or power loss; when it returns Err, the
+    /// previous record is still in place.
+    pub fn save(&self, name: &str, record: &Record) -> Result<(), StoreError> {
+        let path = self.path_of(name);
+        let mut bytes = serde_json::to_vec_pretty(record).map_err(|error| StoreError::Write {
+            path: path.clone(),
+            source: io::Error::other(error),
+        })?;
+        bytes.push(b'\n');
+        self.write_atomically(&path, name, &bytes)
+            .map_err(|source| StoreError::Write { path, source })
+    }
+
+    /// Deletes `name`'s record (after a revocation). Missing is fine.
+    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+        let path = self.path_of(name);
+        match fs::remove_file(&path) {
+            Ok(()) => self
+                .sync_folder()
+                .map_err(|source| StoreError::Write { path, source }),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Write { path, source }),
+        }
+    }
+
+    fn write_atomically(&self, path: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let temporary = self.dir.join(format!(
+            ".{name}.json.tmp-{}-{}",
+            std::process::id(),
+            TEMPORARY_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temporary)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            drop(file);
+            fs::rename(&temporary, path)
+        })();
+        if let Err(error) = written {
+            // The old file is untouched; do not leave a half-written copy of
+            // a token lying around either.
+            let _ = fs::remove_file(&temporary);
+            return Err(error);
+        }
+        self.sync_folder()
+    }
+
+    fn sync_folder(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+
+    fn move_aside(&self, name: &str, path: &Path, reason: String) -> Result<Loaded, StoreError> {
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let mut moved_to = self.dir.join(format!("{name}.json.corrupt-{stamp}"));
+        let mut attempt = 1;
+        while moved_to.exists() {
+            moved_to = self
+                .dir
+                .join(format!("{name}.json.corrupt-{stamp}-{attempt}"));
+            attempt += 1;
+        }
+        fs::rename(path, &moved_to).map_err(|source| StoreError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        tracing::warn!(
+            installation = name,
+            moved_to = %moved_to.display(),
+            "stored token file was {reason}; moved it aside, the installation starts empty"
+        );
+        Ok(Loaded::MovedAside { moved_to, reason })
+    }
+
+    /// A token file readable by others is set back to 0600.
+    fn tighten_file(&self, path: &Path) {
+        if let Ok(metadata) = fs::metadata(path) {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format_args!("{mode:o}"),
+                    "token file had loose permissions; set them to 600"
+                );
+                let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
+            }
+        }
+    }
+
+    fn remove_stale_temporaries(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let is_temporary = file_name
+                .to_str()
+                .is_some_and(|name| name.starts_with('.') && name.contains(".json.tmp-"));
+            let stale = entry
+                .metadata()
+                .and_then(|metadata| metadata.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMPORARY);
+            if is_temporary && stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// A short reason that names the JSON problem without quoting the content
+/// (which holds tokens).
+fn parse_reason(error: &serde_json::Error) -> String {
+    let kind = match error.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Data => "not a token record",
+        serde_json::error::Category::Eof => "truncated",
+    };
+    format!("{kind} (line {}, column {})", error.line(), error.column())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(access: &str) -> Record {
+        Record {
+            access_token: Some(AccessToken::new(access)),
+            refresh_token: Some(RefreshToken::new("refresh-1")),
+            expires_at: Some(UNIX_EPOCH + Duration::from_secs(1_900_000_000)),
+            scopes: vec!["repository".into(), "pullrequest".into()],
+            token_type: Some("bearer".into()),
+            last_refresh: Some(UNIX_EPOCH + Duration::from_secs(1_899_992_800)),
+            last_error: None,
+            ..Record::default()
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn round_trip_with_permissions() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(root.path().join("state/tokd")).expect("open");
+        assert_eq!(mode(store.dir()), 0o700);
+        assert!(matches!(store.load("a").expect("load"), Loaded::Missing));
+
+        let record = sample("access-1");
+        store.save("a", &record).expect("save");
+        assert_eq!(mode(&store.path_of("a")), 0o600);
+        match store.load("a").expect("load") {
+            Loaded::Found(found) => assert_eq!(found, record),
+            other => panic!("{other:?}"),
+        }
+        // Overwrite keeps permissions and replaces content.
+        let newer = sample("access-2");
+        store.save("a", &newer).expect("save");
+        assert!(matches!(store.load("a").expect("load"), Loaded::Found(r) if r == newer));
+        assert_eq!(mode(&store.path_of("a")), 0o600);
+        // No temporary files are left behind.
+        let names: Vec<_> = fs::read_dir(store.dir())
+            .expect("read_dir")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["a.json"]);
+    }
+
+    #[test]
+    fn the_format_is_versioned_json_with_wall_clock_seconds() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(root.path()).expect("open");
+        store.save("a", &sample("tok")).expect("save");
+        let text = fs::read_to_string(store.path_of("a")).expect("read");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(value["version"], 1);
+        assert_eq!(value["expires_at"], 1_900_000_000u64);
+        assert_eq!(value["access_token"], "tok");
+        assert_eq!(value["scopes"][1], "pullrequest");
+    }
+
+    #[test]
+    fn loose_folder_is_tightened() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("tokd");
+        fs::create_dir(&dir).expect("mkdir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        Store::open(&dir).expect("open");
+        assert_eq!(mode(&dir), 0o700);
+    }
+
+    #[test]
+    fn loose_file_is_tightened_on_load() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(root.path()).expect("open");
+        store.save("a", &sample("tok")).expect("save");
+        fs::set_permissions(store.path_of("a"), fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(store.load("a").expect("load"), Loaded::Found(_)));
+        assert_eq!(mode(&store.path_of("a")), 0o600);
+    }
+
+    #[test]
+    fn a_file_in_place_of_the_folder_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let path = root.path().join("tokd");
+        fs::write(&path, "").expect("write");
+        assert!(Store::open(&path).is_err());
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside_and_only_its_installation_is_affected() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(root.path()).expect("open");
+        store.save("good", &sample("tok")).expect("save");
+        let garbage = b"{\"version\": 1, \"access_token\": \"half-writ";
+        fs::write(store.path_of("bad"), garbage).expect("write");
+
+        let Loaded::MovedAside { moved_to, reason } = store.load("bad").expect("load") else {
+            panic!("expected the corrupt file to be moved aside");
+        };
+        assert!(reason.contains("truncated"), "{reason}");
+        assert!(
+            !reason.contains("half-writ"),
+            "the reason never quotes content: {reason}"
+        );
+        assert!(!store.path_of("bad").exists());
+        assert_eq!(fs::read(&moved_to).expect("kept"), garbage, "never deleted");
+        assert!(matches!(store.load("bad").expect("load"), Loaded::Missing));
+        assert!(matches!(
+            store.load("good").expect("load"),
+            Loaded::Found(_)
+        ));
+
+        // A second corruption at the same second does not overwrite the first.
+        fs::write(store.path_of("bad"), b"[]").expect("write");
+        let Loaded::MovedAside {
+            moved_to: second,
+            reason,
+        } = store.load("bad").expect("load")
+        else {
+            panic!("expected a move");
+        };
+        assert!(reason.contains("not a token record"), "{reason}");
+        assert_ne!(second, moved_to);
+        assert!(moved_to.exists() && second.exists());
+    }
+
+    #[test]
+    fn a_newer_format_is_left_untouched() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(root.path()).expect("open");
+        let future = b"{\"version\": 2, \"something\": \"new\"}";
+        fs::write(store.path_of("a"), future).expect("write");
+        let error = store.load("a").expect_err("refused");
+        assert!(matches!(error, StoreError::NewerFormat { found: 2, .. }));
+        assert!(error.to_string().contains("upgrade tokd"), "{error}");
+        assert_eq!(fs::read(store.path_of("a")).expect("still there"), future);
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_fresh_ones_kept() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path();
+        let stale = dir.join(".a.json.tmp-1-0");
+        let fresh = dir.join(".b.json.tmp-1-1");
+        fs::write(&stale, "x").expect("write");
+        fs::write(&fresh, "x").expect("write");
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&stale)
+            .expect("open")
+            .set_modified(old)
+            .expect("set mtime");
+        Store::open(dir).expect("open");
+        assert!(!stale.exists());
+        assert!(fresh.exists());
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_record() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(root.path()).expect("open");
+        let old = sample("old");
+        store.save("a", &old).expect("save");
+        // Make the rename fail: the target of `b` is a non-empty folder,
+        // which rename cannot replace. (Permission tricks do not work when
+        // the tests run as root.)
+        fs::create_dir(store.path_of("b")).expect("mkdir");
+        fs::write(store.path_of("b").join("keep"), "x").expect("write");
+        assert!(store.save("b", &sample("new")).is_err());
+        assert!(store.path_of("b").join("keep").exists());
+        assert!(matches!(store.load("a").expect("load"), Loaded::Found(r) if r == old));
+        let leftovers = fs::read_dir(root.path())
+            .expect("read_dir")
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .is_ok_and(|entry| entry.file_name().to_string_lossy().contains(".tmp-"))
+            })
+            .count();
+        assert_eq!(leftovers, 0, "the temporary file was cleaned up");
+    }
+
+    #[test]
+    fn remove_deletes_and_tolerates_missing() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(root.path()).expect("open");
+        store.save("a", &sample("tok")).expect("save");
+        store.remove("a").expect("remove");
+        assert!(matches!(store.load("a").expect("load"), Loaded::Missing));
+        store.remove("a").expect("remove again");
+    }
+}
