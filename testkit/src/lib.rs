@@ -1,1 +1,238 @@
+//! Test support for tokd (never shipped): an OAuth 2.0 provider emulator.
+//!
+//! [`Emulator`] is a real HTTP server on 127.0.0.1 (port 0) that behaves like
+//! the providers in SPEC.md: Bitbucket's non-rotating refresh token and its
+//! 2026 rotation with a grace window, WSO2's strict rotation and revocation
+//! endpoint, SmartThings refusing JSON bodies, a `client_secret_post`-only
+//! server. It checks PKCE, makes codes one-use, counts requests per grant,
+//! injects faults (any status, HTML / empty / garbage bodies, delays,
+//! `Retry-After`) and revokes grants on demand.
+//!
+//! Endpoints: `GET /authorize` (auto-approves and redirects, as a browser
+//! would be sent back), `POST /token`, `POST /revoke`, `GET /api/user`
+//! (answers 200 for a valid access token, 401 otherwise).
 
+mod server;
+
+pub use server::Emulator;
+
+use std::time::Duration;
+
+/// How the provider treats a refresh token after use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// The same refresh token comes back (Bitbucket classic).
+    Never,
+    /// A new one every time; the old one stays usable this long after its
+    /// first use (Bitbucket 2026: about ten minutes).
+    Grace(Duration),
+    /// A new one every time; the old one dies at once (WSO2).
+    Strict,
+}
+
+/// How client authentication must arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptedAuth {
+    Basic,
+    Post,
+    Either,
+}
+
+/// What a dead refresh token gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadRefreshAnswer {
+    /// `400 invalid_grant` (RFC 6749).
+    InvalidGrant,
+    /// Bitbucket: `400 invalid_request` "Invalid refresh_token".
+    BitbucketInvalidRequest,
+}
+
+/// A provider's observable behaviour.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    pub name: &'static str,
+    pub rotation: Rotation,
+    /// `"scope"` or `"scopes"` (Bitbucket).
+    pub scope_field: &'static str,
+    /// Exactly as sent: `"bearer"`, `"Bearer"`.
+    pub token_type: &'static str,
+    pub access_lifetime: Duration,
+    pub expires_in_as_string: bool,
+    pub omit_expires_in: bool,
+    /// Length of issued access and refresh tokens.
+    pub token_length: usize,
+    pub accepted_auth: AcceptedAuth,
+    /// Status for a body that is not form-urlencoded (SmartThings: 401).
+    pub non_form_status: u16,
+    pub dead_refresh: DeadRefreshAnswer,
+    /// Whether `POST /revoke` exists.
+    pub revocation: bool,
+}
+
+impl Behaviour {
+    /// Bitbucket Cloud as it long was: the refresh token is not rotated.
+    pub fn bitbucket_classic() -> Self {
+        Self {
+            name: "bitbucket-classic",
+            rotation: Rotation::Never,
+            scope_field: "scopes",
+            token_type: "bearer",
+            access_lifetime: Duration::from_secs(7200),
+            expires_in_as_string: false,
+            omit_expires_in: false,
+            token_length: 120,
+            accepted_auth: AcceptedAuth::Basic,
+            non_form_status: 400,
+            dead_refresh: DeadRefreshAnswer::BitbucketInvalidRequest,
+            revocation: false,
+        }
+    }
+
+    /// Bitbucket Cloud from 2026: rotation with a ten-minute grace window
+    /// and tokens over 2,500 characters.
+    pub fn bitbucket_2026() -> Self {
+        Self {
+            name: "bitbucket-2026",
+            rotation: Rotation::Grace(Duration::from_secs(600)),
+            token_length: 2600,
+            ..Self::bitbucket_classic()
+        }
+    }
+
+    /// WSO2 API Manager: strict rotation, a revocation endpoint.
+    pub fn wso2() -> Self {
+        Self {
+            name: "wso2",
+            rotation: Rotation::Strict,
+            scope_field: "scope",
+            token_type: "Bearer",
+            access_lifetime: Duration::from_secs(3600),
+            expires_in_as_string: false,
+            omit_expires_in: false,
+            token_length: 36,
+            accepted_auth: AcceptedAuth::Basic,
+            non_form_status: 400,
+            dead_refresh: DeadRefreshAnswer::InvalidGrant,
+            revocation: true,
+        }
+    }
+
+    /// SmartThings: 24 h tokens, a JSON body gets 401.
+    pub fn smartthings() -> Self {
+        Self {
+            name: "smartthings",
+            rotation: Rotation::Strict,
+            scope_field: "scope",
+            token_type: "bearer",
+            access_lifetime: Duration::from_secs(86_400),
+            non_form_status: 401,
+            token_length: 36,
+            revocation: false,
+            ..Self::wso2()
+        }
+    }
+
+    /// A generic server that wants `client_secret_post` and sends
+    /// `expires_in` as a string.
+    pub fn post_only() -> Self {
+        Self {
+            name: "post-only",
+            rotation: Rotation::Never,
+            accepted_auth: AcceptedAuth::Post,
+            expires_in_as_string: true,
+            ..Self::wso2()
+        }
+    }
+}
+
+/// What a fault answers instead of the normal response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultBody {
+    Html,
+    Empty,
+    Garbage,
+    /// Raw text sent as `application/json`.
+    Json(String),
+    /// An empty body with this `Location` header.
+    Redirect(String),
+}
+
+/// A fault injected into the next token (or revocation) request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// `None`: answer normally after the delay (a slow provider).
+    pub answer: Option<(u16, FaultBody)>,
+    pub retry_after: Option<String>,
+}
+
+impl Fault {
+    pub fn status(status: u16, body: FaultBody) -> Self {
+        Self {
+            delay: Duration::ZERO,
+            answer: Some((status, body)),
+            retry_after: None,
+        }
+    }
+
+    /// A 302 to `location`, as a misconfigured URL or a captive portal gives.
+    pub fn redirect(location: impl Into<String>) -> Self {
+        Self::status(302, FaultBody::Redirect(location.into()))
+    }
+
+    pub fn slow(delay: Duration) -> Self {
+        Self {
+            delay,
+            answer: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, value: impl Into<String>) -> Self {
+        self.retry_after = Some(value.into());
+        self
+    }
+
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// Requests seen by the token endpoint, by grant type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub authorization_code: u64,
+    pub refresh_token: u64,
+    pub client_credentials: u64,
+    pub revoke: u64,
+    /// Token requests refused before the grant was looked at (faults, bad
+    /// client authentication, bad bodies).
+    pub refused: u64,
+}
+
+impl Counters {
+    pub fn token_requests(&self) -> u64 {
+        self.authorization_code + self.refresh_token + self.client_credentials + self.refused
+    }
+}
+
+/// How the last token request arrived, for checks of client authentication.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordedRequest {
+    pub content_type: Option<String>,
+    pub accept: Option<String>,
+    /// Decoded `(client_id, client_secret)` from a Basic header.
+    pub basic: Option<(String, String)>,
+    pub form: Vec<(String, String)>,
+}
+
+impl RecordedRequest {
+    pub fn form_value(&self, key: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    }
+}

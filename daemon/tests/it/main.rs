@@ -1,1 +1,5 @@
-fn main() {}
+//! The one integration test binary of the daemon crate.
+
+mod oauth;
+mod store;
+mod support;

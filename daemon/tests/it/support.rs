@@ -1,0 +1,14 @@
+//! Shared helpers of the integration tests.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Every async test runs under this bound, so a hang fails instead of
+/// stalling CI.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub async fn within<T>(test: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("the test did not finish within its timeout")
+}

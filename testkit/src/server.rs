@@ -1,0 +1,848 @@
+//! The emulator's HTTP server and its state.
+
+use crate::{
+    AcceptedAuth, Behaviour, Counters, DeadRefreshAnswer, Fault, FaultBody, RecordedRequest,
+    Rotation,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use ring::rand::SecureRandom as _;
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+struct Client {
+    secret: String,
+}
+
+#[derive(Debug)]
+struct IssuedCode {
+    client_id: String,
+    redirect_uri: Option<String>,
+    scopes: Vec<String>,
+    challenge: Option<String>,
+    used: bool,
+}
+
+#[derive(Debug)]
+struct Grant {
+    client_id: String,
+    scopes: Vec<String>,
+    revoked: bool,
+}
+
+#[derive(Debug)]
+struct RefreshState {
+    grant: u64,
+    /// When it was first exchanged (for the grace window).
+    first_used: Option<Instant>,
+    /// Replaced by a newer one (rotation).
+    superseded: bool,
+    revoked: bool,
+}
+
+#[derive(Debug)]
+struct AccessState {
+    /// `None` for client-credentials tokens.
+    grant: Option<u64>,
+    client_id: String,
+    expires: Instant,
+    revoked: bool,
+}
+
+#[derive(Debug)]
+struct State {
+    behaviour: Behaviour,
+    clients: HashMap<String, Client>,
+    codes: HashMap<String, IssuedCode>,
+    grants: Vec<Grant>,
+    refresh_tokens: HashMap<String, RefreshState>,
+    access_tokens: HashMap<String, AccessState>,
+    faults: VecDeque<Fault>,
+    sticky_fault: Option<Fault>,
+    counters: Counters,
+    last_request: Option<RecordedRequest>,
+}
+
+/// A running emulator. Dropping it stops the server.
+#[derive(Debug)]
+pub struct Emulator {
+    address: SocketAddr,
+    state: Arc<Mutex<State>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+fn random_text(length: usize) -> String {
+    let mut bytes = vec![0u8; length.div_ceil(4) * 3 + 3];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system random");
+    let mut text = URL_SAFE_NO_PAD.encode(bytes);
+    text.truncate(length.max(1));
+    text
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        content_type.parse().expect("valid content type"),
+    );
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        "no-store".parse().expect("valid"),
+    );
+    response
+}
+
+fn json_response(status: u16, value: Value) -> HttpResponse {
+    respond(status, "application/json", value.to_string())
+}
+
+fn oauth_error(status: u16, error: &str, description: &str) -> HttpResponse {
+    json_response(
+        status,
+        json!({"error": error, "error_description": description}),
+    )
+}
+
+impl Emulator {
+    /// Starts a server on 127.0.0.1 with a free port. Must be called inside
+    /// a tokio runtime.
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the emulator on 127.0.0.1");
+        let address = listener.local_addr().expect("local address");
+        let state = Arc::new(Mutex::new(State {
+            behaviour,
+            clients: HashMap::new(),
+            codes: HashMap::new(),
+            grants: Vec::new(),
+            refresh_tokens: HashMap::new(),
+            access_tokens: HashMap::new(),
+            faults: VecDeque::new(),
+            sticky_fault: None,
+            counters: Counters::default(),
+            last_request: None,
+        }));
+        let shared = Arc::clone(&state);
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, std::convert::Infallible>(handle(state, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            address,
+            state,
+            accept,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.base_url())
+    }
+
+    pub fn auth_url(&self) -> String {
+        format!("{}/authorize", self.base_url())
+    }
+
+    pub fn revoke_url(&self) -> String {
+        format!("{}/revoke", self.base_url())
+    }
+
+    pub fn user_url(&self) -> String {
+        format!("{}/api/user", self.base_url())
+    }
+
+    /// Registers a consumer (OAuth client).
+    pub fn register_client(&self, client_id: &str, secret: &str) {
+        self.lock().clients.insert(
+            client_id.to_owned(),
+            Client {
+                secret: secret.to_owned(),
+            },
+        );
+    }
+
+    pub fn behaviour(&self) -> Behaviour {
+        self.lock().behaviour.clone()
+    }
+
+    /// Changes behaviour from now on (tokens already issued stay).
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        self.lock().behaviour = behaviour;
+    }
+
+    /// What a human approving in the browser produces: a one-use code, as
+    /// if obtained by hand.
+    pub fn issue_code(
+        &self,
+        client_id: &str,
+        scopes: &[&str],
+        redirect_uri: Option<&str>,
+        challenge: Option<&str>,
+    ) -> String {
+        let code = random_text(24);
+        self.lock().codes.insert(
+            code.clone(),
+            IssuedCode {
+                client_id: client_id.to_owned(),
+                redirect_uri: redirect_uri.map(str::to_owned),
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                challenge: challenge.map(str::to_owned),
+                used: false,
+            },
+        );
+        code
+    }
+
+    /// Injects `fault` into the next `count` token or revocation requests.
+    pub fn fail_next(&self, count: usize, fault: Fault) {
+        let mut state = self.lock();
+        for _ in 0..count {
+            state.faults.push_back(fault.clone());
+        }
+    }
+
+    /// Injects `fault` into every request until `clear_faults`.
+    pub fn fail_always(&self, fault: Fault) {
+        self.lock().sticky_fault = Some(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        let mut state = self.lock();
+        state.faults.clear();
+        state.sticky_fault = None;
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.lock().counters
+    }
+
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        self.lock().last_request.clone()
+    }
+
+    /// Revokes the grant (installation) that `token` (access or refresh)
+    /// belongs to, as a user removing the app at the provider would.
+    /// Returns whether a grant was found.
+    pub fn revoke_grant_of(&self, token: &str) -> bool {
+        let mut state = self.lock();
+        let grant = state
+            .refresh_tokens
+            .get(token)
+            .map(|refresh| refresh.grant)
+            .or_else(|| {
+                state
+                    .access_tokens
+                    .get(token)
+                    .and_then(|access| access.grant)
+            });
+        match grant {
+            Some(grant) => {
+                revoke_grant(&mut state, grant);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bitbucket: changing a consumer's scopes revokes all its tokens.
+    pub fn change_consumer_scopes(&self, client_id: &str) {
+        let mut state = self.lock();
+        let grants: Vec<u64> = (0..state.grants.len() as u64)
+            .filter(|grant| state.grants[*grant as usize].client_id == client_id)
+            .collect();
+        for grant in grants {
+            revoke_grant(&mut state, grant);
+        }
+        for access in state.access_tokens.values_mut() {
+            if access.client_id == client_id {
+                access.revoked = true;
+            }
+        }
+    }
+
+    /// Whether `token` would be accepted by the provider's API now.
+    pub fn access_token_is_valid(&self, token: &str) -> bool {
+        let state = self.lock();
+        access_valid(&state, token)
+    }
+
+    /// Whether `token` is a refresh token the provider would still accept.
+    pub fn refresh_token_is_valid(&self, token: &str) -> bool {
+        let state = self.lock();
+        let behaviour = state.behaviour.clone();
+        refresh_usable(&state, &behaviour, token)
+    }
+
+    /// How many grants (installations) were ever created.
+    pub fn grant_count(&self) -> usize {
+        self.lock().grants.len()
+    }
+
+    /// Scopes of the grant `token` belongs to.
+    pub fn scopes_of(&self, token: &str) -> Option<Vec<String>> {
+        let state = self.lock();
+        let grant = state
+            .refresh_tokens
+            .get(token)
+            .map(|refresh| refresh.grant)
+            .or_else(|| {
+                state
+                    .access_tokens
+                    .get(token)
+                    .and_then(|access| access.grant)
+            })?;
+        Some(state.grants[grant as usize].scopes.clone())
+    }
+}
+
+fn revoke_grant(state: &mut State, grant: u64) {
+    state.grants[grant as usize].revoked = true;
+    for refresh in state.refresh_tokens.values_mut() {
+        if refresh.grant == grant {
+            refresh.revoked = true;
+        }
+    }
+    for access in state.access_tokens.values_mut() {
+        if access.grant == Some(grant) {
+            access.revoked = true;
+        }
+    }
+}
+
+fn access_valid(state: &State, token: &str) -> bool {
+    state.access_tokens.get(token).is_some_and(|access| {
+        !access.revoked
+            && access.expires > Instant::now()
+            && access
+                .grant
+                .is_none_or(|grant| !state.grants[grant as usize].revoked)
+    })
+}
+
+fn refresh_usable(state: &State, behaviour: &Behaviour, token: &str) -> bool {
+    let Some(refresh) = state.refresh_tokens.get(token) else {
+        return false;
+    };
+    if refresh.revoked || state.grants[refresh.grant as usize].revoked {
+        return false;
+    }
+    if !refresh.superseded {
+        return true;
+    }
+    match behaviour.rotation {
+        Rotation::Never => true,
+        Rotation::Strict => false,
+        Rotation::Grace(window) => refresh
+            .first_used
+            .is_some_and(|first| first.elapsed() < window),
+    }
+}
+
+async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> HttpResponse {
+    let lock = || {
+        state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/authorize") => {
+            let query = request.uri().query().unwrap_or("").to_owned();
+            authorize(&mut lock(), &query)
+        }
+        ("GET", "/api/user") => {
+            let bearer = request
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(str::to_owned);
+            match bearer {
+                Some(token) if access_valid(&lock(), &token) => {
+                    json_response(200, json!({"ok": true}))
+                }
+                _ => oauth_error(401, "invalid_token", "Access token expired or revoked"),
+            }
+        }
+        ("POST", "/token") | ("POST", "/revoke") => {
+            let recorded = record(request).await;
+            let fault = {
+                let mut state = lock();
+                state.last_request = Some(recorded.clone());
+                state
+                    .faults
+                    .pop_front()
+                    .or_else(|| state.sticky_fault.clone())
+            };
+            if let Some(fault) = fault {
+                if !fault.delay.is_zero() {
+                    tokio::time::sleep(fault.delay).await;
+                }
+                if let Some((status, body)) = fault.answer {
+                    lock().counters.refused += 1;
+                    return fault_response(status, &body, fault.retry_after.as_deref());
+                }
+            }
+            let mut state = lock();
+            if path == "/token" {
+                token(&mut state, &recorded)
+            } else {
+                revoke(&mut state, &recorded)
+            }
+        }
+        _ => respond(
+            404,
+            "text/html",
+            "<html><body><h1>404 Not Found</h1></body></html>",
+        ),
+    }
+}
+
+fn fault_response(status: u16, body: &FaultBody, retry_after: Option<&str>) -> HttpResponse {
+    let mut response = match body {
+        FaultBody::Html => respond(
+            status,
+            "text/html",
+            format!(
+                "<html><head><title>{status} Bad Gateway</title></head><body><center><h1>{status} Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+            ),
+        ),
+        FaultBody::Empty => respond(status, "text/plain", ""),
+        FaultBody::Garbage => respond(
+            status,
+            "application/json",
+            Bytes::from_static(b"\x00\xff{{\"acc"),
+        ),
+        FaultBody::Json(text) => respond(status, "application/json", text.clone()),
+        FaultBody::Redirect(location) => {
+            let mut response = respond(status, "text/html", "");
+            response.headers_mut().insert(
+                hyper::header::LOCATION,
+                location.parse().expect("valid location"),
+            );
+            response
+        }
+    };
+    if let Some(value) = retry_after {
+        response.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            value.parse().expect("valid header"),
+        );
+    }
+    response
+}
+
+async fn record(request: Request<Incoming>) -> RecordedRequest {
+    let header = |name: hyper::header::HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header(hyper::header::CONTENT_TYPE);
+    let accept = header(hyper::header::ACCEPT);
+    let basic = header(hyper::header::AUTHORIZATION)
+        .and_then(|value| value.strip_prefix("Basic ").map(str::to_owned))
+        .and_then(|encoded| STANDARD.decode(encoded).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| {
+            let (id, secret) = text.split_once(':')?;
+            let decode = |part: &str| {
+                url::form_urlencoded::parse(format!("x={part}").as_bytes())
+                    .next()
+                    .map(|(_, value)| value.into_owned())
+                    .unwrap_or_default()
+            };
+            Some((decode(id), decode(secret)))
+        });
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .unwrap_or_default();
+    let is_form = content_type
+        .as_deref()
+        .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
+    let form = if is_form {
+        url::form_urlencoded::parse(&body).into_owned().collect()
+    } else {
+        Vec::new()
+    };
+    RecordedRequest {
+        content_type,
+        accept,
+        basic,
+        form,
+    }
+}
+
+fn authorize(state: &mut State, query: &str) -> HttpResponse {
+    let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let get = |key: &str| params.get(key).map(String::as_str);
+    if get("response_type") != Some("code") {
+        return respond(
+            400,
+            "text/html",
+            "<html><body>unsupported response_type</body></html>",
+        );
+    }
+    let Some(client_id) = get("client_id").filter(|id| state.clients.contains_key(*id)) else {
+        return respond(
+            400,
+            "text/html",
+            "<html><body>Invalid client_id</body></html>",
+        );
+    };
+    let Some(redirect_uri) = get("redirect_uri") else {
+        return respond(
+            400,
+            "text/html",
+            "<html><body>redirect_uri required</body></html>",
+        );
+    };
+    if get("code_challenge").is_some() && get("code_challenge_method") != Some("S256") {
+        return respond(
+            400,
+            "text/html",
+            "<html><body>only S256 is supported</body></html>",
+        );
+    }
+    let code = random_text(24);
+    state.codes.insert(
+        code.clone(),
+        IssuedCode {
+            client_id: client_id.to_owned(),
+            redirect_uri: Some(redirect_uri.to_owned()),
+            scopes: get("scope")
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            challenge: get("code_challenge").map(str::to_owned),
+            used: false,
+        },
+    );
+    let mut location = match url::Url::parse(redirect_uri) {
+        Ok(url) => url,
+        Err(_) => {
+            return respond(
+                400,
+                "text/html",
+                "<html><body>bad redirect_uri</body></html>",
+            );
+        }
+    };
+    location.query_pairs_mut().append_pair("code", &code);
+    if let Some(client_state) = get("state") {
+        location
+            .query_pairs_mut()
+            .append_pair("state", client_state);
+    }
+    let mut response = respond(302, "text/html", "");
+    response.headers_mut().insert(
+        hyper::header::LOCATION,
+        location.as_str().parse().expect("valid location"),
+    );
+    response
+}
+
+/// Checks client authentication as the behaviour demands; returns the
+/// client id or the refusal.
+fn authenticate(state: &State, request: &RecordedRequest) -> Result<String, Box<HttpResponse>> {
+    let accepted = state.behaviour.accepted_auth;
+    let from_body = request.form_value("client_secret").map(|secret| {
+        (
+            request.form_value("client_id").unwrap_or("").to_owned(),
+            secret.to_owned(),
+        )
+    });
+    let presented = match (accepted, &request.basic, from_body) {
+        (AcceptedAuth::Basic | AcceptedAuth::Either, Some(basic), _) => Some(basic.clone()),
+        (AcceptedAuth::Post | AcceptedAuth::Either, _, Some(body)) => Some(body),
+        _ => None,
+    };
+    let Some((client_id, secret)) = presented else {
+        let how = match accepted {
+            AcceptedAuth::Basic => "HTTP Basic",
+            AcceptedAuth::Post => "client_secret_post",
+            AcceptedAuth::Either => "HTTP Basic or client_secret_post",
+        };
+        return Err(Box::new(oauth_error(
+            401,
+            "invalid_client",
+            &format!("Client authentication failed: use {how}"),
+        )));
+    };
+    match state.clients.get(&client_id) {
+        Some(client) if client.secret == secret => Ok(client_id),
+        _ => Err(Box::new(oauth_error(
+            401,
+            "invalid_client",
+            "Client authentication failed",
+        ))),
+    }
+}
+
+fn token(state: &mut State, request: &RecordedRequest) -> HttpResponse {
+    let is_form = request
+        .content_type
+        .as_deref()
+        .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        state.counters.refused += 1;
+        let status = state.behaviour.non_form_status;
+        return oauth_error(
+            status,
+            "invalid_request",
+            "The request body must be application/x-www-form-urlencoded",
+        );
+    }
+    let client_id = match authenticate(state, request) {
+        Ok(client_id) => client_id,
+        Err(refusal) => {
+            state.counters.refused += 1;
+            return *refusal;
+        }
+    };
+    match request.form_value("grant_type") {
+        Some("authorization_code") => {
+            state.counters.authorization_code += 1;
+            exchange_code(state, request, &client_id)
+        }
+        Some("refresh_token") => {
+            state.counters.refresh_token += 1;
+            use_refresh_token(state, request, &client_id)
+        }
+        Some("client_credentials") => {
+            state.counters.client_credentials += 1;
+            let scopes: Vec<String> = request
+                .form_value("scope")
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            let access = issue_access(state, None, &client_id);
+            token_body(state, &access, None, &scopes)
+        }
+        _ => {
+            state.counters.refused += 1;
+            oauth_error(400, "unsupported_grant_type", "Unsupported grant type")
+        }
+    }
+}
+
+fn exchange_code(state: &mut State, request: &RecordedRequest, client_id: &str) -> HttpResponse {
+    let Some(code) = request.form_value("code") else {
+        return oauth_error(400, "invalid_request", "Missing code");
+    };
+    let Some(issued) = state.codes.get_mut(code) else {
+        return oauth_error(400, "invalid_grant", "The specified code is not valid.");
+    };
+    if issued.used || issued.client_id != client_id {
+        return oauth_error(400, "invalid_grant", "The specified code is not valid.");
+    }
+    // One use, whatever happens next.
+    issued.used = true;
+    if issued.redirect_uri.is_some()
+        && issued.redirect_uri.as_deref() != request.form_value("redirect_uri")
+    {
+        return oauth_error(
+            400,
+            "invalid_grant",
+            "redirect_uri does not match the authorization request",
+        );
+    }
+    if let Some(challenge) = issued.challenge.clone() {
+        let Some(verifier) = request.form_value("code_verifier") else {
+            return oauth_error(400, "invalid_grant", "code_verifier required");
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+        if URL_SAFE_NO_PAD.encode(digest.as_ref()) != challenge {
+            return oauth_error(400, "invalid_grant", "PKCE verification failed");
+        }
+    }
+    let scopes = issued.scopes.clone();
+    state.grants.push(Grant {
+        client_id: client_id.to_owned(),
+        scopes: scopes.clone(),
+        revoked: false,
+    });
+    let grant = state.grants.len() as u64 - 1;
+    let refresh = issue_refresh(state, grant);
+    let access = issue_access(state, Some(grant), client_id);
+    token_body(state, &access, Some(&refresh), &scopes)
+}
+
+fn use_refresh_token(
+    state: &mut State,
+    request: &RecordedRequest,
+    client_id: &str,
+) -> HttpResponse {
+    let behaviour = state.behaviour.clone();
+    let dead = |behaviour: &Behaviour| match behaviour.dead_refresh {
+        DeadRefreshAnswer::InvalidGrant => {
+            oauth_error(400, "invalid_grant", "Invalid refresh token")
+        }
+        DeadRefreshAnswer::BitbucketInvalidRequest => {
+            oauth_error(400, "invalid_request", "Invalid refresh_token")
+        }
+    };
+    let Some(presented) = request.form_value("refresh_token") else {
+        return oauth_error(400, "invalid_request", "Missing refresh_token");
+    };
+    if !refresh_usable(state, &behaviour, presented) {
+        return dead(&behaviour);
+    }
+    let grant = state.refresh_tokens[presented].grant;
+    if state.grants[grant as usize].client_id != client_id {
+        return dead(&behaviour);
+    }
+    let refresh = match behaviour.rotation {
+        Rotation::Never => presented.to_owned(),
+        Rotation::Strict | Rotation::Grace(_) => {
+            let old = state
+                .refresh_tokens
+                .get_mut(presented)
+                .expect("checked above");
+            old.superseded = true;
+            old.first_used.get_or_insert_with(Instant::now);
+            issue_refresh(state, grant)
+        }
+    };
+    let scopes = state.grants[grant as usize].scopes.clone();
+    let access = issue_access(state, Some(grant), client_id);
+    token_body(state, &access, Some(&refresh), &scopes)
+}
+
+fn revoke(state: &mut State, request: &RecordedRequest) -> HttpResponse {
+    if !state.behaviour.revocation {
+        return respond(
+            404,
+            "text/html",
+            "<html><body><h1>404 Not Found</h1></body></html>",
+        );
+    }
+    if let Err(refusal) = authenticate(state, request) {
+        return *refusal;
+    }
+    state.counters.revoke += 1;
+    let Some(token) = request.form_value("token") else {
+        return oauth_error(400, "invalid_request", "Missing token");
+    };
+    if let Some(refresh) = state.refresh_tokens.get(token) {
+        // Revoking a refresh token ends its grant (RFC 7009 §2.1).
+        let grant = refresh.grant;
+        revoke_grant(state, grant);
+    } else if let Some(access) = state.access_tokens.get_mut(token) {
+        access.revoked = true;
+    }
+    // RFC 7009 §2.2: 200 whether or not the token was known.
+    respond(200, "application/json", "")
+}
+
+fn issue_refresh(state: &mut State, grant: u64) -> String {
+    let token = random_text(state.behaviour.token_length);
+    state.refresh_tokens.insert(
+        token.clone(),
+        RefreshState {
+            grant,
+            first_used: None,
+            superseded: false,
+            revoked: false,
+        },
+    );
+    token
+}
+
+fn issue_access(state: &mut State, grant: Option<u64>, client_id: &str) -> String {
+    let token = random_text(state.behaviour.token_length);
+    state.access_tokens.insert(
+        token.clone(),
+        AccessState {
+            grant,
+            client_id: client_id.to_owned(),
+            expires: Instant::now() + state.behaviour.access_lifetime,
+            revoked: false,
+        },
+    );
+    token
+}
+
+fn token_body(
+    state: &State,
+    access: &str,
+    refresh: Option<&str>,
+    scopes: &[String],
+) -> HttpResponse {
+    let behaviour = &state.behaviour;
+    let mut body = serde_json::Map::new();
+    body.insert("access_token".into(), json!(access));
+    body.insert("token_type".into(), json!(behaviour.token_type));
+    if !behaviour.omit_expires_in {
+        let seconds = behaviour.access_lifetime.as_secs();
+        let value = if behaviour.expires_in_as_string {
+            json!(seconds.to_string())
+        } else {
+            json!(seconds)
+        };
+        body.insert("expires_in".into(), value);
+    }
+    if let Some(refresh) = refresh {
+        body.insert("refresh_token".into(), json!(refresh));
+    }
+    body.insert(behaviour.scope_field.into(), json!(scopes.join(" ")));
+    // Providers add fields of their own; clients must ignore them.
+    body.insert("x_emulator".into(), json!(behaviour.name));
+    json_response(200, Value::Object(body))
+}
