@@ -25,6 +25,7 @@ fn record(generation: u64) -> Record {
 /// Not a test on its own: the body of the child process that the test below
 /// starts and kills. Without the environment variable it does nothing.
 #[test]
+#[allow(clippy::print_stdout)] // stdout is how the child talks to its parent
 fn store_writer_child() {
     let Ok(dir) = std::env::var(WRITER_ENV) else {
         return;
