@@ -5,5 +5,6 @@
 
 pub mod config;
 pub mod oauth;
+pub mod paths;
 pub mod secret;
 pub mod store;

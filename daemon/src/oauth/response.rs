@@ -8,7 +8,12 @@
 use crate::secret::{AccessToken, RefreshToken};
 use serde::Deserialize;
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+/// The lifetime assumed when a provider sends no `expires_in` but the token
+/// can be renewed (a refresh token came with it, or the grant is client
+/// credentials): renewing hourly is cheap and safe.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// A successful token response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +27,22 @@ pub struct TokenResponse {
     pub refresh_token: Option<RefreshToken>,
     /// `None` when the response names no scopes.
     pub scopes: Option<Vec<String>>,
+}
+
+impl TokenResponse {
+    /// Wall-clock expiry of the access token received at `now`.
+    ///
+    /// With `expires_in`, that. Without it: [`DEFAULT_LIFETIME`] when the
+    /// token can be renewed without a human (`renewable`); otherwise `None`,
+    /// a token that does not expire (GitHub OAuth apps send neither a
+    /// lifetime nor a refresh token, and their tokens live until revoked).
+    pub fn expires_at(&self, now: SystemTime, renewable: bool) -> Option<SystemTime> {
+        match (self.expires_in, renewable) {
+            (Some(lifetime), _) => Some(now + lifetime),
+            (None, true) => Some(now + DEFAULT_LIFETIME),
+            (None, false) => None,
+        }
+    }
 }
 
 /// The fields of an RFC 6749 §5.2 error response.
@@ -248,6 +269,23 @@ mod tests {
             );
         }
         assert_eq!(parse(r#"{"access_token":"A"}"#).expires_in, None);
+    }
+
+    #[test]
+    fn missing_expires_in_has_a_documented_default() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let with = parse(r#"{"access_token":"A","expires_in":"120"}"#);
+        assert_eq!(
+            with.expires_at(now, false),
+            Some(now + Duration::from_secs(120))
+        );
+        let without = parse(r#"{"access_token":"A"}"#);
+        assert_eq!(without.expires_at(now, true), Some(now + DEFAULT_LIFETIME));
+        assert_eq!(
+            without.expires_at(now, false),
+            None,
+            "GitHub-style non-expiring token"
+        );
     }
 
     #[test]

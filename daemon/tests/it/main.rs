@@ -1,5 +1,6 @@
 //! The one integration test binary of the daemon crate.
 
+mod check_config;
 mod oauth;
 mod store;
 mod support;
