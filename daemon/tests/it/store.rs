@@ -13,7 +13,11 @@ const ROUNDS: usize = 30;
 
 /// Big tokens make each write take long enough for kills to land inside it.
 fn record(generation: u64) -> Record {
-    let letter = if generation.is_multiple_of(2) { 'a' } else { 'b' };
+    let letter = if generation.is_multiple_of(2) {
+        'a'
+    } else {
+        'b'
+    };
     Record {
         access_token: Some(AccessToken::new(letter.to_string().repeat(256 * 1024))),
         refresh_token: Some(RefreshToken::new(format!("refresh-{letter}"))),
