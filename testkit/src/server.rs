@@ -271,16 +271,7 @@ impl Emulator {
     /// Returns whether a grant was found.
     pub fn revoke_grant_of(&self, token: &str) -> bool {
         let mut state = self.lock();
-        let grant = state
-            .refresh_tokens
-            .get(token)
-            .map(|refresh| refresh.grant)
-            .or_else(|| {
-                state
-                    .access_tokens
-                    .get(token)
-                    .and_then(|access| access.grant)
-            });
+        let grant = grant_of(&state, token);
         match grant {
             Some(grant) => {
                 revoke_grant(&mut state, grant);
@@ -327,18 +318,23 @@ impl Emulator {
     /// Scopes of the grant `token` belongs to.
     pub fn scopes_of(&self, token: &str) -> Option<Vec<String>> {
         let state = self.lock();
-        let grant = state
-            .refresh_tokens
-            .get(token)
-            .map(|refresh| refresh.grant)
-            .or_else(|| {
-                state
-                    .access_tokens
-                    .get(token)
-                    .and_then(|access| access.grant)
-            })?;
+        let grant = grant_of(&state, token)?;
         Some(state.grants[grant as usize].scopes.clone())
     }
+}
+
+/// The grant an access or refresh token belongs to.
+fn grant_of(state: &State, token: &str) -> Option<u64> {
+    state
+        .refresh_tokens
+        .get(token)
+        .map(|refresh| refresh.grant)
+        .or_else(|| {
+            state
+                .access_tokens
+                .get(token)
+                .and_then(|access| access.grant)
+        })
 }
 
 fn revoke_grant(state: &mut State, grant: u64) {

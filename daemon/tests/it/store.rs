@@ -10,6 +10,13 @@ use tokd::store::{Loaded, Record, Store};
 const WRITER_ENV: &str = "TOKD_IT_STORE_WRITER_DIR";
 const WRITE_ONCE_ENV: &str = "TOKD_IT_STORE_WRITE_ONCE";
 const ROUNDS: usize = 30;
+/// Runs only the child test below in a new process of this test binary.
+const CHILD_ARGS: [&str; 4] = [
+    "--exact",
+    "store::store_writer_child",
+    "--nocapture",
+    "--test-threads=1",
+];
 
 /// Big tokens make each write take long enough for kills to land inside it.
 fn record(generation: u64) -> Record {
@@ -61,12 +68,7 @@ fn a_writer_killed_at_random_moments_never_leaves_a_torn_file() {
 
     for round in 0..ROUNDS {
         let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "store::store_writer_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(CHILD_ARGS)
             .env(WRITER_ENV, folder.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -126,12 +128,7 @@ fn save_under_a_file_size_limit(ignore_signal: bool) -> std::process::Output {
         .arg("-c")
         .arg(format!("{trap}ulimit -f 64; exec \"$0\" \"$@\""))
         .arg(&exe)
-        .args([
-            "--exact",
-            "store::store_writer_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(CHILD_ARGS)
         .env(WRITER_ENV, folder.path())
         .env(WRITE_ONCE_ENV, "1")
         .stderr(Stdio::null())
