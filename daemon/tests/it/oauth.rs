@@ -739,3 +739,31 @@ async fn the_authorization_url_carries_state_pkce_and_scopes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn revoking_one_installations_grant_leaves_the_other() {
+    within(async {
+        let (emulator, consumer, client) = setup(Behaviour::bitbucket_classic(), "basic").await;
+        let first = login(&emulator, &consumer, &client).await;
+        let second = login(&emulator, &consumer, &client).await;
+        assert_eq!(emulator.grant_count(), 2, "each login is its own grant");
+        assert_ne!(first.refresh_token, second.refresh_token);
+
+        assert!(emulator.revoke_grant_of(refresh_of(&first).expose()));
+        let error = client
+            .refresh(&consumer, &refresh_of(&first))
+            .await
+            .expect_err("revoked");
+        assert_eq!(error.kind, ErrorKind::NeedsLogin);
+        assert!(!emulator.access_token_is_valid(first.access_token.expose()));
+
+        let renewed = client
+            .refresh(&consumer, &refresh_of(&second))
+            .await
+            .expect("the other installation is untouched");
+        assert!(emulator.access_token_is_valid(renewed.access_token.expose()));
+        assert!(emulator.access_token_is_valid(second.access_token.expose()));
+        assert!(!emulator.revoke_grant_of("not-a-token"));
+    })
+    .await;
+}
