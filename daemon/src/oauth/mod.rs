@@ -216,11 +216,10 @@ impl OAuthClient {
             ("token", value.to_owned()),
             ("token_type_hint", hint.to_owned()),
         ];
-        let (status, _, _) = self
-            .post(consumer, &url, "revocation endpoint", form, &[value])
+        // RFC 7009 §2.2: 200 whether or not the token was valid; `post`
+        // returns Ok only for 2xx.
+        self.post(consumer, &url, "revocation endpoint", form, &[value])
             .await?;
-        // RFC 7009 §2.2: 200 whether or not the token was valid.
-        debug_assert!((200..300).contains(&status));
         Ok(())
     }
 
@@ -239,7 +238,7 @@ impl OAuthClient {
             all.extend(secret.as_ref().map(ClientSecret::expose));
             let mut failure = OAuthError::new(
                 ErrorKind::Transient,
-                scrub_all(
+                error::scrub(
                     &format!(
                         "token endpoint {} answered {status} but {error}{}",
                         describe(&url),
@@ -297,7 +296,7 @@ impl OAuthClient {
         let mut response = request.body(body).send().await.map_err(|error| {
             OAuthError::new(
                 ErrorKind::Transient,
-                scrub_all(
+                error::scrub(
                     &format!(
                         "cannot reach {what} {}: {}",
                         describe(url),
@@ -333,7 +332,7 @@ impl OAuthClient {
                 Err(error) => {
                     let mut failure = OAuthError::new(
                         ErrorKind::Transient,
-                        scrub_all(
+                        error::scrub(
                             &format!(
                                 "{what} {} answered {status} but the body could not be read: {}",
                                 describe(url),
@@ -357,7 +356,7 @@ impl OAuthClient {
         let description = parsed
             .as_ref()
             .and_then(|parsed| parsed.error_description.as_deref())
-            .map(|text| scrub_all(&sanitize(text, 200), &all));
+            .map(|text| error::scrub(&sanitize(text, 200), &all));
         let kind = classify(status, code.as_deref(), description.as_deref());
         let detail = match (&code, &description) {
             (Some(code), Some(description)) => format!(": {} ({description})", sanitize(code, 60)),
@@ -380,13 +379,9 @@ impl OAuthClient {
             error: code.map(|code| sanitize(&code, 60)),
             description,
             retry_after,
-            message: scrub_all(&message, &all),
+            message: error::scrub(&message, &all),
         })
     }
-}
-
-fn scrub_all(text: &str, secrets: &[&str]) -> String {
-    error::scrub(text, secrets)
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))`, RFC 6749 §2.3.1.
