@@ -5,7 +5,11 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokd::config::Config;
-use tokd::paths;
+use tokd::oauth::OAuthClient;
+use tokd::service::Daemon;
+use tokd::store::Store;
+use tokd::{bus, paths};
+use tracing::{error, info, warn};
 
 /// tokd: a per-user OAuth 2.0 token broker. It keeps the access tokens of
 /// your OAuth installations fresh and serves them over D-Bus to `tokctl`
@@ -28,23 +32,115 @@ const AFTER_HELP: &str = "\
 Logging goes to stderr, filtered by TOKD_LOG (default: info), e.g.
 TOKD_LOG=debug or TOKD_LOG=tokd=trace. Tokens and secrets are never logged.
 
-Exit status: 0 on success, 1 when the config is invalid or unreadable,
-2 for bad usage.";
+Without --check-config, tokd serves org.tokd.tokd1 on the session bus
+(DBUS_SESSION_BUS_ADDRESS) until SIGTERM or SIGINT; SIGHUP reloads the
+config. State is kept under $XDG_STATE_HOME/tokd/.
+
+Exit status: 0 on success (and after SIGTERM), 1 when the config is
+invalid or unreadable or the bus cannot be served, 2 for bad usage.";
 
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
-    match args.check_config {
-        Some(path) => check_config(path.or(args.config)),
-        None => {
-            // The D-Bus service is built in the next step of the project;
-            // this build can only check configs. Say so plainly.
-            eprintln!(
-                "tokd: this build does not serve D-Bus yet; use `tokd --check-config` to check a config"
+    if let Some(path) = args.check_config {
+        return check_config(path.or(args.config));
+    }
+    // One thread is plenty: the daemon waits on the network and the bus;
+    // store writes go to tokio's blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tokd: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args.config))
+}
+
+async fn run(explicit: Option<PathBuf>) -> ExitCode {
+    let path = match paths::config_path(explicit) {
+        Ok(path) => path,
+        Err(error) => {
+            error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match Config::from_path(&path) {
+        Ok(config) => config,
+        Err(error) => {
+            error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = match paths::state_dir()
+        .map_err(|e| e.to_string())
+        .and_then(|dir| Store::open(dir).map_err(|e| e.to_string()))
+    {
+        Ok(store) => store,
+        Err(error) => {
+            error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let http = match OAuthClient::new() {
+        Ok(http) => http,
+        Err(error) => {
+            error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(config = %path.display(), state = %store.dir().display(), "starting");
+    let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let daemon = Daemon::start(config, Some(path), store, http, events).await;
+    let connection = match bus::serve(daemon.clone(), receiver).await {
+        Ok(connection) => connection,
+        Err(zbus::Error::NameTaken) => {
+            error!(
+                "another tokd already owns {} on this session bus",
+                tokd_shared::BUS_NAME
             );
-            ExitCode::from(2)
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            error!("cannot serve on the session bus: {error}; is DBUS_SESSION_BUS_ADDRESS set?");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = wait_for_signals(&daemon).await;
+    // Dropping the connection releases the name.
+    drop(connection);
+    info!("stopped");
+    code
+}
+
+/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+async fn wait_for_signals(daemon: &Daemon) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(int), Ok(hup)) => (term, int, hup),
+        _ => {
+            error!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { info!("SIGINT: stopping"); break; }
+            _ = hup.recv() => match daemon.reload().await {
+                Ok(summary) => info!(%summary, "SIGHUP: config reloaded"),
+                Err(error) => warn!(%error, "SIGHUP: config refused"),
+            },
         }
     }
+    ExitCode::SUCCESS
 }
 
 fn check_config(explicit: Option<PathBuf>) -> ExitCode {

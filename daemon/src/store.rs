@@ -126,7 +126,7 @@ pub struct Store {
 static TEMPORARY_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// This process's uid, without `unsafe`: the owner of `/proc/self`.
-fn current_uid() -> io::Result<u32> {
+pub fn current_uid() -> io::Result<u32> {
     fs::metadata("/proc/self").map(|metadata| metadata.uid())
 }
 

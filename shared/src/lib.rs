@@ -90,6 +90,80 @@ pub enum Error {
     ProviderUnavailable(String),
     /// The call's arguments were refused (bad name, absurd duration).
     InvalidArgument(String),
+    /// The caller runs as another user than the daemon.
+    AccessDenied(String),
+}
+
+/// One installation as `List` and `Status` describe it (D-Bus signature
+/// `(ssssssxxxs)`). Times are Unix seconds; `0` means "none" (never
+/// refreshed, a token that does not expire, nothing scheduled). Strings that
+/// have nothing to say are empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, zbus::zvariant::Type)]
+pub struct InstallationInfo {
+    pub name: String,
+    pub consumer: String,
+    /// `authorization_code` or `client_credentials`.
+    pub grant: String,
+    /// An [`InstallationState`] in its wire form.
+    pub state: String,
+    /// One sentence for humans about the state (what to do, if anything).
+    pub message: String,
+    /// Scopes granted, space-separated.
+    pub scopes: String,
+    pub expires_at: i64,
+    pub last_refresh: i64,
+    pub next_refresh: i64,
+    /// The last failure, as a sentence; empty after a success.
+    pub last_error: String,
+}
+
+/// The client side of `org.tokd.tokd1.Manager`. tokctl uses this; desktop
+/// programs may too, or read `dbus/org.tokd.tokd1.Manager.xml`.
+#[zbus::proxy(
+    interface = "org.tokd.tokd1.Manager",
+    default_service = "org.tokd.tokd1",
+    default_path = "/org/tokd/tokd1"
+)]
+pub trait Manager {
+    /// A token valid for at least `min_valid_secs` (refreshed first when the
+    /// held one expires sooner): (access token, expiry in Unix seconds or 0,
+    /// token type as the provider spelled it, lowercased).
+    fn get_token(&self, name: &str, min_valid_secs: u32) -> zbus::Result<(String, i64, String)>;
+
+    /// Every installation, sorted by name.
+    fn list(&self) -> zbus::Result<Vec<InstallationInfo>>;
+
+    /// One installation.
+    fn status(&self, name: &str) -> zbus::Result<InstallationInfo>;
+
+    /// Refreshes now (sharing an in-flight refresh); returns the new expiry.
+    fn refresh(&self, name: &str) -> zbus::Result<i64>;
+
+    /// Starts an authorization-code login: (URL to open, whether the daemon
+    /// listens on the consumer's loopback `redirect_uri` for the answer).
+    fn begin_login(&self, name: &str) -> zbus::Result<(String, bool)>;
+
+    /// Finishes a login with a code obtained by hand; returns the expiry.
+    fn complete_login(&self, name: &str, code: &str) -> zbus::Result<i64>;
+
+    /// Revokes the grant at the provider (when it has a revocation endpoint)
+    /// and forgets the tokens; returns a sentence saying what was done.
+    fn revoke(&self, name: &str) -> zbus::Result<String>;
+
+    /// Re-reads the config file; returns a one-line summary.
+    fn reload(&self) -> zbus::Result<String>;
+
+    /// A new access token was obtained (expiry in Unix seconds, or 0).
+    #[zbus(signal)]
+    fn token_refreshed(&self, name: String, expires_at: i64) -> zbus::Result<()>;
+
+    /// An installation's state changed, with a sentence for humans.
+    #[zbus(signal)]
+    fn state_changed(&self, name: String, state: String, message: String) -> zbus::Result<()>;
+
+    /// A login ended, successfully or not, with a sentence for humans.
+    #[zbus(signal)]
+    fn login_finished(&self, name: String, success: bool, message: String) -> zbus::Result<()>;
 }
 
 #[cfg(test)]

@@ -14,6 +14,9 @@
 
 mod server;
 
+pub mod bus;
+
+pub use bus::{Home, PrivateBus, Tokd, free_port};
 pub use server::Emulator;
 
 use std::time::Duration;

@@ -1,0 +1,1101 @@
+//! The daemon's core: installations, their tokens and states, single-flight
+//! refreshes, logins, revocation and reload. Knows nothing of D-Bus: the
+//! bus layer (`bus.rs`) calls these methods and turns [`Event`]s into
+//! signals.
+//!
+//! Concurrency, per installation ([`Slot`]):
+//! - `inner` (a std mutex, never held across an await) holds the record,
+//!   the state and a counter of finished attempts;
+//! - `flight` (a tokio mutex) is held for the whole of one request to the
+//!   provider. A caller that needs a new token notes the attempt counter,
+//!   takes `flight`, and if an attempt finished meanwhile takes that
+//!   attempt's result instead of making another request. So any number of
+//!   concurrent gets and the scheduler share one request.
+//! - The request runs in a spawned task that owns the `flight` guard: a
+//!   caller that goes away cannot cut a rotation between the provider's
+//!   answer and the write to disk.
+//! - No lock is shared between installations except the name map, which is
+//!   only read for a lookup.
+
+use crate::config::{self, Config, Consumer, Grant, Installation};
+use crate::login::{self, Logins};
+use crate::oauth::{self, ErrorKind, OAuthClient, OAuthError, Pkce, RevocableToken, TokenResponse};
+use crate::schedule::{self, Queue, lock};
+use crate::secret::{AccessToken, AuthorizationCode, PkceVerifier};
+use crate::store::{Loaded, Record, Store};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokd_shared::{InstallationInfo, InstallationState};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, error, info, warn};
+use url::Url;
+
+/// The largest `min_valid` a caller may ask for.
+pub const MAX_MIN_VALID: Duration = Duration::from_secs(24 * 3600);
+/// The longest code accepted from a caller.
+const MAX_CODE_LEN: usize = 4096;
+
+/// Something clients may want to hear about; the bus layer emits each as a
+/// signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    TokenRefreshed {
+        name: String,
+        expires_at: Option<SystemTime>,
+    },
+    StateChanged {
+        name: String,
+        state: InstallationState,
+        message: String,
+    },
+    LoginFinished {
+        name: String,
+        success: bool,
+        message: String,
+    },
+}
+
+/// Why a call failed, with one sentence that says what to do. Never holds a
+/// secret: provider texts are sanitized and scrubbed by the OAuth client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    UnknownInstallation(String),
+    #[error("{0}")]
+    NeedsLogin(String),
+    #[error("{0}")]
+    Misconfigured(String),
+    #[error("{0}")]
+    ProviderUnavailable(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl From<ServeError> for tokd_shared::Error {
+    fn from(error: ServeError) -> Self {
+        match error {
+            ServeError::UnknownInstallation(m) => Self::UnknownInstallation(m),
+            ServeError::NeedsLogin(m) => Self::NeedsLogin(m),
+            ServeError::Misconfigured(m) => Self::Misconfigured(m),
+            ServeError::ProviderUnavailable(m) => Self::ProviderUnavailable(m),
+            ServeError::InvalidArgument(m) => Self::InvalidArgument(m),
+        }
+    }
+}
+
+/// An access token handed to a caller.
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub access_token: AccessToken,
+    pub expires_at: Option<SystemTime>,
+    pub token_type: String,
+}
+
+/// What an installation is configured as; replaced on reload.
+#[derive(Debug)]
+pub(crate) struct Spec {
+    pub installation: Installation,
+    pub consumer: Arc<Consumer>,
+}
+
+impl Spec {
+    /// Whether a token obtained under `other` is still good under `self`:
+    /// same client, same token endpoint, same scopes and grant.
+    fn same_identity(&self, other: &Spec) -> bool {
+        self.consumer.client_id == other.consumer.client_id
+            && self.consumer.token_url == other.consumer.token_url
+            && self.installation.scopes == other.installation.scopes
+            && self.installation.grant == other.installation.grant
+    }
+}
+
+/// One installation at run time.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub name: String,
+    spec: Mutex<Arc<Spec>>,
+    inner: Mutex<Inner>,
+    flight: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    record: Record,
+    state: InstallationState,
+    message: String,
+    /// Transient failures in a row.
+    failures: u32,
+    /// When the next try after a transient failure is allowed.
+    retry_at: Option<SystemTime>,
+    /// Attempts finished so far, and the result of the last one.
+    attempts: u64,
+    last_outcome: Result<(), ServeError>,
+}
+
+impl Inner {
+    fn token_valid_for(&self, now: SystemTime, min_valid: Duration) -> Option<Token> {
+        let access_token = self.record.access_token.clone()?;
+        if let Some(expires_at) = self.record.expires_at
+            && expires_at < now + min_valid
+        {
+            return None;
+        }
+        Some(Token {
+            access_token,
+            expires_at: self.record.expires_at,
+            token_type: self
+                .record
+                .token_type
+                .clone()
+                .unwrap_or_else(|| "bearer".to_owned()),
+        })
+    }
+}
+
+impl Slot {
+    fn new(spec: Arc<Spec>, record: Record, state: InstallationState, message: String) -> Self {
+        Self {
+            name: spec.installation.name.clone(),
+            spec: Mutex::new(spec),
+            inner: Mutex::new(Inner {
+                record,
+                state,
+                message,
+                failures: 0,
+                retry_at: None,
+                attempts: 0,
+                last_outcome: Ok(()),
+            }),
+            flight: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    pub(crate) fn spec(&self) -> Arc<Spec> {
+        lock(&self.spec).clone()
+    }
+}
+
+/// The daemon's state. Shared as `Arc<Daemon>` by the bus layer, the
+/// scheduler and the login listener.
+#[derive(Debug)]
+pub struct Daemon {
+    config_path: Option<PathBuf>,
+    config: RwLock<Arc<Config>>,
+    slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    store: Store,
+    http: OAuthClient,
+    events: UnboundedSender<Event>,
+    queue: Arc<Queue>,
+    pub(crate) logins: Logins,
+    cron: tokio::sync::Mutex<Option<Cron>>,
+    this: Weak<Daemon>,
+}
+
+impl Daemon {
+    /// Loads every installation's record and starts the scheduler.
+    /// `config_path` is what `reload` re-reads (`None`: reload refuses).
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+        store: Store,
+        http: OAuthClient,
+        events: UnboundedSender<Event>,
+    ) -> Arc<Self> {
+        let daemon = Arc::new_cyclic(|this| Daemon {
+            config_path,
+            config: RwLock::new(Arc::new(config.clone())),
+            slots: RwLock::new(BTreeMap::new()),
+            store,
+            http,
+            events,
+            queue: Arc::new(Queue::default()),
+            logins: Logins::default(),
+            cron: tokio::sync::Mutex::new(None),
+            this: this.clone(),
+        });
+        let mut slots = BTreeMap::new();
+        for (name, spec) in specs_of(&config) {
+            slots.insert(name, Arc::new(daemon.load_slot(spec).await));
+        }
+        *daemon.slots.write().unwrap_or_else(|e| e.into_inner()) = slots;
+        for slot in daemon.all_slots() {
+            daemon.schedule(&slot);
+        }
+        daemon.restart_cron(&config).await;
+        let weak = Arc::downgrade(&daemon);
+        let queue = daemon.queue.clone();
+        tokio::spawn(async move {
+            queue
+                .run(|name| {
+                    if let Some(daemon) = weak.upgrade() {
+                        tokio::spawn(async move { daemon.scheduled(&name).await });
+                    }
+                })
+                .await;
+        });
+        info!(
+            installations = daemon.all_slots().len(),
+            "installations loaded"
+        );
+        daemon
+    }
+
+    fn arc(&self) -> Arc<Daemon> {
+        // `self` is always reached through the Arc built in `start`.
+        self.this
+            .upgrade()
+            .expect("the daemon outlives its own calls")
+    }
+
+    async fn load_slot(&self, spec: Arc<Spec>) -> Slot {
+        let name = spec.installation.name.clone();
+        let store = self.store.clone();
+        let loaded = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || store.load(&name)).await
+        };
+        let (record, state, message) = match loaded {
+            Ok(Ok(Loaded::Found(record))) if record.access_token.is_some() => {
+                (record, InstallationState::Valid, String::new())
+            }
+            Ok(Ok(Loaded::Found(_) | Loaded::Missing)) => {
+                let message = empty_message(&spec);
+                (Record::default(), InstallationState::Empty, message)
+            }
+            Ok(Ok(Loaded::MovedAside { moved_to, reason })) => {
+                warn!(installation = %name, moved_to = %moved_to.display(), %reason, "unreadable state file moved aside");
+                let message = format!(
+                    "the state file was unreadable ({reason}) and was moved to {}; {}",
+                    moved_to.display(),
+                    empty_message(&spec)
+                );
+                (Record::default(), InstallationState::Empty, message)
+            }
+            Ok(Err(error)) => {
+                error!(installation = %name, %error, "cannot load state");
+                let message = format!("cannot load the state file: {error}");
+                (Record::default(), InstallationState::Misconfigured, message)
+            }
+            Err(error) => {
+                error!(installation = %name, %error, "state loader failed");
+                (
+                    Record::default(),
+                    InstallationState::Misconfigured,
+                    "cannot load the state file".to_owned(),
+                )
+            }
+        };
+        Slot::new(spec, record, state, message)
+    }
+
+    fn all_slots(&self) -> Vec<Arc<Slot>> {
+        self.slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn slot(&self, name: &str) -> Result<Arc<Slot>, ServeError> {
+        check_name(name)?;
+        self.slots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                ServeError::UnknownInstallation(format!(
+                    "no installation is named `{name}`; `tokctl list` shows the configured ones"
+                ))
+            })
+    }
+
+    fn margin(&self) -> Option<Duration> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .daemon
+            .refresh_margin
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        // Nobody listening (tests without a bus) is fine.
+        let _ = self.events.send(event);
+    }
+
+    fn set_state(&self, slot: &Slot, inner: &mut Inner, state: InstallationState, message: String) {
+        let changed = inner.state != state || inner.message != message;
+        inner.state = state;
+        inner.message = message.clone();
+        if changed {
+            self.emit(Event::StateChanged {
+                name: slot.name.clone(),
+                state,
+                message,
+            });
+        }
+    }
+
+    /// Puts `slot` in the queue according to its state and token.
+    fn schedule(&self, slot: &Slot) {
+        let now = SystemTime::now();
+        let due = {
+            let inner = lock(&slot.inner);
+            match inner.state {
+                InstallationState::Failing => inner.retry_at,
+                InstallationState::Valid | InstallationState::Refreshing => {
+                    match (inner.record.expires_at, inner.record.last_refresh) {
+                        (Some(expires_at), obtained) => {
+                            let obtained = obtained.unwrap_or(now).min(expires_at);
+                            let due = schedule::refresh_due(
+                                obtained,
+                                expires_at,
+                                self.margin(),
+                                schedule::random_fraction(),
+                            );
+                            // Overdue after a restart or a suspend: soon,
+                            // spread over a few seconds.
+                            Some(if due <= now {
+                                now + Duration::from_secs(5).mul_f64(schedule::random_fraction())
+                            } else {
+                                due
+                            })
+                        }
+                        (None, _) => None,
+                    }
+                }
+                _ => None,
+            }
+        };
+        self.queue.set(&slot.name, due);
+    }
+
+    /// A token for `name` valid for at least `min_valid`, refreshing first
+    /// when the held one expires sooner. After a refresh the newest token
+    /// is returned even if its whole lifetime is shorter than `min_valid`.
+    pub async fn get_token(&self, name: &str, min_valid: Duration) -> Result<Token, ServeError> {
+        if min_valid > MAX_MIN_VALID {
+            return Err(ServeError::InvalidArgument(format!(
+                "a minimum validity of {} is more than any token lives; ask for at most 24h",
+                humantime::format_duration(min_valid)
+            )));
+        }
+        let slot = self.slot(name)?;
+        let now = SystemTime::now();
+        let seen = {
+            let inner = lock(&slot.inner);
+            // A lost grant takes its access tokens with it at the provider
+            // (revocation, Bitbucket's scope change): say so at once rather
+            // than hand out a token that will be refused.
+            if inner.state == InstallationState::NeedsLogin {
+                return Err(ServeError::NeedsLogin(inner.message.clone()));
+            }
+            if let Some(token) = inner.token_valid_for(now, min_valid) {
+                return Ok(token);
+            }
+            self.refusal(&slot, &inner, now)?;
+            inner.attempts
+        };
+        let outcome = self.attempt_shared(&slot, seen).await;
+        let inner = lock(&slot.inner);
+        match (
+            inner.token_valid_for(SystemTime::now(), Duration::ZERO),
+            outcome,
+        ) {
+            // A transient failure with a token still valid: serve it.
+            (Some(token), Ok(()) | Err(ServeError::ProviderUnavailable(_))) => Ok(token),
+            (_, Err(error)) => Err(error),
+            (None, Ok(())) => Err(no_token_error(&slot.spec())),
+        }
+    }
+
+    /// Why a new token cannot be requested now, if it cannot.
+    fn refusal(&self, slot: &Slot, inner: &Inner, now: SystemTime) -> Result<(), ServeError> {
+        match inner.state {
+            InstallationState::NeedsLogin => Err(ServeError::NeedsLogin(inner.message.clone())),
+            InstallationState::Misconfigured => {
+                Err(ServeError::Misconfigured(inner.message.clone()))
+            }
+            InstallationState::Failing if inner.retry_at.is_some_and(|at| at > now) => {
+                Err(ServeError::ProviderUnavailable(inner.message.clone()))
+            }
+            _ => {
+                let spec = slot.spec();
+                if spec.installation.grant == Grant::AuthorizationCode
+                    && inner.record.refresh_token.is_none()
+                {
+                    Err(no_token_error(&spec))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Refreshes now on request (`tokctl refresh`), even after a failure.
+    pub async fn refresh_now(&self, name: &str) -> Result<Option<SystemTime>, ServeError> {
+        let slot = self.slot(name)?;
+        let seen = {
+            let inner = lock(&slot.inner);
+            let spec = slot.spec();
+            if spec.installation.grant == Grant::AuthorizationCode
+                && inner.record.refresh_token.is_none()
+            {
+                return Err(no_token_error(&spec));
+            }
+            inner.attempts
+        };
+        self.attempt_shared(&slot, seen).await?;
+        Ok(lock(&slot.inner).record.expires_at)
+    }
+
+    /// A refresh the queue or a cron schedule asked for.
+    pub(crate) async fn scheduled(&self, name: &str) {
+        let Ok(slot) = self.slot(name) else { return };
+        let seen = {
+            let inner = lock(&slot.inner);
+            if self.refusal(&slot, &inner, SystemTime::now()).is_err()
+                && inner.state != InstallationState::Failing
+            {
+                debug!(installation = %name, state = %inner.state, "scheduled refresh skipped");
+                return;
+            }
+            inner.attempts
+        };
+        debug!(installation = %name, "scheduled refresh");
+        let _ = self.attempt_shared(&slot, seen).await;
+    }
+
+    /// Makes one request to the provider unless one finished since the
+    /// caller saw `seen` attempts, in which case its result is shared.
+    async fn attempt_shared(&self, slot: &Arc<Slot>, seen: u64) -> Result<(), ServeError> {
+        let guard = slot.flight.clone().lock_owned().await;
+        {
+            let inner = lock(&slot.inner);
+            if inner.attempts != seen {
+                return inner.last_outcome.clone();
+            }
+        }
+        let daemon = self.arc();
+        let task_slot = slot.clone();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            daemon.attempt(&task_slot).await
+        });
+        task.await.unwrap_or_else(|error| {
+            error!(installation = %slot.name, %error, "refresh task failed");
+            Err(ServeError::ProviderUnavailable(
+                "the refresh failed inside tokd; see its log".to_owned(),
+            ))
+        })
+    }
+
+    /// One request to the provider; the caller holds `flight`.
+    async fn attempt(&self, slot: &Slot) -> Result<(), ServeError> {
+        let spec = slot.spec();
+        let refresh_token = {
+            let mut inner = lock(&slot.inner);
+            let token = inner.record.refresh_token.clone();
+            self.set_state(
+                slot,
+                &mut inner,
+                InstallationState::Refreshing,
+                String::new(),
+            );
+            token
+        };
+        let consumer = &spec.consumer;
+        let result = match (&refresh_token, spec.installation.grant) {
+            (Some(refresh_token), _) => self.http.refresh(consumer, refresh_token).await,
+            (None, Grant::ClientCredentials) => {
+                self.http
+                    .client_credentials(consumer, &spec.installation.scopes)
+                    .await
+            }
+            (None, Grant::AuthorizationCode) => {
+                let error = no_token_error(&spec);
+                let mut inner = lock(&slot.inner);
+                self.set_state(
+                    slot,
+                    &mut inner,
+                    InstallationState::NeedsLogin,
+                    error.to_string(),
+                );
+                inner.attempts += 1;
+                inner.last_outcome = Err(error.clone());
+                return Err(error);
+            }
+        };
+        match result {
+            Ok(response) => {
+                self.accept(slot, &spec, response).await;
+                Ok(())
+            }
+            Err(error) => Err(self.fail(slot, &spec, &error)),
+        }
+    }
+
+    /// Stores a token response durably, then makes it visible.
+    async fn accept(&self, slot: &Slot, spec: &Spec, response: TokenResponse) {
+        let now = SystemTime::now();
+        let mut record = lock(&slot.inner).record.clone();
+        let renewable = response.refresh_token.is_some()
+            || record.refresh_token.is_some()
+            || spec.installation.grant == Grant::ClientCredentials;
+        record.version = crate::store::FORMAT_VERSION;
+        record.expires_at = response.expires_at(now, renewable);
+        record.access_token = Some(response.access_token);
+        if let Some(refresh_token) = response.refresh_token {
+            record.refresh_token = Some(refresh_token);
+        }
+        record.token_type = Some(response.token_type);
+        if let Some(scopes) = response.scopes {
+            record.scopes = scopes;
+        }
+        record.last_refresh = Some(now);
+        record.last_error = None;
+        let message = match self.save(&slot.name, &record).await {
+            Ok(()) => String::new(),
+            Err(error) => {
+                // The new tokens exist only in memory now: keep serving
+                // them (the old refresh token may already be dead) and say
+                // so loudly.
+                error!(installation = %slot.name, %error, "cannot write the new tokens; they are held in memory only");
+                format!(
+                    "the new tokens could not be written ({error}); they are held in memory only"
+                )
+            }
+        };
+        let expires_at = record.expires_at;
+        {
+            let mut inner = lock(&slot.inner);
+            inner.record = record;
+            inner.failures = 0;
+            inner.retry_at = None;
+            inner.attempts += 1;
+            inner.last_outcome = Ok(());
+            inner.record.last_error = (!message.is_empty()).then(|| message.clone());
+            self.set_state(slot, &mut inner, InstallationState::Valid, message);
+        }
+        info!(installation = %slot.name, expires_at = ?expires_at.map(unix_seconds), "token refreshed");
+        self.emit(Event::TokenRefreshed {
+            name: slot.name.clone(),
+            expires_at,
+        });
+        self.schedule(slot);
+    }
+
+    async fn save(&self, name: &str, record: &Record) -> Result<(), String> {
+        let store = self.store.clone();
+        let name = name.to_owned();
+        let record = record.clone();
+        match tokio::task::spawn_blocking(move || store.save(&name, &record)).await {
+            Ok(result) => result.map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Records a failed request and says what it means.
+    fn fail(&self, slot: &Slot, spec: &Spec, error: &OAuthError) -> ServeError {
+        let name = &slot.name;
+        let (state, serve_error) = match error.kind {
+            ErrorKind::NeedsLogin => (
+                InstallationState::NeedsLogin,
+                ServeError::NeedsLogin(format!(
+                    "the authorization of `{name}` is lost ({}); run `tokctl login {name}`",
+                    error.message
+                )),
+            ),
+            ErrorKind::Misconfigured => (
+                InstallationState::Misconfigured,
+                ServeError::Misconfigured(format!(
+                    "consumer `{}` is misconfigured ({}); fix the config and run `tokctl reload`",
+                    spec.consumer.name, error.message
+                )),
+            ),
+            ErrorKind::Transient => {
+                let mut inner = lock(&slot.inner);
+                inner.failures += 1;
+                let delay = schedule::backoff(
+                    inner.failures,
+                    error.retry_after,
+                    schedule::random_fraction(),
+                );
+                inner.retry_at = Some(SystemTime::now() + delay);
+                drop(inner);
+                (
+                    InstallationState::Failing,
+                    ServeError::ProviderUnavailable(format!(
+                        "the provider is failing ({}); tokd tries again in {}",
+                        error.message,
+                        humantime::format_duration(Duration::from_secs(delay.as_secs()))
+                    )),
+                )
+            }
+        };
+        warn!(installation = %name, error = %error.message, state = %state, "request to the provider failed");
+        {
+            let mut inner = lock(&slot.inner);
+            inner.attempts += 1;
+            inner.last_outcome = Err(serve_error.clone());
+            inner.record.last_error = Some(serve_error.to_string());
+            self.set_state(slot, &mut inner, state, serve_error.to_string());
+        }
+        self.schedule(slot);
+        serve_error
+    }
+
+    /// Starts an authorization-code login: the URL to open, and whether the
+    /// daemon listens on the loopback `redirect_uri` for the answer.
+    pub async fn begin_login(&self, name: &str) -> Result<(Url, bool), ServeError> {
+        let slot = self.slot(name)?;
+        let spec = slot.spec();
+        if spec.installation.grant != Grant::AuthorizationCode {
+            return Err(ServeError::InvalidArgument(format!(
+                "`{name}` uses client credentials and needs no login; `tokctl refresh {name}` requests a new token"
+            )));
+        }
+        let consumer = &spec.consumer;
+        let state = oauth::random_token(24);
+        let pkce = Pkce::generate();
+        let redirect_uri = consumer.redirect_uri.clone();
+        let url = oauth::authorization_url(
+            consumer,
+            &spec.installation.scopes,
+            &state,
+            Some(&pkce.challenge),
+            redirect_uri.as_ref(),
+        )
+        .ok_or_else(|| {
+            ServeError::Misconfigured(format!(
+                "consumer `{}` has no auth_url; add one to the config",
+                consumer.name
+            ))
+        })?;
+        let listening = redirect_uri
+            .as_ref()
+            .filter(|uri| uri.scheme() == "http" && config::is_loopback(uri));
+        if let Some(uri) = listening {
+            login::ensure_listener(&self.arc(), uri, name).await?;
+        }
+        let listening = listening.is_some();
+        self.logins.add(login::Pending {
+            name: name.to_owned(),
+            state,
+            verifier: pkce.verifier,
+            redirect_uri,
+        });
+        info!(installation = %name, listening, "login started");
+        Ok((url, listening))
+    }
+
+    /// Finishes a login with a code typed in by hand. Uses the pending
+    /// login's PKCE verifier when `begin_login` was called; without one the
+    /// code is exchanged without PKCE (a URL made elsewhere).
+    pub async fn complete_login(
+        &self,
+        name: &str,
+        code: &str,
+    ) -> Result<Option<SystemTime>, ServeError> {
+        let slot = self.slot(name)?;
+        let code = code.trim();
+        if code.is_empty() || code.len() > MAX_CODE_LEN || code.chars().any(char::is_control) {
+            return Err(ServeError::InvalidArgument(
+                "that code is empty, too long or has control characters; paste the `code` value from the address the browser was sent to".to_owned(),
+            ));
+        }
+        let (verifier, redirect_uri) = match self.logins.take_by_name(name) {
+            Some(pending) => (Some(pending.verifier), pending.redirect_uri),
+            None => (None, slot.spec().consumer.redirect_uri.clone()),
+        };
+        self.exchange(&slot, AuthorizationCode::new(code), verifier, redirect_uri)
+            .await
+    }
+
+    /// Exchanges a code under the installation's `flight` lock.
+    pub(crate) async fn exchange(
+        &self,
+        slot: &Arc<Slot>,
+        code: AuthorizationCode,
+        verifier: Option<PkceVerifier>,
+        redirect_uri: Option<Url>,
+    ) -> Result<Option<SystemTime>, ServeError> {
+        let guard = slot.flight.clone().lock_owned().await;
+        let daemon = self.arc();
+        let task_slot = slot.clone();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            let slot = task_slot;
+            let spec = slot.spec();
+            let result = daemon
+                .http
+                .exchange_code(
+                    &spec.consumer,
+                    &code,
+                    verifier.as_ref(),
+                    redirect_uri.as_ref(),
+                )
+                .await;
+            let name = slot.name.clone();
+            match result {
+                Ok(response) => {
+                    daemon.accept(&slot, &spec, response).await;
+                    let expires_at = lock(&slot.inner).record.expires_at;
+                    daemon.emit(Event::LoginFinished {
+                        name: name.clone(),
+                        success: true,
+                        message: format!("logged in: `{name}` holds a fresh token"),
+                    });
+                    info!(installation = %name, "login finished");
+                    Ok(expires_at)
+                }
+                Err(error) => {
+                    let message = format!(
+                        "the provider refused the login of `{name}` ({}); run `tokctl login {name}` again",
+                        error.message
+                    );
+                    warn!(installation = %name, error = %error.message, "login failed");
+                    daemon.emit(Event::LoginFinished {
+                        name,
+                        success: false,
+                        message: message.clone(),
+                    });
+                    Err(match error.kind {
+                        ErrorKind::Transient => ServeError::ProviderUnavailable(message),
+                        ErrorKind::Misconfigured => ServeError::Misconfigured(message),
+                        ErrorKind::NeedsLogin => ServeError::NeedsLogin(message),
+                    })
+                }
+            }
+        });
+        task.await.unwrap_or_else(|error| {
+            error!(%error, "login task failed");
+            Err(ServeError::ProviderUnavailable(
+                "the login failed inside tokd; see its log".to_owned(),
+            ))
+        })
+    }
+
+    /// Revokes the installation's grant at the provider when it has a
+    /// revocation endpoint, then forgets its tokens.
+    pub async fn revoke(&self, name: &str) -> Result<String, ServeError> {
+        let slot = self.slot(name)?;
+        let guard = slot.flight.clone().lock_owned().await;
+        let daemon = self.arc();
+        let task_slot = slot.clone();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            daemon.revoke_locked(&task_slot).await
+        });
+        task.await.unwrap_or_else(|error| {
+            error!(%error, "revoke task failed");
+            Err(ServeError::ProviderUnavailable(
+                "the revocation failed inside tokd; see its log".to_owned(),
+            ))
+        })
+    }
+
+    async fn revoke_locked(&self, slot: &Slot) -> Result<String, ServeError> {
+        let name = &slot.name;
+        let spec = slot.spec();
+        let record = lock(&slot.inner).record.clone();
+        if record.access_token.is_none() && record.refresh_token.is_none() {
+            return Ok(format!("`{name}` holds no token; nothing to revoke"));
+        }
+        let told_provider = spec.consumer.revoke_url.is_some();
+        if told_provider {
+            let revoke = |token| self.http.revoke(&spec.consumer, token);
+            let refused = |error: OAuthError| {
+                let message = format!(
+                    "the provider did not accept the revocation of `{name}` ({}); the tokens are kept, try again later",
+                    error.message
+                );
+                match error.kind {
+                    ErrorKind::Misconfigured => ServeError::Misconfigured(message),
+                    _ => ServeError::ProviderUnavailable(message),
+                }
+            };
+            if let Some(token) = &record.refresh_token {
+                revoke(RevocableToken::Refresh(token))
+                    .await
+                    .map_err(refused)?;
+            }
+            if let Some(token) = &record.access_token {
+                revoke(RevocableToken::Access(token))
+                    .await
+                    .map_err(refused)?;
+            }
+        }
+        let store = self.store.clone();
+        let file = name.clone();
+        match tokio::task::spawn_blocking(move || store.remove(&file)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(ServeError::Misconfigured(format!(
+                    "cannot remove the state file of `{name}`: {error}"
+                )));
+            }
+            Err(error) => {
+                return Err(ServeError::Misconfigured(format!(
+                    "cannot remove the state file of `{name}`: {error}"
+                )));
+            }
+        }
+        {
+            let mut inner = lock(&slot.inner);
+            inner.record = Record::default();
+            inner.failures = 0;
+            inner.retry_at = None;
+            inner.attempts += 1;
+            inner.last_outcome = Ok(());
+            self.set_state(
+                slot,
+                &mut inner,
+                InstallationState::Empty,
+                empty_message(&spec),
+            );
+        }
+        self.queue.set(name, None);
+        info!(installation = %name, told_provider, "revoked");
+        Ok(if told_provider {
+            format!("revoked `{name}` at the provider and forgot its tokens")
+        } else {
+            format!(
+                "forgot the tokens of `{name}`; consumer `{}` has no revoke_url, so also revoke the grant on the provider's website",
+                spec.consumer.name
+            )
+        })
+    }
+
+    /// Re-reads the config file. An invalid file is refused and the running
+    /// config stays. Installations whose name, client, token URL, scopes and
+    /// grant are unchanged keep their tokens and schedules.
+    pub async fn reload(&self) -> Result<String, ServeError> {
+        let Some(path) = self.config_path.clone() else {
+            return Err(ServeError::InvalidArgument(
+                "this tokd was started without a config file; restart it instead".to_owned(),
+            ));
+        };
+        let config = tokio::task::spawn_blocking(move || Config::from_path(&path))
+            .await
+            .map_err(|error| ServeError::Misconfigured(error.to_string()))?
+            .map_err(|error| {
+                ServeError::Misconfigured(format!(
+                    "{error}; the running config stays, fix the file and reload again"
+                ))
+            })?;
+        self.apply(config).await;
+        let summary = self
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .summary();
+        info!(%summary, "config reloaded");
+        Ok(summary)
+    }
+
+    async fn apply(&self, config: Config) {
+        let old: BTreeMap<String, Arc<Slot>> =
+            self.slots.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut slots = BTreeMap::new();
+        let mut changed = Vec::new();
+        for (name, spec) in specs_of(&config) {
+            let slot = match old.get(&name) {
+                Some(slot) if slot.spec().same_identity(&spec) => {
+                    *lock(&slot.spec) = spec;
+                    slot.clone()
+                }
+                Some(_) => {
+                    // The tokens were issued to another client or for other
+                    // scopes: they do not belong to this installation now.
+                    let message = match spec.installation.grant {
+                        Grant::AuthorizationCode => format!(
+                            "the consumer or scopes of `{name}` changed; run `tokctl login {name}`"
+                        ),
+                        Grant::ClientCredentials => String::new(),
+                    };
+                    let state = match spec.installation.grant {
+                        Grant::AuthorizationCode => InstallationState::NeedsLogin,
+                        Grant::ClientCredentials => InstallationState::Empty,
+                    };
+                    let slot = Arc::new(Slot::new(spec, Record::default(), state, message.clone()));
+                    changed.push((name.clone(), state, message));
+                    slot
+                }
+                None => Arc::new(self.load_slot(spec).await),
+            };
+            slots.insert(name, slot);
+        }
+        for name in old.keys().filter(|name| !slots.contains_key(*name)) {
+            self.queue.set(name, None);
+            self.logins.take_by_name(name);
+        }
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.clone());
+        *self.slots.write().unwrap_or_else(|e| e.into_inner()) = slots;
+        for (name, state, message) in changed {
+            self.emit(Event::StateChanged {
+                name,
+                state,
+                message,
+            });
+        }
+        for slot in self.all_slots() {
+            self.schedule(&slot);
+        }
+        self.restart_cron(&config).await;
+    }
+
+    /// (Re)creates the cron jobs. The cron library ticks twice a second
+    /// while it runs, so it runs only when some installation has a
+    /// `schedule`.
+    async fn restart_cron(&self, config: &Config) {
+        let mut cron = self.cron.lock().await;
+        if let Some(Cron(mut old)) = cron.take()
+            && let Err(error) = old.shutdown().await
+        {
+            warn!(%error, "cannot stop the cron scheduler");
+        }
+        let jobs: Vec<(String, String)> = config
+            .installations
+            .values()
+            .filter_map(|i| Some((i.name.clone(), i.schedule.as_ref()?.as_str().to_owned())))
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let scheduler = match tokio_cron_scheduler::JobScheduler::new().await {
+            Ok(scheduler) => scheduler,
+            Err(error) => {
+                error!(%error, "cannot start the cron scheduler; schedules are ignored");
+                return;
+            }
+        };
+        for (name, expression) in jobs {
+            let weak = self.this.clone();
+            let job_name = name.clone();
+            let job = tokio_cron_scheduler::Job::new_async(expression.as_str(), move |_, _| {
+                let weak = weak.clone();
+                let name = job_name.clone();
+                Box::pin(async move {
+                    if let Some(daemon) = weak.upgrade() {
+                        daemon.scheduled(&name).await;
+                    }
+                })
+            });
+            let added = match job {
+                Ok(job) => scheduler.add(job).await.map(drop),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = added {
+                error!(installation = %name, %error, "cannot add the cron schedule");
+            }
+        }
+        if let Err(error) = scheduler.start().await {
+            error!(%error, "cannot start the cron scheduler; schedules are ignored");
+            return;
+        }
+        *cron = Some(Cron(scheduler));
+    }
+
+    /// Every installation, sorted by name.
+    pub fn list(&self) -> Vec<InstallationInfo> {
+        self.all_slots()
+            .iter()
+            .map(|slot| self.info(slot))
+            .collect()
+    }
+
+    /// One installation.
+    pub fn status(&self, name: &str) -> Result<InstallationInfo, ServeError> {
+        Ok(self.info(&self.slot(name)?))
+    }
+
+    fn info(&self, slot: &Arc<Slot>) -> InstallationInfo {
+        let spec = slot.spec();
+        let inner = lock(&slot.inner);
+        InstallationInfo {
+            name: slot.name.clone(),
+            consumer: spec.consumer.name.clone(),
+            grant: spec.installation.grant.as_str().to_owned(),
+            state: inner.state.as_str().to_owned(),
+            message: inner.message.clone(),
+            scopes: inner.record.scopes.join(" "),
+            expires_at: inner.record.expires_at.map_or(0, unix_seconds),
+            last_refresh: inner.record.last_refresh.map_or(0, unix_seconds),
+            next_refresh: self.queue.get(&slot.name).map_or(0, unix_seconds),
+            last_error: inner.record.last_error.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The installation a pending login belongs to, if it still exists.
+    pub(crate) fn slot_if_exists(&self, name: &str) -> Option<Arc<Slot>> {
+        self.slot(name).ok()
+    }
+}
+
+/// The cron scheduler, while some installation has a `schedule`.
+struct Cron(tokio_cron_scheduler::JobScheduler);
+
+impl std::fmt::Debug for Cron {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cron")
+    }
+}
+
+fn specs_of(config: &Config) -> Vec<(String, Arc<Spec>)> {
+    config
+        .installations
+        .values()
+        .filter_map(|installation| {
+            let consumer = config.consumer_of(installation)?.clone();
+            Some((
+                installation.name.clone(),
+                Arc::new(Spec {
+                    installation: installation.clone(),
+                    consumer,
+                }),
+            ))
+        })
+        .collect()
+}
+
+fn empty_message(spec: &Spec) -> String {
+    let name = &spec.installation.name;
+    match spec.installation.grant {
+        Grant::AuthorizationCode => format!("`{name}` is not logged in; run `tokctl login {name}`"),
+        Grant::ClientCredentials => String::new(),
+    }
+}
+
+fn no_token_error(spec: &Spec) -> ServeError {
+    let name = &spec.installation.name;
+    match spec.installation.grant {
+        Grant::AuthorizationCode => ServeError::NeedsLogin(format!(
+            "`{name}` has no token yet; run `tokctl login {name}`"
+        )),
+        Grant::ClientCredentials => ServeError::ProviderUnavailable(format!(
+            "`{name}` has no token and none could be requested; see `tokctl status {name}`"
+        )),
+    }
+}
+
+/// Installation names are what the config allows; anything else is refused
+/// before any lookup (it also keeps odd bytes out of messages and logs).
+pub fn check_name(name: &str) -> Result<(), ServeError> {
+    if name.len() <= 128 && config::valid_name(name) {
+        Ok(())
+    } else {
+        Err(ServeError::InvalidArgument(
+            "an installation name is 1 to 128 letters, digits, '.', '_' or '-'; `tokctl list` shows the configured ones".to_owned(),
+        ))
+    }
+}
+
+/// Unix seconds of a wall-clock time (0 before 1970).
+pub fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

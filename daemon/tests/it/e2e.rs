@@ -1,0 +1,600 @@
+//! The real `tokd` and `tokctl` binaries on a private dbus-daemon, against
+//! the provider emulator over loopback HTTP.
+
+use crate::support::within;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokd_shared::ManagerProxy;
+use tokd_testkit::{Behaviour, Emulator, Fault, Home, PrivateBus, Tokd, free_port};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const CLIENT_ID: &str = "client-1";
+const SECRET: &str = "e2e-client-secret-value";
+
+fn tokd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tokd"))
+}
+
+/// tokctl is built next to tokd by `cargo test --workspace` (its own
+/// package has integration tests, so cargo builds the binary).
+fn tokctl_bin() -> PathBuf {
+    let path = tokd_bin().with_file_name("tokctl");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// What a tokctl run printed.
+#[derive(Debug)]
+pub struct Out {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// One test's world: emulator, private bus, home and a running tokd.
+pub struct World {
+    pub emulator: Emulator,
+    pub bus: PrivateBus,
+    pub home: Home,
+    pub tokd: Option<Tokd>,
+    pub port: u16,
+}
+
+impl World {
+    /// A config with a loopback consumer `acme` installed as `a` and `b`,
+    /// a consumer `manual` whose redirect is not on this machine, installed
+    /// as `m`, and a client-credentials installation `bot`.
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let emulator = Emulator::start(behaviour).await;
+        emulator.register_client(CLIENT_ID, SECRET);
+        let bus = PrivateBus::start();
+        let home = Home::new();
+        let port = free_port();
+        let world = Self {
+            emulator,
+            bus,
+            home,
+            tokd: None,
+            port,
+        };
+        world.home.write_config(&world.config(""));
+        let mut world = world;
+        world.start_tokd().await;
+        world
+    }
+
+    pub fn config(&self, extra: &str) -> String {
+        let secret = self.home.write_secret("acme.secret", SECRET);
+        format!(
+            r#"[consumers.acme]
+token_url = "{token}"
+auth_url = "{auth}"
+revoke_url = "{revoke}"
+client_id = "{CLIENT_ID}"
+client_secret_file = "{secret}"
+redirect_uri = "http://127.0.0.1:{port}/callback"
+
+[consumers.manual]
+token_url = "{token}"
+auth_url = "{auth}"
+client_id = "{CLIENT_ID}"
+client_secret_file = "{secret}"
+redirect_uri = "https://app.example.com/callback"
+
+[installations.a]
+consumer = "acme"
+scopes = ["read"]
+
+[installations.b]
+consumer = "acme"
+scopes = ["read"]
+
+[installations.m]
+consumer = "manual"
+scopes = ["read"]
+
+[installations.bot]
+consumer = "acme"
+grant = "client_credentials"
+{extra}"#,
+            token = self.emulator.token_url(),
+            auth = self.emulator.auth_url(),
+            revoke = self.emulator.revoke_url(),
+            secret = secret.display(),
+            port = self.port,
+        )
+    }
+
+    pub async fn start_tokd(&mut self) {
+        self.tokd = Some(Tokd::start(&tokd_bin(), &self.home, &self.bus).await);
+    }
+
+    pub fn log(&self) -> String {
+        self.tokd.as_ref().map(Tokd::log_text).unwrap_or_default()
+    }
+
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(tokctl_bin());
+        command
+            .args(args)
+            .envs(self.home.env(&self.bus))
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    pub async fn tokctl(&self, args: &[&str]) -> Out {
+        let output = self.command(args).output().await.expect("run tokctl");
+        Out {
+            status: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `tokctl get NAME`, which must succeed; returns the token.
+    pub async fn get(&self, name: &str) -> String {
+        self.get_with(name, &[]).await
+    }
+
+    /// `tokctl get NAME ARGS…`, which must succeed; returns the token.
+    pub async fn get_with(&self, name: &str, args: &[&str]) -> String {
+        let mut all = vec!["get", name];
+        all.extend_from_slice(args);
+        let out = self.tokctl(&all).await;
+        assert_eq!(out.status, 0, "get {name}: {out:?}\nlog:\n{}", self.log());
+        assert!(out.stderr.is_empty(), "{out:?}");
+        let token = out.stdout.strip_suffix('\n').expect("a newline").to_owned();
+        assert!(!token.is_empty() && !token.contains('\n'), "{out:?}");
+        token
+    }
+
+    /// Logs in through the daemon's loopback listener, playing the browser.
+    pub async fn login(&self, name: &str) {
+        let mut child = self
+            .command(&["login", name, "--no-browser"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tokctl login");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut url = String::new();
+        stdout.read_line(&mut url).await.expect("the login URL");
+        let url = url.trim();
+        assert!(url.starts_with(&self.emulator.auth_url()), "{url}");
+        assert!(url.contains("code_challenge_method=S256"), "{url}");
+        let location = browse(url).await;
+        let callback = format!("http://127.0.0.1:{}/callback?", self.port);
+        assert!(location.starts_with(&callback), "{location}");
+        let page = browser()
+            .get(&location)
+            .send()
+            .await
+            .expect("the daemon's listener answers")
+            .text()
+            .await
+            .expect("page");
+        assert!(page.contains("Logged in"), "{page}\nlog:\n{}", self.log());
+        let output = child.wait_with_output().await.expect("tokctl login ends");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(stderr.contains("logged in"), "{stderr}");
+    }
+
+    pub async fn proxy(&self) -> (zbus::Connection, ManagerProxy<'static>) {
+        let connection = self.bus.connect().await;
+        let proxy = ManagerProxy::new(&connection).await.expect("proxy");
+        (connection, proxy)
+    }
+}
+
+/// Plays the browser at the provider: opens `url`, follows nothing, and
+/// returns where the provider sends the browser back to.
+pub async fn browse(url: &str) -> String {
+    let response = browser().get(url).send().await.expect("authorize");
+    assert_eq!(
+        response.status().as_u16(),
+        302,
+        "the provider redirects back"
+    );
+    response.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .expect("location")
+        .to_owned()
+}
+
+/// An HTTP client that follows no redirect, as a browser seen step by step.
+pub fn browser() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("browser")
+}
+
+fn query_value(url: &str, key: &str) -> String {
+    url::Url::parse(url)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("{key} in {url}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_through_the_loopback_listener_then_get() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        let token = world.get("a").await;
+        assert!(world.emulator.access_token_is_valid(&token));
+        assert_eq!(world.emulator.counters().authorization_code, 1);
+        // A second get is served from memory.
+        assert_eq!(world.get("a").await, token);
+        assert_eq!(world.emulator.counters().token_requests(), 1);
+        // Other formats.
+        let header = world.tokctl(&["get", "a", "--format", "header"]).await;
+        assert_eq!(header.stdout, format!("Authorization: Bearer {token}\n"));
+        let json = world.tokctl(&["get", "a", "--format", "json"]).await;
+        let json: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
+        assert_eq!(json["access_token"], token.as_str());
+        assert_eq!(json["token_type"], "Bearer");
+        assert!(
+            json["expires_in"].as_i64().is_some_and(|s| s > 3000),
+            "{json}"
+        );
+        // The listener is closed after the login.
+        let closed = browser()
+            .get(format!("http://127.0.0.1:{}/callback", world.port))
+            .send()
+            .await;
+        assert!(closed.is_err(), "the listener still answers: {closed:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_with_a_code_copied_by_hand() {
+    within(async {
+        let world = World::start(Behaviour::bitbucket_classic()).await;
+        // The consumer's redirect is not on this machine: tokctl prints the
+        // URL, says how to finish, and returns.
+        let out = world.tokctl(&["login", "m", "--no-browser"]).await;
+        assert_eq!(out.status, 0, "{out:?}");
+        assert!(out.stderr.contains("tokctl login m --code"), "{out:?}");
+        let location = browse(out.stdout.trim()).await;
+        assert!(location.starts_with("https://app.example.com/callback?"));
+        let code = query_value(&location, "code");
+        let done = world.tokctl(&["login", "m", "--code", &code]).await;
+        assert_eq!(done.status, 0, "{done:?}\n{}", world.log());
+        assert!(done.stdout.is_empty());
+        let token = world.get("m").await;
+        assert!(world.emulator.access_token_is_valid(&token));
+        // The code works once: reusing it is refused with the hint.
+        let again = world.tokctl(&["login", "m", "--code", &code]).await;
+        assert_eq!(again.status, 4, "{again:?}");
+        assert!(again.stdout.is_empty());
+        assert!(again.stderr.contains("tokctl login m"), "{again:?}");
+        assert_eq!(world.get("m").await, token, "the held token is kept");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_happens_ahead_of_expiry_with_no_caller() {
+    within(async {
+        let mut behaviour = Behaviour::wso2();
+        behaviour.access_lifetime = Duration::from_secs(12);
+        let world = World::start(behaviour).await;
+        let (_connection, proxy) = world.proxy().await;
+        use futures_util::StreamExt;
+        let mut refreshed = proxy.receive_token_refreshed().await.expect("signal");
+        world.login("a").await;
+        // (The default --min-valid of 60 s would refresh a 12 s token.)
+        let first = world.get_with("a", &["--min-valid", "1s"]).await;
+        assert_eq!(world.emulator.counters().refresh_token, 0);
+        // The login itself announces a token; then the scheduler refreshes
+        // (12 s lifetime: due after about 6 s) while nobody asks.
+        let mut refreshes = 0;
+        while refreshes < 2 {
+            let signal = refreshed.next().await.expect("TokenRefreshed");
+            let args = signal.args().expect("args");
+            if args.name == "a" {
+                refreshes += 1;
+            }
+        }
+        assert_eq!(world.emulator.counters().refresh_token, 1);
+        let info = proxy.status("a").await.expect("status");
+        assert_eq!(info.state, "valid");
+        assert!(info.next_refresh > info.last_refresh, "{info:?}");
+        let second = world.get_with("a", &["--min-valid", "1s"]).await;
+        assert_ne!(first, second);
+        assert!(world.emulator.access_token_is_valid(&second));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_are_requested_on_first_get_and_then_held() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        let token = world.get("bot").await;
+        assert!(world.emulator.access_token_is_valid(&token));
+        assert_eq!(world.get("bot").await, token);
+        let counters = world.emulator.counters();
+        assert_eq!(counters.client_credentials, 1);
+        assert_eq!(counters.token_requests(), 1);
+        // A login makes no sense for it.
+        let login = world.tokctl(&["login", "bot"]).await;
+        assert_eq!(login.status, 2, "{login:?}");
+        assert!(login.stderr.contains("client credentials"), "{login:?}");
+        // Refresh requests a new one.
+        let refresh = world.tokctl(&["refresh", "bot"]).await;
+        assert_eq!(refresh.status, 0, "{refresh:?}");
+        assert_ne!(world.get("bot").await, token);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_of_one_consumer_stay_independent() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        world.login("b").await;
+        let a = world.get("a").await;
+        let b = world.get("b").await;
+        assert_ne!(a, b);
+        assert!(world.emulator.revoke_grant_of(&a));
+        let refresh = world.tokctl(&["refresh", "a"]).await;
+        assert_eq!(refresh.status, 4, "{refresh:?}");
+        assert!(refresh.stdout.is_empty());
+        assert!(refresh.stderr.contains("tokctl login a"), "{refresh:?}");
+        assert_eq!(refresh.stderr.lines().count(), 1, "{refresh:?}");
+        // `a` now says so everywhere; `b` is untouched and refreshes fine.
+        let get_a = world.tokctl(&["get", "a"]).await;
+        assert_eq!(get_a.status, 4, "{get_a:?}");
+        assert!(get_a.stdout.is_empty());
+        let refresh_b = world.tokctl(&["refresh", "b"]).await;
+        assert_eq!(refresh_b.status, 0, "{refresh_b:?}");
+        let new_b = world.get("b").await;
+        assert_ne!(new_b, b);
+        assert!(world.emulator.access_token_is_valid(&new_b));
+        let list = world.tokctl(&["list", "--json"]).await;
+        let list: serde_json::Value = serde_json::from_str(&list.stdout).expect("json");
+        let state = |name: &str| {
+            list.as_array()
+                .expect("array")
+                .iter()
+                .find(|i| i["name"] == name)
+                .map(|i| i["state"].as_str().unwrap_or("").to_owned())
+        };
+        assert_eq!(state("a").as_deref(), Some("needs-login"));
+        assert_eq!(state("b").as_deref(), Some("valid"));
+        // A new login brings `a` back.
+        world.login("a").await;
+        assert!(world.emulator.access_token_is_valid(&world.get("a").await));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_gets_share_one_refresh_on_a_strictly_rotating_provider() {
+    within(async {
+        let mut behaviour = Behaviour::wso2();
+        behaviour.access_lifetime = Duration::from_secs(120);
+        let world = World::start(behaviour.clone()).await;
+        world.login("a").await;
+        let old = world.get("a").await;
+        // New tokens live an hour; every get below asks for ten minutes,
+        // which the held token cannot give. The provider answers slowly so
+        // that all the gets pile up on the one request.
+        behaviour.access_lifetime = Duration::from_secs(3600);
+        world.emulator.set_behaviour(behaviour);
+        world
+            .emulator
+            .fail_next(1, Fault::slow(Duration::from_secs(1)));
+        let before = world.emulator.counters();
+        let gets = (0..100).map(|_| world.tokctl(&["get", "a", "--min-valid", "10m"]));
+        let outs = futures_util::future::join_all(gets).await;
+        let after = world.emulator.counters();
+        assert_eq!(
+            after.refresh_token - before.refresh_token,
+            1,
+            "exactly one request to the provider"
+        );
+        assert_eq!(after.token_requests() - before.token_requests(), 1);
+        let first = &outs[0].stdout;
+        for out in &outs {
+            assert_eq!(out.status, 0, "{out:?}");
+            assert_eq!(&out.stdout, first, "every caller gets the same token");
+        }
+        let token = first.trim();
+        assert_ne!(token, old);
+        assert!(world.emulator.access_token_is_valid(token));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_every_token_in_private_files() {
+    within(async {
+        let mut world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        let a = world.get("a").await;
+        let bot = world.get("bot").await;
+        let status = world.tokd.as_mut().expect("tokd").terminate();
+        assert!(status.success(), "SIGTERM ends tokd cleanly: {status}");
+        let state = world.home.state_dir();
+        let mode = |p: &std::path::Path| {
+            std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+        };
+        assert_eq!(mode(&state), 0o700);
+        for name in ["a", "bot"] {
+            assert_eq!(mode(&state.join(format!("{name}.json"))), 0o600, "{name}");
+        }
+        let before = world.emulator.counters();
+        world.start_tokd().await;
+        assert_eq!(world.get("a").await, a);
+        assert_eq!(world.get("bot").await, bot);
+        assert_eq!(
+            world.emulator.counters().token_requests(),
+            before.token_requests(),
+            "no new request, no new login"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_leave_stdout_empty_with_distinct_statuses() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        let cases: [(&[&str], i32, &str); 5] = [
+            (&["get", "nosuch"], 3, "tokctl list"),
+            (&["get", "a"], 4, "tokctl login a"),
+            (&["get", "bad/name"], 2, "installation name"),
+            (&["get", "a", "--min-valid", "3d"], 2, "24h"),
+            (&["get"], 2, "NAME"),
+        ];
+        for (args, status, hint) in cases {
+            let out = world.tokctl(args).await;
+            assert_eq!(out.status, status, "{args:?}: {out:?}");
+            assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+            assert!(out.stderr.contains(hint), "{args:?}: {out:?}");
+        }
+        let out = world.tokctl(&["get", "a"]).await;
+        assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+        // The provider refusing the client: misconfigured.
+        world.emulator.register_client(CLIENT_ID, "another-secret");
+        let out = world.tokctl(&["get", "bot"]).await;
+        assert_eq!(out.status, 6, "{out:?}");
+        assert!(out.stdout.is_empty());
+        // Once tokd is gone, the daemon is unreachable.
+        drop(world.tokd);
+        let gone = World::start(Behaviour::wso2()).await;
+        drop(gone.tokd);
+        let out = tokio::process::Command::new(tokctl_bin())
+            .args(["get", "a"])
+            .envs(gone.home.env(&gone.bus))
+            .output()
+            .await
+            .expect("tokctl");
+        assert_eq!(out.status.code(), Some(7), "{out:?}");
+        assert!(out.stdout.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_the_tokens_of_unchanged_installations() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        world.login("b").await;
+        let a = world.get("a").await;
+        let b = world.get("b").await;
+        let before = world.emulator.counters();
+        // `b` now asks for other scopes; `c` is new; `a` is unchanged.
+        let config = world
+            .config("\n[installations.c]\nconsumer = \"acme\"\n")
+            .replace(
+                "[installations.b]\nconsumer = \"acme\"\nscopes = [\"read\"]",
+                "[installations.b]\nconsumer = \"acme\"\nscopes = [\"read\", \"write\"]",
+            );
+        world.home.write_config(&config);
+        let out = world.tokctl(&["reload"]).await;
+        assert_eq!(out.status, 0, "{out:?}");
+        assert_eq!(world.get("a").await, a);
+        assert_eq!(world.emulator.counters(), before, "no request for `a`");
+        let b_now = world.tokctl(&["get", "b"]).await;
+        assert_eq!(b_now.status, 4, "scopes changed: {b_now:?}");
+        let c = world.tokctl(&["status", "c", "--json"]).await;
+        let c: serde_json::Value = serde_json::from_str(&c.stdout).expect("json");
+        assert_eq!(c["state"], "empty");
+        // An invalid file is refused and the running config stays.
+        world
+            .home
+            .write_config("[installations.x]\nconsumer = \"missing\"\n");
+        let out = world.tokctl(&["reload"]).await;
+        assert_eq!(out.status, 6, "{out:?}");
+        assert!(out.stderr.contains("config.toml"), "{out:?}");
+        assert_eq!(world.get("a").await, a);
+        assert_eq!(world.tokctl(&["status", "c"]).await.status, 0);
+        let _ = b;
+        // SIGHUP reloads too: `c` disappears.
+        world.home.write_config(&world.config(""));
+        world.tokd.as_ref().expect("tokd").hangup();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if world.tokctl(&["status", "c"]).await.status == 3 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "SIGHUP did not reload"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_interface_matches_the_xml_in_the_repository() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        let connection = world.bus.connect().await;
+        let introspectable = zbus::fdo::IntrospectableProxy::builder(&connection)
+            .destination(tokd_shared::BUS_NAME)
+            .path(tokd_shared::OBJECT_PATH)
+            .build()
+            .await
+            .expect("proxy");
+        let served = introspectable.introspect().await.expect("introspect");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/dbus/org.tokd.tokd1.Manager.xml"
+        );
+        let kept = std::fs::read_to_string(path).expect("the kept XML");
+        let served_iface = interface_element(&served);
+        assert_eq!(
+            interface_element(&kept),
+            served_iface,
+            "{path} is out of date; the daemon serves:\n{served_iface}"
+        );
+    })
+    .await;
+}
+
+/// The `org.tokd.tokd1.Manager` element, one trimmed line per tag, without
+/// comments.
+fn interface_element(xml: &str) -> String {
+    let start = xml
+        .find("<interface name=\"org.tokd.tokd1.Manager\">")
+        .expect("the Manager interface");
+    let end = start + xml[start..].find("</interface>").expect("its end") + "</interface>".len();
+    let mut out = String::new();
+    let mut rest = &xml[start..end];
+    while let Some(open) = rest.find('<') {
+        let close = rest[open..].find('>').expect("tag end") + open;
+        let tag = &rest[open..=close];
+        if tag.starts_with("<!--") {
+            let end = rest[open..].find("-->").expect("comment end") + open + 3;
+            rest = &rest[end..];
+            continue;
+        }
+        out.push_str(tag);
+        out.push('\n');
+        rest = &rest[close + 1..];
+    }
+    out
+}
