@@ -109,7 +109,15 @@ async fn run(explicit: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = wait_for_signals(&daemon).await;
+    let code = tokio::select! {
+        code = wait_for_signals(&daemon) => code,
+        () = connection.closed() => {
+            // Without its bus nobody can reach tokd; a new one is started
+            // by the next session (or by systemd's Restart=on-failure).
+            error!("the session bus went away; stopping");
+            ExitCode::FAILURE
+        }
+    };
     // Dropping the connection releases the name.
     drop(connection);
     info!("stopped");

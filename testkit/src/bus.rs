@@ -57,7 +57,8 @@ impl PrivateBus {
             .args(["--nofork", "--print-address=1"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // Its own complaints and the stderr of services it activates.
+            .stderr(std::fs::File::create(dir.path().join("bus.log")).expect("bus log"))
             .spawn()
             .expect("dbus-daemon must be installed (Debian: dbus-daemon); .ci/run installs it");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -93,6 +94,14 @@ impl PrivateBus {
             .build()
             .await
             .expect("connect to the private bus")
+    }
+}
+
+impl PrivateBus {
+    /// Kills the bus now, as when a session ends.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -233,6 +242,18 @@ impl Tokd {
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal(rustix::process::Signal::TERM);
         self.child.wait().expect("wait for tokd")
+    }
+
+    /// Waits up to `deadline` for tokd to exit by itself.
+    pub async fn exited_within(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let end = tokio::time::Instant::now() + deadline;
+        while tokio::time::Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
     }
 
     /// SIGKILL, then waits.

@@ -19,7 +19,7 @@ fn tokd_bin() -> PathBuf {
 
 /// tokctl is built next to tokd by `cargo test --workspace` (its own
 /// package has integration tests, so cargo builds the binary).
-fn tokctl_bin() -> PathBuf {
+pub fn tokctl_bin() -> PathBuf {
     let path = tokd_bin().with_file_name("tokctl");
     assert!(
         path.exists(),
@@ -544,6 +544,22 @@ async fn reload_keeps_the_tokens_of_unchanged_installations() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokd_stops_when_its_bus_goes_away() {
+    within(async {
+        let mut world = World::start(Behaviour::wso2()).await;
+        world.bus.stop();
+        let tokd = world.tokd.as_mut().expect("tokd");
+        let status = tokd.exited_within(Duration::from_secs(30)).await;
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "tokd outlived its bus: {status:?}"
+        );
+        assert!(tokd.log_text().contains("session bus went away"));
     })
     .await;
 }

@@ -5,3 +5,4 @@ mod e2e;
 mod oauth;
 mod store;
 mod support;
+mod systemd;
