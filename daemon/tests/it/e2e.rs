@@ -420,6 +420,98 @@ async fn a_hundred_concurrent_gets_share_one_refresh_on_a_strictly_rotating_prov
         let token = first.trim();
         assert_ne!(token, old);
         assert!(world.emulator.access_token_is_valid(token));
+        // What the callers got is what is on disk, with the rotated
+        // refresh token: nothing lives only in memory.
+        let record =
+            std::fs::read_to_string(world.home.state_dir().join("a.json")).expect("record");
+        let record: serde_json::Value = serde_json::from_str(&record).expect("json");
+        assert_eq!(record["access_token"], token);
+        let refresh = record["refresh_token"].as_str().expect("refresh token");
+        assert!(world.emulator.refresh_token_is_valid(refresh));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_provider_request_stalls_only_its_own_installation() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        world.login("b").await;
+        let (_connection, proxy) = world.proxy().await;
+        use futures_util::StreamExt;
+        let mut states = proxy.receive_state_changed().await.expect("signal");
+        // The next request to the provider hangs for a minute.
+        world
+            .emulator
+            .fail_next(1, Fault::slow(Duration::from_secs(60)));
+        let mut slow = world.command(&["refresh", "a"]).spawn().expect("refresh a");
+        loop {
+            let signal = states.next().await.expect("StateChanged");
+            let args = signal.args().expect("args");
+            if args.name == "a" && args.state == "refreshing" {
+                break;
+            }
+        }
+        // `a` is stuck at the provider; `b` refreshes and gets as usual.
+        let refresh = world.tokctl(&["refresh", "b"]).await;
+        assert_eq!(refresh.status, 0, "{refresh:?}");
+        let b = world.get("b").await;
+        assert!(world.emulator.access_token_is_valid(&b));
+        let list = world.tokctl(&["status", "a", "--json"]).await;
+        assert!(list.stdout.contains("\"refreshing\""), "{list:?}");
+        assert!(
+            slow.try_wait().expect("try_wait").is_none(),
+            "`a` is still waiting"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_schedule_refreshes_with_no_caller() {
+    within(async {
+        let mut world = World::start(Behaviour::wso2()).await;
+        let config = world.config(
+            "\n[installations.cron]\nconsumer = \"acme\"\ngrant = \"client_credentials\"\nschedule = \"* * * * * *\"\n",
+        );
+        world.home.write_config(&config);
+        drop(world.tokd.take());
+        let (_connection, proxy) = world.proxy().await;
+        use futures_util::StreamExt;
+        world.start_tokd().await;
+        let mut refreshed = proxy.receive_token_refreshed().await.expect("signal");
+        let mut seen = 0;
+        while seen < 2 {
+            let signal = refreshed.next().await.expect("TokenRefreshed");
+            if signal.args().expect("args").name == "cron" {
+                seen += 1;
+            }
+        }
+        assert!(world.emulator.counters().client_credentials >= 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokctl_runs_on_a_single_thread() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        // A waiting login keeps tokctl alive long enough to look at it.
+        let mut child = world
+            .command(&["login", "a", "--no-browser"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tokctl login");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut url = String::new();
+        stdout.read_line(&mut url).await.expect("the login URL");
+        let pid = child.id().expect("pid");
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("/proc")
+            .count();
+        assert_eq!(threads, 1, "tokctl started extra threads");
     })
     .await;
 }
