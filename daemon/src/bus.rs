@@ -26,6 +26,7 @@ pub struct Manager {
     daemon: Arc<Daemon>,
     own_uid: u32,
     uids: Mutex<HashMap<String, u32>>,
+    bus: tokio::sync::OnceCell<zbus::fdo::DBusProxy<'static>>,
 }
 
 impl Manager {
@@ -34,6 +35,7 @@ impl Manager {
             daemon,
             own_uid,
             uids: Mutex::new(HashMap::new()),
+            bus: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -54,7 +56,15 @@ impl Manager {
         let uid = match cached {
             Some(uid) => uid,
             None => {
-                let proxy = zbus::fdo::DBusProxy::new(connection).await?;
+                let proxy = self
+                    .bus
+                    .get_or_try_init(|| async {
+                        zbus::fdo::DBusProxy::builder(connection)
+                            .cache_properties(zbus::proxy::CacheProperties::No)
+                            .build()
+                            .await
+                    })
+                    .await?;
                 let uid = proxy
                     .get_connection_unix_user(sender.clone().into())
                     .await
@@ -225,11 +235,21 @@ pub async fn serve(
     events: UnboundedReceiver<Event>,
 ) -> zbus::Result<Connection> {
     let own_uid = crate::store::current_uid().map_err(|e| zbus::Error::Failure(e.to_string()))?;
+    // The object first, then the name, without queueing: a second tokd
+    // must fail now, not wait in the queue (and never refresh anything).
     let connection = zbus::connection::Builder::session()
         .serve_at(OBJECT_PATH, Manager::new(daemon, own_uid))
-        .name(BUS_NAME)
         .build()
         .await?;
+    let reply = connection
+        .request_name_with_flags(BUS_NAME, zbus::fdo::RequestNameFlags::DO_NOT_QUEUE)
+        .await?;
+    match reply {
+        zbus::fdo::RequestNameReply::PrimaryOwner | zbus::fdo::RequestNameReply::AlreadyOwner => {}
+        zbus::fdo::RequestNameReply::Exists | zbus::fdo::RequestNameReply::InQueue => {
+            return Err(zbus::Error::NameTaken);
+        }
+    }
     info!(name = BUS_NAME, "serving on the session bus");
     let emitter = SignalEmitter::new(&connection, OBJECT_PATH)?.to_owned();
     tokio::spawn(forward(emitter, events));

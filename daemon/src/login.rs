@@ -85,6 +85,13 @@ impl Logins {
         Some(entries.swap_remove(index).pending)
     }
 
+    /// Makes every listener check whether a login still waits on it.
+    pub(crate) fn wake_listeners(&self) {
+        for listener in lock(&self.listeners).values() {
+            listener.wake.notify_one();
+        }
+    }
+
     fn any_waiting_on(&self, addr: SocketAddr) -> bool {
         lock(&self.pending).iter().any(|e| {
             e.started.elapsed() < LOGIN_TIMEOUT

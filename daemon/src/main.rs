@@ -109,6 +109,7 @@ async fn run(explicit: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    daemon.start_schedules().await;
     let code = tokio::select! {
         code = wait_for_signals(&daemon) => code,
         () = connection.closed() => {

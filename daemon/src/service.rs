@@ -223,9 +223,25 @@ impl Daemon {
         for slot in daemon.all_slots() {
             daemon.schedule(&slot);
         }
-        daemon.restart_cron(&config).await;
-        let weak = Arc::downgrade(&daemon);
-        let queue = daemon.queue.clone();
+        info!(
+            installations = daemon.all_slots().len(),
+            "installations loaded"
+        );
+        daemon
+    }
+
+    /// Starts refreshing on schedule (the due-time queue and the cron
+    /// jobs). Called once the daemon owns its bus name, so that a second
+    /// tokd that loses the name never touches a provider.
+    pub async fn start_schedules(&self) {
+        let config = self
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.restart_cron(&config).await;
+        let weak = self.this.clone();
+        let queue = self.queue.clone();
         tokio::spawn(async move {
             queue
                 .run(|name| {
@@ -235,11 +251,6 @@ impl Daemon {
                 })
                 .await;
         });
-        info!(
-            installations = daemon.all_slots().len(),
-            "installations loaded"
-        );
-        daemon
     }
 
     fn arc(&self) -> Arc<Daemon> {
@@ -396,7 +407,17 @@ impl Daemon {
             if let Some(token) = inner.token_valid_for(now, min_valid) {
                 return Ok(token);
             }
-            self.refusal(&slot, &inner, now)?;
+            match self.refusal(&slot, &inner, now) {
+                Ok(()) => {}
+                // Backing off after a transient failure: the held token,
+                // if it is valid at all, beats no token.
+                Err(ServeError::ProviderUnavailable(message)) => {
+                    return inner
+                        .token_valid_for(now, Duration::ZERO)
+                        .ok_or(ServeError::ProviderUnavailable(message));
+                }
+                Err(error) => return Err(error),
+            }
             inner.attempts
         };
         let outcome = self.attempt_shared(&slot, seen).await;
@@ -708,7 +729,11 @@ impl Daemon {
             ));
         }
         let (verifier, redirect_uri) = match self.logins.take_by_name(name) {
-            Some(pending) => (Some(pending.verifier), pending.redirect_uri),
+            Some(pending) => {
+                // Its listener may have nothing left to wait for.
+                self.logins.wake_listeners();
+                (Some(pending.verifier), pending.redirect_uri)
+            }
             None => (None, slot.spec().consumer.redirect_uri.clone()),
         };
         self.exchange(&slot, AuthorizationCode::new(code), verifier, redirect_uri)

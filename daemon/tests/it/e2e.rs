@@ -641,6 +641,28 @@ async fn reload_keeps_the_tokens_of_unchanged_installations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_tokd_on_the_same_bus_refuses_to_start() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        let output = tokio::process::Command::new(tokd_bin())
+            .envs(world.home.env(&world.bus))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("second tokd");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("another tokd already owns org.tokd.tokd1"),
+            "{stderr}"
+        );
+        // The first one is unaffected.
+        assert_eq!(world.tokctl(&["status", "a"]).await.status, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokd_stops_when_its_bus_goes_away() {
     within(async {
         let mut world = World::start(Behaviour::wso2()).await;
