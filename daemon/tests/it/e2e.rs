@@ -262,6 +262,63 @@ async fn login_through_the_loopback_listener_then_get() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_opens_the_browser_with_xdg_open_when_there_is_a_display() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        // A stand-in xdg-open first on PATH: it writes down the URL it got.
+        let bin = world.home.path().join("bin");
+        std::fs::create_dir(&bin).expect("bin");
+        let opened = world.home.path().join("opened-url");
+        let script = bin.join("xdg-open");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nprintf '%s' \"$1\" > {}.tmp && mv {0}.tmp {0}\n",
+                opened.display()
+            ),
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("mode");
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = world
+            .command(&["login", "a"])
+            .env("DISPLAY", ":0")
+            .env("PATH", path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tokctl login");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            if let Ok(url) = std::fs::read_to_string(&opened) {
+                break url;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "xdg-open was not run"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let location = browse(&url).await;
+        let page = browser().get(&location).send().await.expect("callback");
+        assert!(page.text().await.expect("page").contains("Logged in"));
+        let output = child.wait_with_output().await.expect("tokctl login ends");
+        assert!(output.status.success(), "{output:?}");
+        assert!(
+            output.stdout.is_empty(),
+            "the URL went to the browser, not stdout"
+        );
+        assert!(String::from_utf8_lossy(&output.stderr).contains("opened the login page"));
+        assert!(world.emulator.access_token_is_valid(&world.get("a").await));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_with_a_code_copied_by_hand() {
     within(async {
         let world = World::start(Behaviour::bitbucket_classic()).await;
