@@ -193,6 +193,24 @@ impl Emulator {
         format!("{}/revoke", self.base_url())
     }
 
+    /// A `[consumers.NAME]` table pointing at this emulator, with a
+    /// secret file and a redirect URI.
+    pub fn consumer_table(
+        &self,
+        name: &str,
+        client_id: &str,
+        secret_file: &std::path::Path,
+        redirect_uri: &str,
+    ) -> String {
+        format!(
+            "[consumers.{name}]\ntoken_url = \"{}\"\nauth_url = \"{}\"\nrevoke_url = \"{}\"\nclient_id = \"{client_id}\"\nclient_secret_file = \"{}\"\nredirect_uri = \"{redirect_uri}\"\n",
+            self.token_url(),
+            self.auth_url(),
+            self.revoke_url(),
+            secret_file.display()
+        )
+    }
+
     pub fn user_url(&self) -> String {
         format!("{}/api/user", self.base_url())
     }

@@ -71,22 +71,21 @@ impl World {
 
     pub fn config(&self, extra: &str) -> String {
         let secret = self.home.write_secret("acme.secret", SECRET);
+        let acme = self.emulator.consumer_table(
+            "acme",
+            CLIENT_ID,
+            &secret,
+            &format!("http://127.0.0.1:{}/callback", self.port),
+        );
+        let manual = self.emulator.consumer_table(
+            "manual",
+            CLIENT_ID,
+            &secret,
+            "https://app.example.com/callback",
+        );
         format!(
-            r#"[consumers.acme]
-token_url = "{token}"
-auth_url = "{auth}"
-revoke_url = "{revoke}"
-client_id = "{CLIENT_ID}"
-client_secret_file = "{secret}"
-redirect_uri = "http://127.0.0.1:{port}/callback"
-
-[consumers.manual]
-token_url = "{token}"
-auth_url = "{auth}"
-client_id = "{CLIENT_ID}"
-client_secret_file = "{secret}"
-redirect_uri = "https://app.example.com/callback"
-
+            r#"{acme}
+{manual}
 [installations.a]
 consumer = "acme"
 scopes = ["read"]
@@ -102,12 +101,7 @@ scopes = ["read"]
 [installations.bot]
 consumer = "acme"
 grant = "client_credentials"
-{extra}"#,
-            token = self.emulator.token_url(),
-            auth = self.emulator.auth_url(),
-            revoke = self.emulator.revoke_url(),
-            secret = secret.display(),
-            port = self.port,
+{extra}"#
         )
     }
 
@@ -569,6 +563,41 @@ async fn tokctl_runs_on_a_single_thread() {
             .expect("/proc")
             .count();
         assert_eq!(threads, 1, "tokctl started extra threads");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_tells_the_provider_and_forgets_the_tokens() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        world.login("b").await;
+        let a = world.get("a").await;
+        let record = world.home.state_dir().join("a.json");
+        assert!(record.exists());
+        let out = world.tokctl(&["revoke", "a"]).await;
+        assert_eq!(out.status, 0, "{out:?}");
+        assert!(out.stdout.is_empty());
+        assert!(
+            out.stderr.contains("revoked `a` at the provider"),
+            "{out:?}"
+        );
+        assert_eq!(
+            world.emulator.counters().revoke,
+            2,
+            "refresh token, then access token"
+        );
+        assert!(!world.emulator.access_token_is_valid(&a));
+        assert!(!record.exists(), "the state file is removed");
+        let get = world.tokctl(&["get", "a"]).await;
+        assert_eq!(get.status, 4, "{get:?}");
+        assert!(get.stderr.contains("tokctl login a"), "{get:?}");
+        // Nothing left to revoke; `b` is untouched.
+        let again = world.tokctl(&["revoke", "a"]).await;
+        assert_eq!(again.status, 0, "{again:?}");
+        assert!(again.stderr.contains("nothing to revoke"), "{again:?}");
+        assert!(world.emulator.access_token_is_valid(&world.get("b").await));
     })
     .await;
 }

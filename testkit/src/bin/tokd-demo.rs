@@ -51,15 +51,14 @@ async fn demo() -> Result<(), String> {
     let home = Home::new();
     let secret = home.write_secret("acme.secret", SECRET);
     let port = free_port();
+    let acme = emulator.consumer_table(
+        "acme",
+        CLIENT_ID,
+        &secret,
+        &format!("http://127.0.0.1:{port}/callback"),
+    );
     let config = format!(
-        r#"[consumers.acme]
-token_url = "{token}"
-auth_url = "{auth}"
-revoke_url = "{revoke}"
-client_id = "{CLIENT_ID}"
-client_secret_file = "{secret}"
-redirect_uri = "http://127.0.0.1:{port}/callback"
-
+        r#"{acme}
 [installations.work]
 consumer = "acme"
 scopes = ["read", "write"]
@@ -71,11 +70,7 @@ scopes = ["read"]
 [installations.bot]
 consumer = "acme"
 grant = "client_credentials"
-"#,
-        token = emulator.token_url(),
-        auth = emulator.auth_url(),
-        revoke = emulator.revoke_url(),
-        secret = secret.display(),
+"#
     );
     home.write_config(&config);
     println!(
