@@ -126,8 +126,7 @@ impl From<zbus::Error> for Failure {
 }
 
 fn classify(error: &zbus::Error) -> Failure {
-    const UNREACHABLE: &str =
-        "tokd is not running and could not be started; start it with `systemctl --user start tokd`";
+    const UNREACHABLE: &str = "tokd is not running and could not be started; start it with `systemctl --user start tokd` (its log: `journalctl --user -u tokd`)";
     let named = match error {
         zbus::Error::MethodError(name, detail, _) => {
             Some((name.as_str().to_owned(), detail.clone().unwrap_or_default()))
@@ -519,7 +518,8 @@ fn expiry_phrase(expires_at: i64, now: i64) -> String {
 
 fn table(list: &[InstallationInfo], now: i64) -> String {
     if list.is_empty() {
-        return "no installations are configured\n".to_owned();
+        return "no installations are configured (see ~/.config/tokd/config.toml, then `tokctl reload`)\n"
+            .to_owned();
     }
     let rows: Vec<[String; 5]> = list
         .iter()

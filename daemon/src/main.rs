@@ -68,7 +68,16 @@ async fn run(explicit: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = match Config::from_path(&path) {
+    let loaded = if path.exists() {
+        Config::from_path(&path)
+    } else {
+        // A first start (often by D-Bus activation from `tokctl list`)
+        // before any config exists: serve nothing rather than fail, so
+        // tokctl can say so; `tokctl reload` picks the file up later.
+        warn!(config = %path.display(), "no config file yet; serving no installations until it exists and `tokctl reload` runs");
+        Config::from_str("")
+    };
+    let config = match loaded {
         Ok(config) => config,
         Err(error) => {
             error!("{error}");

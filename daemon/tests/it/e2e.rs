@@ -727,6 +727,32 @@ async fn reload_keeps_the_tokens_of_unchanged_installations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_config_file_tokd_serves_nothing_until_reload() {
+    within(async {
+        let mut world = World::start(Behaviour::wso2()).await;
+        drop(world.tokd.take());
+        let config = world.config("");
+        std::fs::remove_file(world.home.config_path()).expect("remove config");
+        world.start_tokd().await;
+        let list = world.tokctl(&["list"]).await;
+        assert_eq!(list.status, 0, "{list:?}");
+        assert!(
+            list.stdout.contains("no installations are configured"),
+            "{list:?}"
+        );
+        assert_eq!(world.tokctl(&["get", "a"]).await.status, 3);
+        world.home.write_config(&config);
+        assert_eq!(world.tokctl(&["reload"]).await.status, 0);
+        assert_eq!(
+            world.tokctl(&["get", "a"]).await.status,
+            4,
+            "known now, not logged in"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_tokd_on_the_same_bus_refuses_to_start() {
     within(async {
         let world = World::start(Behaviour::wso2()).await;
