@@ -241,7 +241,10 @@ async fn run(command: Command) -> Result<String, Failure> {
             format,
         } => {
             let secs = u32::try_from(min_valid.as_secs()).unwrap_or(u32::MAX);
-            let (token, expires_at, token_type) = proxy.get_token(&name, secs).await?;
+            let (token, expires_at, token_type, warning) = proxy.get_token(&name, secs).await?;
+            if !warning.is_empty() {
+                eprintln!("tokctl: warning: {}", one_line(&warning));
+            }
             Ok(format_token(&token, expires_at, &token_type, format, now()))
         }
         Command::List { json } => {

@@ -98,14 +98,14 @@ pub fn caller_allowed(caller: u32, own: u32) -> Result<(), String> {
 #[interface(name = "org.tokd.tokd1.Manager")]
 impl Manager {
     /// GetToken: a token valid for at least `min_valid_secs` seconds.
-    #[zbus(out_args("access_token", "expires_at", "token_type"))]
+    #[zbus(out_args("access_token", "expires_at", "token_type", "warning"))]
     async fn get_token(
         &self,
         name: &str,
         min_valid_secs: u32,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<(String, i64, String), Error> {
+    ) -> Result<(String, i64, String, String), Error> {
         self.check_caller(connection, &header).await?;
         let token = self
             .daemon
@@ -115,6 +115,7 @@ impl Manager {
             token.access_token.expose().to_owned(),
             token.expires_at.map_or(0, unix_seconds),
             token.token_type,
+            token.warning.unwrap_or_default(),
         ))
     }
 

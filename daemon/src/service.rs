@@ -91,6 +91,24 @@ pub struct Token {
     pub access_token: AccessToken,
     pub expires_at: Option<SystemTime>,
     pub token_type: String,
+    /// Set when the token is valid for less than was asked because the
+    /// provider is failing: one sentence for the caller's stderr.
+    pub warning: Option<String>,
+}
+
+impl Token {
+    fn with_warning(mut self, min_valid: Duration, failure: &str) -> Self {
+        let left = self
+            .expires_at
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string());
+        self.warning = Some(format!(
+            "this token is valid for {} only, less than the {} asked for: {failure}",
+            left.unwrap_or_else(|| "a moment".to_owned()),
+            humantime::format_duration(min_valid)
+        ));
+        self
+    }
 }
 
 /// What an installation is configured as; replaced on reload.
@@ -150,6 +168,7 @@ impl Inner {
                 .token_type
                 .clone()
                 .unwrap_or_else(|| "bearer".to_owned()),
+            warning: None,
         })
     }
 }
@@ -412,9 +431,10 @@ impl Daemon {
                 // Backing off after a transient failure: the held token,
                 // if it is valid at all, beats no token.
                 Err(ServeError::ProviderUnavailable(message)) => {
-                    return inner
-                        .token_valid_for(now, Duration::ZERO)
-                        .ok_or(ServeError::ProviderUnavailable(message));
+                    return match inner.token_valid_for(now, Duration::ZERO) {
+                        Some(token) => Ok(token.with_warning(min_valid, &message)),
+                        None => Err(ServeError::ProviderUnavailable(message)),
+                    };
                 }
                 Err(error) => return Err(error),
             }
@@ -427,7 +447,10 @@ impl Daemon {
             outcome,
         ) {
             // A transient failure with a token still valid: serve it.
-            (Some(token), Ok(()) | Err(ServeError::ProviderUnavailable(_))) => Ok(token),
+            (Some(token), Ok(())) => Ok(token),
+            (Some(token), Err(ServeError::ProviderUnavailable(message))) => {
+                Ok(token.with_warning(min_valid, &message))
+            }
             (_, Err(error)) => Err(error),
             (None, Ok(())) => Err(no_token_error(&slot.spec())),
         }

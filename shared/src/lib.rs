@@ -127,8 +127,14 @@ pub struct InstallationInfo {
 pub trait Manager {
     /// A token valid for at least `min_valid_secs` (refreshed first when the
     /// held one expires sooner): (access token, expiry in Unix seconds or 0,
-    /// token type as the provider spelled it, lowercased).
-    fn get_token(&self, name: &str, min_valid_secs: u32) -> zbus::Result<(String, i64, String)>;
+    /// token type lowercased, warning). The warning is empty unless the
+    /// provider is failing and the held token, still valid, is served
+    /// although it expires sooner than asked.
+    fn get_token(
+        &self,
+        name: &str,
+        min_valid_secs: u32,
+    ) -> zbus::Result<(String, i64, String, String)>;
 
     /// Every installation, sorted by name.
     fn list(&self) -> zbus::Result<Vec<InstallationInfo>>;

@@ -340,6 +340,38 @@ async fn login_with_a_code_copied_by_hand() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_provider_still_gets_the_held_token_with_a_warning() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        let token = world.get("a").await;
+        world
+            .emulator
+            .fail_always(Fault::status(503, tokd_testkit::FaultBody::Html));
+        // Two hours cannot be had from a one-hour token: tokd tries, the
+        // provider fails, and the held token is served with one warning.
+        for _ in 0..2 {
+            let out = world.tokctl(&["get", "a", "--min-valid", "2h"]).await;
+            assert_eq!(out.status, 0, "{out:?}");
+            assert_eq!(out.stdout, format!("{token}\n"));
+            assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+            assert!(out.stderr.starts_with("tokctl: warning: "), "{out:?}");
+            assert!(out.stderr.contains("503"), "{out:?}");
+        }
+        // The second get waited for the backoff instead of asking again.
+        assert_eq!(world.emulator.counters().refused, 1);
+        let status = world.tokctl(&["status", "a", "--json"]).await;
+        let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
+        assert_eq!(status["state"], "failing");
+        assert!(status["next_refresh"].as_i64().is_some(), "{status}");
+        // A plain get is satisfied by the held token without a word.
+        let plain = world.tokctl(&["get", "a"]).await;
+        assert_eq!((plain.status, plain.stderr.as_str()), (0, ""));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_happens_ahead_of_expiry_with_no_caller() {
     within(async {
         let mut behaviour = Behaviour::wso2();
