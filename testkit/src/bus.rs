@@ -41,6 +41,7 @@ impl PrivateBus {
   <auth>EXTERNAL</auth>
   <servicedir>{}</servicedir>
   <policy context="default">
+    <allow user="*"/>
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
     <allow own="*"/>
@@ -81,6 +82,14 @@ impl PrivateBus {
     /// The value for `DBUS_SESSION_BUS_ADDRESS`.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// Lets other local users reach the bus socket (the folder is 0700
+    /// otherwise), for tests of tokd's own caller check.
+    pub fn open_to_other_users(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod the bus folder");
     }
 
     /// Where `.service` activation files are read from.
@@ -183,6 +192,16 @@ pub struct Tokd {
 impl Tokd {
     /// Starts `binary` and waits until it owns its bus name.
     pub async fn start(binary: &Path, home: &Home, bus: &PrivateBus) -> Self {
+        Self::start_with_env(binary, home, bus, &[]).await
+    }
+
+    /// As `start`, with `extra` added to (or overriding) the environment.
+    pub async fn start_with_env(
+        binary: &Path,
+        home: &Home,
+        bus: &PrivateBus,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let log = home.path().join(format!("tokd-{}.log", unique()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let connection = bus.connect().await;
@@ -195,6 +214,7 @@ impl Tokd {
             .expect("NameOwnerChanged");
         let child = Command::new(binary)
             .envs(home.env(bus))
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -11,7 +11,7 @@ use tokd_testkit::{Behaviour, Emulator, Fault, Home, PrivateBus, Tokd, free_port
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const CLIENT_ID: &str = "client-1";
-const SECRET: &str = "e2e-client-secret-value";
+pub const SECRET: &str = "e2e-client-secret-value";
 
 fn tokd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tokd"))
@@ -44,6 +44,7 @@ pub struct World {
     pub home: Home,
     pub tokd: Option<Tokd>,
     pub port: u16,
+    log_filter: &'static str,
 }
 
 impl World {
@@ -51,6 +52,11 @@ impl World {
     /// a consumer `manual` whose redirect is not on this machine, installed
     /// as `m`, and a client-credentials installation `bot`.
     pub async fn start(behaviour: Behaviour) -> Self {
+        Self::start_with_log(behaviour, "debug").await
+    }
+
+    /// As `start`, with tokd's `TOKD_LOG` set to `filter`.
+    pub async fn start_with_log(behaviour: Behaviour, filter: &'static str) -> Self {
         let emulator = Emulator::start(behaviour).await;
         emulator.register_client(CLIENT_ID, SECRET);
         let bus = PrivateBus::start();
@@ -62,6 +68,7 @@ impl World {
             home,
             tokd: None,
             port,
+            log_filter: filter,
         };
         world.home.write_config(&world.config(""));
         let mut world = world;
@@ -106,7 +113,15 @@ grant = "client_credentials"
     }
 
     pub async fn start_tokd(&mut self) {
-        self.tokd = Some(Tokd::start(&tokd_bin(), &self.home, &self.bus).await);
+        self.tokd = Some(
+            Tokd::start_with_env(
+                &tokd_bin(),
+                &self.home,
+                &self.bus,
+                &[("TOKD_LOG", self.log_filter)],
+            )
+            .await,
+        );
     }
 
     pub fn log(&self) -> String {
@@ -214,7 +229,7 @@ pub fn browser() -> reqwest::Client {
         .expect("browser")
 }
 
-fn query_value(url: &str, key: &str) -> String {
+pub fn query_value(url: &str, key: &str) -> String {
     url::Url::parse(url)
         .expect("url")
         .query_pairs()

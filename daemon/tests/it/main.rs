@@ -3,6 +3,7 @@
 mod check_config;
 mod e2e;
 mod oauth;
+mod security;
 mod store;
 mod support;
 mod systemd;
