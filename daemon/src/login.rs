@@ -37,6 +37,8 @@ pub(crate) struct Pending {
     pub state: String,
     pub verifier: PkceVerifier,
     pub redirect_uri: Option<Url>,
+    /// The loopback address listened on for the answer, if any.
+    pub listen_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -93,38 +95,39 @@ impl Logins {
     }
 
     fn any_waiting_on(&self, addr: SocketAddr) -> bool {
-        lock(&self.pending).iter().any(|e| {
-            e.started.elapsed() < LOGIN_TIMEOUT
-                && e.pending
-                    .redirect_uri
-                    .as_ref()
-                    .and_then(|uri| uri.socket_addrs(|| Some(80)).ok())
-                    .is_some_and(|addrs| addrs.contains(&addr))
-        })
+        lock(&self.pending)
+            .iter()
+            .any(|e| e.started.elapsed() < LOGIN_TIMEOUT && e.pending.listen_addr == Some(addr))
     }
 }
 
-/// Makes sure something listens on `uri` (a loopback http URL).
+/// Makes sure something listens on `uri` (a loopback http URL); returns
+/// the address.
 pub(crate) async fn ensure_listener(
     daemon: &Arc<Daemon>,
     uri: &Url,
     name: &str,
-) -> Result<(), ServeError> {
+) -> Result<SocketAddr, ServeError> {
     let cannot = |detail: String| {
         ServeError::Misconfigured(format!(
             "cannot listen on {uri} for the login answer ({detail}); free that port, or open the URL anyway and finish with `tokctl login {name} --code CODE`"
         ))
     };
-    let addrs = uri
-        .socket_addrs(|| Some(80))
-        .map_err(|error| cannot(error.to_string()))?;
-    if let Some(listener) = addrs
-        .iter()
-        .find_map(|addr| lock(&daemon.logins.listeners).get(addr).cloned())
-    {
+    let host = uri.host_str().unwrap_or("localhost");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_or_known_default().unwrap_or(80);
+    // `localhost` takes a resolver call: tokio's, off the runtime thread.
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|error| cannot(error.to_string()))?
+        .collect();
+    if let Some((addr, listener)) = addrs.iter().find_map(|addr| {
+        let listener = lock(&daemon.logins.listeners).get(addr).cloned()?;
+        Some((*addr, listener))
+    }) {
         *lock(&listener.deadline) = Instant::now() + LOGIN_TIMEOUT;
         listener.wake.notify_one();
-        return Ok(());
+        return Ok(addr);
     }
     let mut last_error = String::from("no address");
     for addr in addrs {
@@ -138,7 +141,7 @@ pub(crate) async fn ensure_listener(
                 let path = uri.path().to_owned();
                 tokio::spawn(serve(daemon.clone(), socket, addr, path, listener));
                 info!(%addr, "listening for a login answer");
-                return Ok(());
+                return Ok(addr);
             }
             Err(error) => last_error = error.to_string(),
         }

@@ -234,10 +234,16 @@ impl Daemon {
             cron: tokio::sync::Mutex::new(None),
             this: this.clone(),
         });
-        let mut slots = BTreeMap::new();
-        for (name, spec) in specs_of(&config) {
-            slots.insert(name, Arc::new(daemon.load_slot(spec).await));
-        }
+        let specs = specs_of(&config)
+            .into_iter()
+            .map(|(_, spec)| spec)
+            .collect();
+        let slots = daemon
+            .load_slots(specs)
+            .await
+            .into_iter()
+            .map(|slot| (slot.name.clone(), Arc::new(slot)))
+            .collect();
         *daemon.slots.write().unwrap_or_else(|e| e.into_inner()) = slots;
         for slot in daemon.all_slots() {
             daemon.schedule(&slot);
@@ -279,45 +285,31 @@ impl Daemon {
             .expect("the daemon outlives its own calls")
     }
 
-    async fn load_slot(&self, spec: Arc<Spec>) -> Slot {
-        let name = spec.installation.name.clone();
+    /// Loads the records of `specs` from disk in one blocking task.
+    async fn load_slots(&self, specs: Vec<Arc<Spec>>) -> Vec<Slot> {
         let store = self.store.clone();
-        let loaded = {
-            let name = name.clone();
-            tokio::task::spawn_blocking(move || store.load(&name)).await
-        };
-        let (record, state, message) = match loaded {
-            Ok(Ok(Loaded::Found(record))) if record.access_token.is_some() => {
-                (record, InstallationState::Valid, String::new())
-            }
-            Ok(Ok(Loaded::Found(_) | Loaded::Missing)) => {
-                let message = empty_message(&spec);
-                (Record::default(), InstallationState::Empty, message)
-            }
-            Ok(Ok(Loaded::MovedAside { moved_to, reason })) => {
-                warn!(installation = %name, moved_to = %moved_to.display(), %reason, "unreadable state file moved aside");
-                let message = format!(
-                    "the state file was unreadable ({reason}) and was moved to {}; {}",
-                    moved_to.display(),
-                    empty_message(&spec)
-                );
-                (Record::default(), InstallationState::Empty, message)
-            }
-            Ok(Err(error)) => {
-                error!(installation = %name, %error, "cannot load state");
-                let message = format!("cannot load the state file: {error}");
-                (Record::default(), InstallationState::Misconfigured, message)
-            }
-            Err(error) => {
-                error!(installation = %name, %error, "state loader failed");
-                (
-                    Record::default(),
-                    InstallationState::Misconfigured,
-                    "cannot load the state file".to_owned(),
-                )
-            }
-        };
-        Slot::new(spec, record, state, message)
+        let names: Vec<String> = specs.iter().map(|s| s.installation.name.clone()).collect();
+        let loaded = tokio::task::spawn_blocking(move || {
+            names
+                .iter()
+                .map(|name| store.load(name).map_err(|e| e.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|error| {
+            error!(%error, "state loader failed");
+            Vec::new()
+        });
+        let mut loaded = loaded.into_iter();
+        specs
+            .into_iter()
+            .map(|spec| {
+                let result = loaded
+                    .next()
+                    .unwrap_or_else(|| Err("the state loader failed".to_owned()));
+                slot_from(spec, result)
+            })
+            .collect()
     }
 
     fn all_slots(&self) -> Vec<Arc<Slot>> {
@@ -523,18 +515,8 @@ impl Daemon {
                 return inner.last_outcome.clone();
             }
         }
-        let daemon = self.arc();
-        let task_slot = slot.clone();
-        let task = tokio::spawn(async move {
-            let _guard = guard;
-            daemon.attempt(&task_slot).await
-        });
-        task.await.unwrap_or_else(|error| {
-            error!(installation = %slot.name, %error, "refresh task failed");
-            Err(ServeError::ProviderUnavailable(
-                "the refresh failed inside tokd; see its log".to_owned(),
-            ))
-        })
+        let (daemon, slot) = (self.arc(), slot.clone());
+        in_flight(guard, "refresh", async move { daemon.attempt(&slot).await }).await
     }
 
     /// One request to the provider; the caller holds `flight`.
@@ -722,15 +704,17 @@ impl Daemon {
         let listening = redirect_uri
             .as_ref()
             .filter(|uri| uri.scheme() == "http" && config::is_loopback(uri));
-        if let Some(uri) = listening {
-            login::ensure_listener(&self.arc(), uri, name).await?;
-        }
-        let listening = listening.is_some();
+        let listen_addr = match listening {
+            Some(uri) => Some(login::ensure_listener(&self.arc(), uri, name).await?),
+            None => None,
+        };
+        let listening = listen_addr.is_some();
         self.logins.add(login::Pending {
             name: name.to_owned(),
             state,
             verifier: pkce.verifier,
             redirect_uri,
+            listen_addr,
         });
         info!(installation = %name, listening, "login started");
         Ok((url, listening))
@@ -772,59 +756,63 @@ impl Daemon {
         redirect_uri: Option<Url>,
     ) -> Result<Option<SystemTime>, ServeError> {
         let guard = slot.flight.clone().lock_owned().await;
-        let daemon = self.arc();
-        let task_slot = slot.clone();
-        let task = tokio::spawn(async move {
-            let _guard = guard;
-            let slot = task_slot;
-            let spec = slot.spec();
-            let result = daemon
-                .http
-                .exchange_code(
-                    &spec.consumer,
-                    &code,
-                    verifier.as_ref(),
-                    redirect_uri.as_ref(),
-                )
-                .await;
-            let name = slot.name.clone();
-            match result {
-                Ok(response) => {
-                    daemon.accept(&slot, &spec, response).await;
-                    let expires_at = lock(&slot.inner).record.expires_at;
-                    daemon.emit(Event::LoginFinished {
-                        name: name.clone(),
-                        success: true,
-                        message: format!("logged in: `{name}` holds a fresh token"),
-                    });
-                    info!(installation = %name, "login finished");
-                    Ok(expires_at)
-                }
-                Err(error) => {
-                    let message = format!(
-                        "the provider refused the login of `{name}` ({}); run `tokctl login {name}` again",
-                        error.message
-                    );
-                    warn!(installation = %name, error = %error.message, "login failed");
-                    daemon.emit(Event::LoginFinished {
-                        name,
-                        success: false,
-                        message: message.clone(),
-                    });
-                    Err(match error.kind {
-                        ErrorKind::Transient => ServeError::ProviderUnavailable(message),
-                        ErrorKind::Misconfigured => ServeError::Misconfigured(message),
-                        ErrorKind::NeedsLogin => ServeError::NeedsLogin(message),
-                    })
-                }
-            }
-        });
-        task.await.unwrap_or_else(|error| {
-            error!(%error, "login task failed");
-            Err(ServeError::ProviderUnavailable(
-                "the login failed inside tokd; see its log".to_owned(),
-            ))
+        let (daemon, slot) = (self.arc(), slot.clone());
+        in_flight(guard, "login", async move {
+            daemon
+                .exchange_locked(&slot, code, verifier, redirect_uri)
+                .await
         })
+        .await
+    }
+
+    async fn exchange_locked(
+        &self,
+        slot: &Slot,
+        code: AuthorizationCode,
+        verifier: Option<PkceVerifier>,
+        redirect_uri: Option<Url>,
+    ) -> Result<Option<SystemTime>, ServeError> {
+        let spec = slot.spec();
+        let result = self
+            .http
+            .exchange_code(
+                &spec.consumer,
+                &code,
+                verifier.as_ref(),
+                redirect_uri.as_ref(),
+            )
+            .await;
+        let name = slot.name.clone();
+        match result {
+            Ok(response) => {
+                self.accept(slot, &spec, response).await;
+                let expires_at = lock(&slot.inner).record.expires_at;
+                self.emit(Event::LoginFinished {
+                    name: name.clone(),
+                    success: true,
+                    message: format!("logged in: `{name}` holds a fresh token"),
+                });
+                info!(installation = %name, "login finished");
+                Ok(expires_at)
+            }
+            Err(error) => {
+                let message = format!(
+                    "the provider refused the login of `{name}` ({}); run `tokctl login {name}` again",
+                    error.message
+                );
+                warn!(installation = %name, error = %error.message, "login failed");
+                self.emit(Event::LoginFinished {
+                    name,
+                    success: false,
+                    message: message.clone(),
+                });
+                Err(match error.kind {
+                    ErrorKind::Transient => ServeError::ProviderUnavailable(message),
+                    ErrorKind::Misconfigured => ServeError::Misconfigured(message),
+                    ErrorKind::NeedsLogin => ServeError::NeedsLogin(message),
+                })
+            }
+        }
     }
 
     /// Revokes the installation's grant at the provider when it has a
@@ -833,17 +821,10 @@ impl Daemon {
         let slot = self.slot(name)?;
         let guard = slot.flight.clone().lock_owned().await;
         let daemon = self.arc();
-        let task_slot = slot.clone();
-        let task = tokio::spawn(async move {
-            let _guard = guard;
-            daemon.revoke_locked(&task_slot).await
-        });
-        task.await.unwrap_or_else(|error| {
-            error!(%error, "revoke task failed");
-            Err(ServeError::ProviderUnavailable(
-                "the revocation failed inside tokd; see its log".to_owned(),
-            ))
+        in_flight(guard, "revocation", async move {
+            daemon.revoke_locked(&slot).await
         })
+        .await
     }
 
     async fn revoke_locked(&self, slot: &Slot) -> Result<String, ServeError> {
@@ -950,6 +931,7 @@ impl Daemon {
             self.slots.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut slots = BTreeMap::new();
         let mut changed = Vec::new();
+        let mut added = Vec::new();
         for (name, spec) in specs_of(&config) {
             let slot = match old.get(&name) {
                 Some(slot) if slot.spec().same_identity(&spec) => {
@@ -973,9 +955,15 @@ impl Daemon {
                     changed.push((name.clone(), state, message));
                     slot
                 }
-                None => Arc::new(self.load_slot(spec).await),
+                None => {
+                    added.push(spec);
+                    continue;
+                }
             };
             slots.insert(name, slot);
+        }
+        for slot in self.load_slots(added).await {
+            slots.insert(slot.name.clone(), Arc::new(slot));
         }
         for name in old.keys().filter(|name| !slots.contains_key(*name)) {
             self.queue.set(name, None);
@@ -1082,6 +1070,55 @@ impl Daemon {
     pub(crate) fn slot_if_exists(&self, name: &str) -> Option<Arc<Slot>> {
         self.slot(name).ok()
     }
+}
+
+/// A slot for `spec` from what loading its record found.
+fn slot_from(spec: Arc<Spec>, loaded: Result<Loaded, String>) -> Slot {
+    let name = spec.installation.name.clone();
+    let (record, state, message) = match loaded {
+        Ok(Loaded::Found(record)) if record.access_token.is_some() => {
+            (record, InstallationState::Valid, String::new())
+        }
+        Ok(Loaded::Found(_) | Loaded::Missing) => {
+            let message = empty_message(&spec);
+            (Record::default(), InstallationState::Empty, message)
+        }
+        Ok(Loaded::MovedAside { moved_to, reason }) => {
+            warn!(installation = %name, moved_to = %moved_to.display(), %reason, "unreadable state file moved aside");
+            let message = format!(
+                "the state file was unreadable ({reason}) and was moved to {}; {}",
+                moved_to.display(),
+                empty_message(&spec)
+            );
+            (Record::default(), InstallationState::Empty, message)
+        }
+        Err(error) => {
+            error!(installation = %name, %error, "cannot load state");
+            let message = format!("cannot load the state file: {error}");
+            (Record::default(), InstallationState::Misconfigured, message)
+        }
+    };
+    Slot::new(spec, record, state, message)
+}
+
+/// Runs `work` in a task of its own that holds `guard`, the installation's
+/// `flight` lock: a caller that goes away cannot cut a rotation short
+/// between the provider's answer and the write to disk.
+async fn in_flight<T: Send + 'static>(
+    guard: tokio::sync::OwnedMutexGuard<()>,
+    what: &'static str,
+    work: impl Future<Output = Result<T, ServeError>> + Send + 'static,
+) -> Result<T, ServeError> {
+    let task = tokio::spawn(async move {
+        let _guard = guard;
+        work.await
+    });
+    task.await.unwrap_or_else(|error| {
+        error!(%error, "the {what} task failed");
+        Err(ServeError::ProviderUnavailable(format!(
+            "the {what} failed inside tokd; see its log"
+        )))
+    })
 }
 
 /// The cron scheduler, while some installation has a `schedule`.

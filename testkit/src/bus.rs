@@ -158,6 +158,25 @@ impl Home {
         std::fs::write(self.config_path(), text).expect("write config");
     }
 
+    /// `tokctl ARGS` (at `binary`) as a script in this home would run it: on
+    /// `bus`, without a display, stdin closed, killed if dropped.
+    pub fn tokctl(
+        &self,
+        binary: &Path,
+        bus: &PrivateBus,
+        args: &[&str],
+    ) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(binary);
+        command
+            .args(args)
+            .envs(self.env(bus))
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
     /// Writes a secret file (0600) and returns its path.
     pub fn write_secret(&self, name: &str, secret: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;

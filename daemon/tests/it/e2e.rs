@@ -129,15 +129,7 @@ grant = "client_credentials"
     }
 
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(tokctl_bin());
-        command
-            .args(args)
-            .envs(self.home.env(&self.bus))
-            .env_remove("DISPLAY")
-            .env_remove("WAYLAND_DISPLAY")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        command
+        self.home.tokctl(&tokctl_bin(), &self.bus, args)
     }
 
     pub async fn tokctl(&self, args: &[&str]) -> Out {

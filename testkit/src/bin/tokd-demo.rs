@@ -88,7 +88,8 @@ grant = "client_credentials"
 
     let tokctl = Tokctl {
         path: bin.join("tokctl"),
-        env: home.env(&bus),
+        home: &home,
+        bus: &bus,
     };
     for name in ["work", "personal"] {
         tokctl.login(name).await?;
@@ -182,22 +183,15 @@ fn short(token: &str) -> String {
     )
 }
 
-struct Tokctl {
+struct Tokctl<'a> {
     path: PathBuf,
-    env: Vec<(String, String)>,
+    home: &'a Home,
+    bus: &'a PrivateBus,
 }
 
-impl Tokctl {
+impl Tokctl<'_> {
     fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(&self.path);
-        command
-            .args(args)
-            .envs(self.env.iter().cloned())
-            .env_remove("DISPLAY")
-            .env_remove("WAYLAND_DISPLAY")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        command
+        self.home.tokctl(&self.path, self.bus, args)
     }
 
     async fn ok(&self, args: &[&str]) -> Result<String, String> {
