@@ -221,6 +221,18 @@ impl Tokd {
         bus: &PrivateBus,
         extra: &[(&str, &str)],
     ) -> Self {
+        Self::start_wrapped(&[], binary, home, bus, extra).await
+    }
+
+    /// As `start_with_env`, run through `wrapper` (a command and its
+    /// arguments, e.g. `setpriv …`) when it is not empty.
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        binary: &Path,
+        home: &Home,
+        bus: &PrivateBus,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let log = home.path().join(format!("tokd-{}.log", unique()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let connection = bus.connect().await;
@@ -231,7 +243,15 @@ impl Tokd {
             .receive_name_owner_changed()
             .await
             .expect("NameOwnerChanged");
-        let child = Command::new(binary)
+        let mut command = match wrapper.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .envs(home.env(bus))
             .envs(extra.iter().copied())
             .stdin(Stdio::null())
@@ -281,6 +301,11 @@ impl Tokd {
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal(rustix::process::Signal::TERM);
         self.child.wait().expect("wait for tokd")
+    }
+
+    /// Sends SIGTERM without waiting (see `exited_within`).
+    pub fn send_terminate(&self) {
+        self.signal(rustix::process::Signal::TERM);
     }
 
     /// Waits up to `deadline` for tokd to exit by itself.

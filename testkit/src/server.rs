@@ -44,6 +44,8 @@ struct RefreshState {
     first_used: Option<Instant>,
     /// Replaced by a newer one (rotation).
     superseded: bool,
+    /// The refresh token that replaced it.
+    successor: Option<String>,
     revoked: bool,
 }
 
@@ -66,8 +68,39 @@ struct State {
     access_tokens: HashMap<String, AccessState>,
     faults: VecDeque<Fault>,
     sticky_fault: Option<Fault>,
+    holds: VecDeque<HeldGate>,
     counters: Counters,
     last_request: Option<RecordedRequest>,
+}
+
+#[derive(Debug)]
+struct HeldGate {
+    arrived: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// A request held by [`Emulator::hold_next`].
+#[derive(Debug)]
+pub struct Hold {
+    arrived: Option<tokio::sync::oneshot::Receiver<()>>,
+    release: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Hold {
+    /// Waits until the held request has arrived (it then waits for
+    /// [`Hold::release`]).
+    pub async fn arrived(&mut self) {
+        if let Some(arrived) = self.arrived.take() {
+            let _ = arrived.await;
+        }
+    }
+
+    /// Lets the held request go on.
+    pub fn release(mut self) {
+        if let Some(release) = self.release.take() {
+            let _ = release.send(());
+        }
+    }
 }
 
 /// A running emulator. Dropping it stops the server.
@@ -139,6 +172,7 @@ impl Emulator {
             access_tokens: HashMap::new(),
             faults: VecDeque::new(),
             sticky_fault: None,
+            holds: VecDeque::new(),
             counters: Counters::default(),
             last_request: None,
         }));
@@ -270,6 +304,22 @@ impl Emulator {
         self.lock().sticky_fault = Some(fault);
     }
 
+    /// Holds the next token or revocation request when it arrives, before
+    /// anything about it is decided, until the returned [`Hold`] is
+    /// released or dropped.
+    pub fn hold_next(&self) -> Hold {
+        let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel();
+        self.lock().holds.push_back(HeldGate {
+            arrived: arrived_tx,
+            release: release_rx,
+        });
+        Hold {
+            arrived: Some(arrived),
+            release: Some(release),
+        }
+    }
+
     pub fn clear_faults(&self) {
         let mut state = self.lock();
         state.faults.clear();
@@ -326,6 +376,11 @@ impl Emulator {
         let state = self.lock();
         let behaviour = state.behaviour.clone();
         refresh_usable(&state, &behaviour, token)
+    }
+
+    /// The refresh token that a rotation issued in place of `token`.
+    pub fn successor_of(&self, token: &str) -> Option<String> {
+        self.lock().refresh_tokens.get(token)?.successor.clone()
     }
 
     /// How many grants (installations) were ever created.
@@ -427,6 +482,11 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> HttpRes
         }
         ("POST", "/token") | ("POST", "/revoke") => {
             let recorded = record(request).await;
+            let hold = lock().holds.pop_front();
+            if let Some(HeldGate { arrived, release }) = hold {
+                let _ = arrived.send(());
+                let _ = release.await;
+            }
             let fault = {
                 let mut state = lock();
                 state.last_request = Some(recorded.clone());
@@ -771,7 +831,11 @@ fn use_refresh_token(
                 .expect("checked above");
             old.superseded = true;
             old.first_used.get_or_insert_with(Instant::now);
-            issue_refresh(state, grant)
+            let new = issue_refresh(state, grant);
+            if let Some(old) = state.refresh_tokens.get_mut(presented) {
+                old.successor = Some(new.clone());
+            }
+            new
         }
     };
     let scopes = state.grants[grant as usize].scopes.clone();
@@ -813,6 +877,7 @@ fn issue_refresh(state: &mut State, grant: u64) -> String {
             grant,
             first_used: None,
             superseded: false,
+            successor: None,
             revoked: false,
         },
     );
