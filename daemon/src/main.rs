@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokd::config::Config;
 use tokd::oauth::OAuthClient;
-use tokd::service::Daemon;
+use tokd::service::{Daemon, SHUTDOWN_BOUND};
 use tokd::store::Store;
 use tokd::{bus, paths};
 use tracing::{error, info, warn};
@@ -33,8 +33,10 @@ Logging goes to stderr, filtered by TOKD_LOG (default: info), e.g.
 TOKD_LOG=debug or TOKD_LOG=tokd=trace. Tokens and secrets are never logged.
 
 Without --check-config, tokd serves org.tokd.tokd1 on the session bus
-(DBUS_SESSION_BUS_ADDRESS) until SIGTERM or SIGINT; SIGHUP reloads the
-config. State is kept under $XDG_STATE_HOME/tokd/.
+(DBUS_SESSION_BUS_ADDRESS) until SIGTERM or SIGINT, after which it starts
+no new request, waits (at most 35 s) for requests already sent to
+providers so that their tokens are written, and exits. SIGHUP reloads
+the config. State is kept under $XDG_STATE_HOME/tokd/.
 
 Exit status: 0 on success (and after SIGTERM), 1 when the config is
 invalid or unreadable or the bus cannot be served, 2 for bad usage.";
@@ -128,6 +130,10 @@ async fn run(explicit: Option<PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     };
+    // Keep the name while requests already sent finish and are written:
+    // a successor started now could refresh with a token being rotated.
+    // Calls meanwhile get Stopping (or a held token).
+    daemon.shutdown(SHUTDOWN_BOUND).await;
     // Dropping the connection releases the name.
     drop(connection);
     info!("stopped");

@@ -17,7 +17,8 @@
 //!   taken off, so installations obtained together spread out.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
@@ -78,11 +79,43 @@ pub fn random_fraction() -> f64 {
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The wall clock that expiry is judged by: the system clock, moved
+/// forward by whatever [`Clock::jump`] added. tokd never jumps it; tests do,
+/// to play a suspend or a clock change without waiting for one.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    /// Milliseconds added to the system clock.
+    offset: Arc<AtomicU64>,
+}
+
+impl Clock {
+    pub fn now(&self) -> SystemTime {
+        SystemTime::now() + Duration::from_millis(self.offset.load(Ordering::Relaxed))
+    }
+
+    /// Moves this clock (and every clone of it) forward by `by`, as a
+    /// suspend of that length looks to a program that wakes up after it.
+    pub fn jump(&self, by: Duration) {
+        let millis = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.offset.fetch_add(millis, Ordering::Relaxed);
+    }
+}
+
 /// Due times by installation name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Queue {
     inner: Mutex<QueueInner>,
     wake: Notify,
+    clock: Clock,
+    /// The longest sleep before the wall clock is read again.
+    check_cap: Duration,
+    stopped: AtomicBool,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self::new(Clock::default(), CHECK_CAP)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +125,23 @@ struct QueueInner {
 }
 
 impl Queue {
+    pub fn new(clock: Clock, check_cap: Duration) -> Self {
+        Self {
+            inner: Mutex::default(),
+            wake: Notify::new(),
+            clock,
+            check_cap,
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    /// Makes [`Queue::run`] return (at shutdown): nothing more is handed
+    /// out.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
     /// Sets (or with `None` clears) the due time of `name`.
     pub fn set(&self, name: &str, due: Option<SystemTime>) {
         let earliest_changed = {
@@ -138,17 +188,21 @@ impl Queue {
     }
 
     /// Sleeps until something is due, then hands each due name to `on_due`.
-    /// Never returns.
+    /// Returns only after [`Queue::stop`].
     pub async fn run(&self, mut on_due: impl FnMut(String)) {
-        loop {
-            let now = SystemTime::now();
+        while !self.stopped.load(Ordering::SeqCst) {
+            let now = self.clock.now();
             for name in self.pop_due(now) {
                 on_due(name);
             }
+            // tokio's timers stop during a suspend, so never sleep long
+            // without looking at the wall clock again.
             let wait = self
                 .next()
-                .map_or(CHECK_CAP, |due| due.duration_since(now).unwrap_or_default())
-                .min(CHECK_CAP);
+                .map_or(self.check_cap, |due| {
+                    due.duration_since(now).unwrap_or_default()
+                })
+                .min(self.check_cap);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.wake.notified() => {}
@@ -245,7 +299,6 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_runner_wakes_when_an_earlier_time_is_set() {
-        use std::sync::Arc;
         let queue = Arc::new(Queue::default());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let runner = {
@@ -261,5 +314,33 @@ mod tests {
         let name = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
         assert_eq!(name.ok().flatten().as_deref(), Some("now"));
         runner.abort();
+    }
+
+    /// A suspend: the wall clock jumps while tokio's timers stand still.
+    /// Nobody notifies the queue; the capped sleep alone must notice.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_clock_jump_the_next_capped_wake_hands_out_what_is_overdue() {
+        let clock = Clock::default();
+        let queue = Arc::new(Queue::new(clock.clone(), CHECK_CAP));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let runner = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.run(|name| drop(tx.send(name))).await })
+        };
+        queue.set("token", Some(clock.now() + 2 * HOUR));
+        tokio::task::yield_now().await;
+        clock.jump(3 * HOUR);
+        // Just short of the cap nothing has looked at the clock yet.
+        tokio::time::sleep(CHECK_CAP - Duration::from_secs(1)).await;
+        assert!(rx.try_recv().is_err());
+        // At the cap the runner reads the wall clock and finds it overdue,
+        // although by tokio's clock two hours have not passed.
+        let name = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        assert_eq!(name.ok().flatten().as_deref(), Some("token"));
+        queue.stop();
+        tokio::time::timeout(Duration::from_secs(1), runner)
+            .await
+            .expect("the runner returns after stop")
+            .expect("no panic");
     }
 }

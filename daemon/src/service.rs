@@ -20,11 +20,12 @@
 use crate::config::{self, Config, Consumer, Grant, Installation};
 use crate::login::{self, Logins};
 use crate::oauth::{self, ErrorKind, OAuthClient, OAuthError, Pkce, RevocableToken, TokenResponse};
-use crate::schedule::{self, Queue, lock};
-use crate::secret::{AccessToken, AuthorizationCode, PkceVerifier};
+use crate::schedule::{self, Clock, Queue, lock};
+use crate::secret::{AccessToken, AuthorizationCode, PkceVerifier, RefreshToken};
 use crate::store::{Loaded, Record, Store};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokd_shared::{InstallationInfo, InstallationState};
@@ -36,6 +37,13 @@ use url::Url;
 pub const MAX_MIN_VALID: Duration = Duration::from_secs(24 * 3600);
 /// The longest code accepted from a caller.
 const MAX_CODE_LEN: usize = 4096;
+/// How long shutdown waits for requests already sent to a provider. Longer
+/// than a request's own timeout, so that one always finishes and its
+/// rotated refresh token is written.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(35);
+/// Retries of a failed state write: the first delay, doubled up to the cap.
+const SAVE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const SAVE_RETRY_CAP: Duration = Duration::from_secs(60);
 
 /// Something clients may want to hear about; the bus layer emits each as a
 /// signal.
@@ -71,6 +79,8 @@ pub enum ServeError {
     ProviderUnavailable(String),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    Stopping(String),
 }
 
 impl From<ServeError> for tokd_shared::Error {
@@ -81,6 +91,7 @@ impl From<ServeError> for tokd_shared::Error {
             ServeError::Misconfigured(m) => Self::Misconfigured(m),
             ServeError::ProviderUnavailable(m) => Self::ProviderUnavailable(m),
             ServeError::InvalidArgument(m) => Self::InvalidArgument(m),
+            ServeError::Stopping(m) => Self::Stopping(m),
         }
     }
 }
@@ -97,10 +108,10 @@ pub struct Token {
 }
 
 impl Token {
-    fn with_warning(mut self, min_valid: Duration, failure: &str) -> Self {
+    fn with_warning(mut self, now: SystemTime, min_valid: Duration, failure: &str) -> Self {
         let left = self
             .expires_at
-            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .and_then(|at| at.duration_since(now).ok())
             .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string());
         self.warning = Some(format!(
             "this token is valid for {} only, less than the {} asked for: {failure}",
@@ -150,6 +161,9 @@ struct Inner {
     /// Attempts finished so far, and the result of the last one.
     attempts: u64,
     last_outcome: Result<(), ServeError>,
+    /// The record in memory is newer than the file: a write failed and is
+    /// being retried.
+    unsaved: bool,
 }
 
 impl Inner {
@@ -186,6 +200,7 @@ impl Slot {
                 retry_at: None,
                 attempts: 0,
                 last_outcome: Ok(()),
+                unsaved: false,
             }),
             flight: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -209,7 +224,28 @@ pub struct Daemon {
     queue: Arc<Queue>,
     pub(crate) logins: Logins,
     cron: tokio::sync::Mutex<Option<Cron>>,
+    clock: Clock,
+    /// Set by [`Daemon::shutdown`]: no new request to a provider starts.
+    stopping: AtomicBool,
     this: Weak<Daemon>,
+}
+
+/// How a daemon tells time; tests replace the defaults.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The wall clock expiry is judged by.
+    pub clock: Clock,
+    /// The longest the scheduler sleeps before reading the clock again.
+    pub check_cap: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: Clock::default(),
+            check_cap: schedule::CHECK_CAP,
+        }
+    }
 }
 
 impl Daemon {
@@ -222,6 +258,18 @@ impl Daemon {
         http: OAuthClient,
         events: UnboundedSender<Event>,
     ) -> Arc<Self> {
+        Self::start_with(config, config_path, store, http, events, Options::default()).await
+    }
+
+    /// As [`Daemon::start`], with a given clock and scheduler cap.
+    pub async fn start_with(
+        config: Config,
+        config_path: Option<PathBuf>,
+        store: Store,
+        http: OAuthClient,
+        events: UnboundedSender<Event>,
+        options: Options,
+    ) -> Arc<Self> {
         let daemon = Arc::new_cyclic(|this| Daemon {
             config_path,
             config: RwLock::new(Arc::new(config.clone())),
@@ -229,9 +277,11 @@ impl Daemon {
             store,
             http,
             events,
-            queue: Arc::new(Queue::default()),
+            queue: Arc::new(Queue::new(options.clock.clone(), options.check_cap)),
             logins: Logins::default(),
             cron: tokio::sync::Mutex::new(None),
+            clock: options.clock,
+            stopping: AtomicBool::new(false),
             this: this.clone(),
         });
         let specs = specs_of(&config)
@@ -363,7 +413,7 @@ impl Daemon {
 
     /// Puts `slot` in the queue according to its state and token.
     fn schedule(&self, slot: &Slot) {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let due = {
             let inner = lock(&slot.inner);
             match inner.state {
@@ -406,7 +456,7 @@ impl Daemon {
             )));
         }
         let slot = self.slot(name)?;
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let seen = {
             let inner = lock(&slot.inner);
             // A lost grant takes its access tokens with it at the provider
@@ -424,7 +474,7 @@ impl Daemon {
                 // if it is valid at all, beats no token.
                 Err(ServeError::ProviderUnavailable(message)) => {
                     return match inner.token_valid_for(now, Duration::ZERO) {
-                        Some(token) => Ok(token.with_warning(min_valid, &message)),
+                        Some(token) => Ok(token.with_warning(now, min_valid, &message)),
                         None => Err(ServeError::ProviderUnavailable(message)),
                     };
                 }
@@ -433,16 +483,16 @@ impl Daemon {
             inner.attempts
         };
         let outcome = self.attempt_shared(&slot, seen).await;
+        let now = self.clock.now();
         let inner = lock(&slot.inner);
-        match (
-            inner.token_valid_for(SystemTime::now(), Duration::ZERO),
-            outcome,
-        ) {
-            // A transient failure with a token still valid: serve it.
+        match (inner.token_valid_for(now, Duration::ZERO), outcome) {
             (Some(token), Ok(())) => Ok(token),
-            (Some(token), Err(ServeError::ProviderUnavailable(message))) => {
-                Ok(token.with_warning(min_valid, &message))
-            }
+            // A transient failure (or a shutdown) with a token still valid:
+            // serve it, saying why it is short.
+            (
+                Some(token),
+                Err(ServeError::ProviderUnavailable(message) | ServeError::Stopping(message)),
+            ) => Ok(token.with_warning(now, min_valid, &message)),
             (_, Err(error)) => Err(error),
             (None, Ok(())) => Err(no_token_error(&slot.spec())),
         }
@@ -493,7 +543,7 @@ impl Daemon {
         let Ok(slot) = self.slot(name) else { return };
         let seen = {
             let inner = lock(&slot.inner);
-            if self.refusal(&slot, &inner, SystemTime::now()).is_err()
+            if self.refusal(&slot, &inner, self.clock.now()).is_err()
                 && inner.state != InstallationState::Failing
             {
                 debug!(installation = %name, state = %inner.state, "scheduled refresh skipped");
@@ -508,7 +558,7 @@ impl Daemon {
     /// Makes one request to the provider unless one finished since the
     /// caller saw `seen` attempts, in which case its result is shared.
     async fn attempt_shared(&self, slot: &Arc<Slot>, seen: u64) -> Result<(), ServeError> {
-        let guard = slot.flight.clone().lock_owned().await;
+        let guard = self.flight(slot).await?;
         {
             let inner = lock(&slot.inner);
             if inner.attempts != seen {
@@ -517,6 +567,67 @@ impl Daemon {
         }
         let (daemon, slot) = (self.arc(), slot.clone());
         in_flight(guard, "refresh", async move { daemon.attempt(&slot).await }).await
+    }
+
+    /// Takes the installation's `flight` lock, unless tokd is stopping.
+    async fn flight(&self, slot: &Slot) -> Result<tokio::sync::OwnedMutexGuard<()>, ServeError> {
+        self.refuse_if_stopping()?;
+        let guard = slot.flight.clone().lock_owned().await;
+        // Checked again: shutdown may have begun while this call waited.
+        self.refuse_if_stopping()?;
+        Ok(guard)
+    }
+
+    fn refuse_if_stopping(&self) -> Result<(), ServeError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            Err(ServeError::Stopping(
+                "tokd is stopping and starts no new requests; run the command again in a moment"
+                    .to_owned(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stops for good: no new request to a provider starts (calls that
+    /// need one get [`ServeError::Stopping`]; held tokens are still
+    /// served), the scheduler and cron stop, and requests already sent are
+    /// waited for, at most `bound`, so that a rotated refresh token is
+    /// written before the process exits. Owed writes are tried once more.
+    /// Returns the installations still busy when the bound ran out.
+    pub async fn shutdown(&self, bound: Duration) -> Vec<String> {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.queue.stop();
+        if let Some(Cron(mut cron)) = self.cron.lock().await.take()
+            && let Err(error) = cron.shutdown().await
+        {
+            warn!(%error, "cannot stop the cron scheduler");
+        }
+        let deadline = tokio::time::Instant::now() + bound;
+        let slots = self.all_slots();
+        let busy = slots
+            .iter()
+            .filter(|s| s.flight.try_lock().is_err())
+            .count();
+        if busy > 0 {
+            info!(busy, bound = %humantime::format_duration(bound), "waiting for requests already sent to providers");
+        }
+        // The guards are kept until the end: nothing starts meanwhile.
+        let mut guards = Vec::with_capacity(slots.len());
+        let mut unfinished = Vec::new();
+        for slot in &slots {
+            match tokio::time::timeout_at(deadline, slot.flight.clone().lock_owned()).await {
+                Ok(guard) => {
+                    self.save_if_unsaved(slot).await;
+                    guards.push(guard);
+                }
+                Err(_) => unfinished.push(slot.name.clone()),
+            }
+        }
+        if !unfinished.is_empty() {
+            error!(installations = ?unfinished, "stopping with requests still unanswered; a rotated refresh token may be lost");
+        }
+        unfinished
     }
 
     /// One request to the provider; the caller holds `flight`.
@@ -534,7 +645,8 @@ impl Daemon {
             token
         };
         let consumer = &spec.consumer;
-        let result = match (&refresh_token, spec.installation.grant) {
+        debug!(installation = %slot.name, "asking the provider for a token");
+        let mut result = match (&refresh_token, spec.installation.grant) {
             (Some(refresh_token), _) => self.http.refresh(consumer, refresh_token).await,
             (None, Grant::ClientCredentials) => {
                 self.http
@@ -555,6 +667,18 @@ impl Daemon {
                 return Err(error);
             }
         };
+        // Before declaring the grant lost: another writer (a restored
+        // backup, a second tokd sharing this home, a hand edit) may have
+        // put a newer refresh token in the state file.
+        if let (Err(error), Some(used)) = (&result, &refresh_token)
+            && error.kind == ErrorKind::NeedsLogin
+            && let Some(newer) = self.newer_on_disk(&slot.name, used).await
+            && let Some(newer_token) = newer.refresh_token.clone()
+        {
+            info!(installation = %slot.name, "the refresh token was refused, but the state file holds another one; trying that");
+            lock(&slot.inner).record = newer;
+            result = self.http.refresh(consumer, &newer_token).await;
+        }
         match result {
             Ok(response) => {
                 self.accept(slot, &spec, response).await;
@@ -564,9 +688,24 @@ impl Daemon {
         }
     }
 
+    /// The record in the state file when its refresh token is not `used`.
+    async fn newer_on_disk(&self, name: &str, used: &RefreshToken) -> Option<Record> {
+        let store = self.store.clone();
+        let file = name.to_owned();
+        let loaded = tokio::task::spawn_blocking(move || store.load(&file)).await;
+        match loaded {
+            Ok(Ok(Loaded::Found(record)))
+                if record.refresh_token.as_ref().is_some_and(|t| t != used) =>
+            {
+                Some(record)
+            }
+            _ => None,
+        }
+    }
+
     /// Stores a token response durably, then makes it visible.
     async fn accept(&self, slot: &Slot, spec: &Spec, response: TokenResponse) {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut record = lock(&slot.inner).record.clone();
         let renewable = response.refresh_token.is_some()
             || record.refresh_token.is_some()
@@ -583,16 +722,15 @@ impl Daemon {
         }
         record.last_refresh = Some(now);
         record.last_error = None;
-        let message = match self.save(&slot.name, &record).await {
+        let saved = self.save(&slot.name, &record).await;
+        let message = match &saved {
             Ok(()) => String::new(),
             Err(error) => {
                 // The new tokens exist only in memory now: keep serving
-                // them (the old refresh token may already be dead) and say
-                // so loudly.
-                error!(installation = %slot.name, %error, "cannot write the new tokens; they are held in memory only");
-                format!(
-                    "the new tokens could not be written ({error}); they are held in memory only"
-                )
+                // them (the old refresh token may already be dead), say so
+                // loudly and keep trying to write them.
+                error!(installation = %slot.name, %error, "cannot write the new tokens; they are held in memory only until a write succeeds");
+                unsaved_message(error)
             }
         };
         let expires_at = record.expires_at;
@@ -603,8 +741,12 @@ impl Daemon {
             inner.retry_at = None;
             inner.attempts += 1;
             inner.last_outcome = Ok(());
+            inner.unsaved = saved.is_err();
             inner.record.last_error = (!message.is_empty()).then(|| message.clone());
             self.set_state(slot, &mut inner, InstallationState::Valid, message);
+        }
+        if saved.is_err() {
+            self.retry_save(&slot.name);
         }
         info!(installation = %slot.name, expires_at = ?expires_at.map(unix_seconds), "token refreshed");
         self.emit(Event::TokenRefreshed {
@@ -612,6 +754,65 @@ impl Daemon {
             expires_at,
         });
         self.schedule(slot);
+    }
+
+    /// Retries the write of `name`'s record until it succeeds, the slot
+    /// goes away, or a newer write made it unnecessary. Each try holds the
+    /// installation's `flight` lock, so it never overwrites a newer record.
+    fn retry_save(&self, name: &str) {
+        let weak = self.this.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let mut delay = SAVE_RETRY_FIRST;
+            loop {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(SAVE_RETRY_CAP);
+                let Some(daemon) = weak.upgrade() else { return };
+                let Some(slot) = daemon.slot_if_exists(&name) else {
+                    return;
+                };
+                let _guard = slot.flight.lock().await;
+                if daemon.save_if_unsaved(&slot).await {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Writes the slot's record if a write is owed; true when nothing is
+    /// owed any more. The caller holds `flight`.
+    async fn save_if_unsaved(&self, slot: &Slot) -> bool {
+        let record = {
+            let inner = lock(&slot.inner);
+            if !inner.unsaved {
+                return true;
+            }
+            inner.record.clone()
+        };
+        match self.save(&slot.name, &record).await {
+            Ok(()) => {
+                info!(installation = %slot.name, "the tokens held in memory are written now");
+                let mut inner = lock(&slot.inner);
+                inner.unsaved = false;
+                inner.record.last_error = None;
+                let state = inner.state;
+                if state == InstallationState::Valid {
+                    self.set_state(slot, &mut inner, state, String::new());
+                }
+                true
+            }
+            Err(error) => {
+                warn!(installation = %slot.name, %error, "still cannot write the tokens held in memory");
+                let mut inner = lock(&slot.inner);
+                let message = unsaved_message(&error);
+                inner.record.last_error = Some(message.clone());
+                let state = inner.state;
+                if state == InstallationState::Valid {
+                    self.set_state(slot, &mut inner, state, message);
+                }
+                false
+            }
+        }
     }
 
     async fn save(&self, name: &str, record: &Record) -> Result<(), String> {
@@ -650,7 +851,7 @@ impl Daemon {
                     error.retry_after,
                     schedule::random_fraction(),
                 );
-                inner.retry_at = Some(SystemTime::now() + delay);
+                inner.retry_at = Some(self.clock.now() + delay);
                 drop(inner);
                 (
                     InstallationState::Failing,
@@ -677,6 +878,7 @@ impl Daemon {
     /// Starts an authorization-code login: the URL to open, and whether the
     /// daemon listens on the loopback `redirect_uri` for the answer.
     pub async fn begin_login(&self, name: &str) -> Result<(Url, bool), ServeError> {
+        self.refuse_if_stopping()?;
         let slot = self.slot(name)?;
         let spec = slot.spec();
         if spec.installation.grant != Grant::AuthorizationCode {
@@ -755,7 +957,7 @@ impl Daemon {
         verifier: Option<PkceVerifier>,
         redirect_uri: Option<Url>,
     ) -> Result<Option<SystemTime>, ServeError> {
-        let guard = slot.flight.clone().lock_owned().await;
+        let guard = self.flight(slot).await?;
         let (daemon, slot) = (self.arc(), slot.clone());
         in_flight(guard, "login", async move {
             daemon
@@ -819,7 +1021,7 @@ impl Daemon {
     /// revocation endpoint, then forgets its tokens.
     pub async fn revoke(&self, name: &str) -> Result<String, ServeError> {
         let slot = self.slot(name)?;
-        let guard = slot.flight.clone().lock_owned().await;
+        let guard = self.flight(&slot).await?;
         let daemon = self.arc();
         in_flight(guard, "revocation", async move {
             daemon.revoke_locked(&slot).await
@@ -880,6 +1082,7 @@ impl Daemon {
             inner.retry_at = None;
             inner.attempts += 1;
             inner.last_outcome = Ok(());
+            inner.unsaved = false;
             self.set_state(
                 slot,
                 &mut inner,
@@ -903,6 +1106,7 @@ impl Daemon {
     /// config stays. Installations whose name, client, token URL, scopes and
     /// grant are unchanged keep their tokens and schedules.
     pub async fn reload(&self) -> Result<String, ServeError> {
+        self.refuse_if_stopping()?;
         let Some(path) = self.config_path.clone() else {
             return Err(ServeError::InvalidArgument(
                 "this tokd was started without a config file; restart it instead".to_owned(),
@@ -1153,6 +1357,12 @@ fn empty_message(spec: &Spec) -> String {
         Grant::AuthorizationCode => format!("`{name}` is not logged in; run `tokctl login {name}`"),
         Grant::ClientCredentials => String::new(),
     }
+}
+
+fn unsaved_message(error: &str) -> String {
+    format!(
+        "the new tokens could not be written ({error}); they are held in memory only and tokd keeps trying to write them: free space or fix the state folder"
+    )
 }
 
 fn no_token_error(spec: &Spec) -> ServeError {

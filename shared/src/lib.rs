@@ -92,6 +92,9 @@ pub enum Error {
     InvalidArgument(String),
     /// The caller runs as another user than the daemon.
     AccessDenied(String),
+    /// tokd is shutting down and starts no new work; ask again in a moment
+    /// (D-Bus activation or systemd starts the next one).
+    Stopping(String),
 }
 
 /// One installation as `List` and `Status` describe it (D-Bus signature

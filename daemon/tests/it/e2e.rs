@@ -10,10 +10,10 @@ use tokd_shared::ManagerProxy;
 use tokd_testkit::{Behaviour, Emulator, Fault, Home, PrivateBus, Tokd, free_port};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const CLIENT_ID: &str = "client-1";
+pub const CLIENT_ID: &str = "client-1";
 pub const SECRET: &str = "e2e-client-secret-value";
 
-fn tokd_bin() -> PathBuf {
+pub fn tokd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tokd"))
 }
 
@@ -122,6 +122,46 @@ grant = "client_credentials"
             )
             .await,
         );
+    }
+
+    /// Replaces the running tokd (killed) by one run through `wrapper`.
+    pub async fn restart_tokd_wrapped(&mut self, wrapper: &[&str]) {
+        self.tokd = None;
+        self.tokd = Some(
+            Tokd::start_wrapped(
+                wrapper,
+                &tokd_bin(),
+                &self.home,
+                &self.bus,
+                &[("TOKD_LOG", self.log_filter)],
+            )
+            .await,
+        );
+    }
+
+    pub fn tokd(&mut self) -> &mut Tokd {
+        self.tokd.as_mut().expect("tokd runs")
+    }
+
+    /// The JSON record of `name` in the state folder, if there is one.
+    pub fn stored(&self, name: &str) -> Option<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(self.home.state_dir().join(format!("{name}.json"))).ok()?;
+        Some(serde_json::from_str(&text).expect("a parseable state file"))
+    }
+
+    /// The refresh token in `name`'s state file.
+    pub fn stored_refresh_token(&self, name: &str) -> String {
+        self.stored(name)
+            .and_then(|record| record["refresh_token"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("{name} has a stored refresh token"))
+    }
+
+    /// `tokctl status NAME --json`, parsed.
+    pub async fn status(&self, name: &str) -> serde_json::Value {
+        let out = self.tokctl(&["status", name, "--json"]).await;
+        assert_eq!(out.status, 0, "{out:?}");
+        serde_json::from_str(&out.stdout).expect("status JSON")
     }
 
     pub fn log(&self) -> String {

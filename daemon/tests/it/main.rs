@@ -1,7 +1,9 @@
 //! The one integration test binary of the daemon crate.
 
 mod check_config;
+mod clock;
 mod e2e;
+mod failures;
 mod oauth;
 mod security;
 mod store;

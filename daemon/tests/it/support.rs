@@ -12,3 +12,10 @@ pub async fn within<T>(test: impl Future<Output = T>) -> T {
         .await
         .expect("the test did not finish within its timeout")
 }
+
+/// As `within`, for the few tests that need longer.
+pub async fn within_for<T>(limit: Duration, test: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, test)
+        .await
+        .expect("the test did not finish within its timeout")
+}

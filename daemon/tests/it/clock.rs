@@ -1,0 +1,111 @@
+//! Sleep and clock jumps, with the daemon in-process and an injectable
+//! clock: after the wall clock jumps past expiry (a laptop that slept), the
+//! scheduler refreshes at once and `get` never hands out an expired token.
+
+use crate::support::within;
+use std::time::{Duration, SystemTime};
+use tokd::config::Config;
+use tokd::oauth::OAuthClient;
+use tokd::schedule::Clock;
+use tokd::service::{Daemon, Event, Options};
+use tokd::store::Store;
+use tokd_testkit::{Behaviour, Emulator, Home};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_jump_past_expiry_tokens_are_refreshed_at_once_and_never_served_expired() {
+    within(async {
+        let emulator = Emulator::start(Behaviour::wso2()).await;
+        emulator.register_client("clock-client", "clock-secret");
+        let home = Home::new();
+        let secret = home.write_secret("secret", "clock-secret");
+        let consumer =
+            emulator.consumer_table("p", "clock-client", &secret, "http://127.0.0.1:9/callback");
+        let config = Config::from_str(&format!(
+            r#"{consumer}
+[installations.used]
+consumer = "p"
+grant = "client_credentials"
+
+[installations.idle]
+consumer = "p"
+grant = "client_credentials"
+"#
+        ))
+        .expect("config");
+        let clock = Clock::default();
+        let (events, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        let daemon = Daemon::start_with(
+            config,
+            None,
+            Store::open(home.state_dir()).expect("store"),
+            OAuthClient::new().expect("client"),
+            events,
+            Options {
+                clock: clock.clone(),
+                // The real cap is a minute; the rule is the same.
+                check_cap: Duration::from_millis(100),
+            },
+        )
+        .await;
+        daemon.start_schedules().await;
+
+        let mut used = daemon
+            .get_token("used", Duration::from_secs(60))
+            .await
+            .expect("first token");
+        daemon
+            .get_token("idle", Duration::from_secs(60))
+            .await
+            .expect("first token");
+        let lifetime = used
+            .expires_at
+            .and_then(|at| at.duration_since(clock.now()).ok())
+            .expect("an expiry");
+        assert!(lifetime > HOUR / 2, "{lifetime:?}");
+
+        for round in 0..5 {
+            while heard.try_recv().is_ok() {}
+            // The machine wakes up two hours later.
+            clock.jump(2 * HOUR);
+            let now = clock.now();
+            assert!(used.expires_at.is_some_and(|at| at < now));
+
+            // The first get after the jump, even asking for no validity at
+            // all, never gets the expired token.
+            let fresh = daemon
+                .get_token("used", Duration::ZERO)
+                .await
+                .expect("a token after the jump");
+            assert!(
+                fresh.expires_at.is_some_and(|at| at > clock.now()),
+                "round {round}: {:?} is not after {:?}",
+                fresh.expires_at,
+                clock.now()
+            );
+            assert_ne!(fresh.access_token.expose(), used.access_token.expose());
+            assert!(emulator.access_token_is_valid(fresh.access_token.expose()));
+            used = fresh;
+
+            // Nobody asks for `idle`: the scheduler, reading the wall
+            // clock after its capped sleep, refreshes it by itself.
+            let refreshed = loop {
+                match heard.recv().await.expect("events") {
+                    Event::TokenRefreshed { name, expires_at } if name == "idle" => {
+                        break expires_at;
+                    }
+                    _ => {}
+                }
+            };
+            assert!(refreshed.is_some_and(|at| at > now), "round {round}");
+            let status = daemon.status("idle").expect("status");
+            assert_eq!(status.state, "valid");
+            let expires_at = SystemTime::UNIX_EPOCH
+                + Duration::from_secs(u64::try_from(status.expires_at).expect("positive"));
+            assert!(expires_at > now, "round {round}");
+        }
+        daemon.shutdown(Duration::from_secs(5)).await;
+    })
+    .await;
+}

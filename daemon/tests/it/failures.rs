@@ -1,0 +1,411 @@
+//! Failure semantics and durability, end to end: a stop in the middle of a
+//! rotation, another writer's newer refresh token, a state folder that
+//! cannot be written, loose permissions, and SIGKILL at random moments.
+
+use crate::e2e::{CLIENT_ID, SECRET, World};
+use crate::support::{within, within_for};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+use tokd_testkit::{Behaviour, Fault};
+
+/// Polls `check` every 50 ms until it holds or `limit` passes.
+async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_refresh_in_flight_finish_and_write_the_rotated_token() {
+    within(async {
+        let mut world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        world.login("b").await;
+        let old_refresh = world.stored_refresh_token("a");
+        let held = world.get("a").await;
+
+        // A refresh whose request the provider holds, unanswered.
+        let mut hold = world.emulator.hold_next();
+        let refresh = world.command(&["refresh", "a"]).output();
+        let refresh = tokio::spawn(refresh);
+        hold.arrived().await;
+
+        world.tokd().send_terminate();
+        let log_says = |text: &'static str| {
+            let world = &world;
+            async move || world.log().contains(text)
+        };
+        assert!(
+            eventually(Duration::from_secs(20), log_says("SIGTERM")).await,
+            "{}",
+            world.log()
+        );
+        assert!(
+            eventually(
+                Duration::from_secs(20),
+                log_says("waiting for requests already sent")
+            )
+            .await,
+            "{}",
+            world.log()
+        );
+
+        // Stopping: it keeps its name, serves what it holds, starts nothing.
+        let (_connection, proxy) = world.proxy().await;
+        let dbus = zbus::fdo::DBusProxy::new(proxy.inner().connection())
+            .await
+            .expect("bus proxy");
+        let name = zbus::names::BusName::try_from(tokd_shared::BUS_NAME).expect("name");
+        assert!(dbus.name_has_owner(name).await.expect("NameHasOwner"));
+        assert_eq!(world.get("a").await, held, "a held token is still served");
+        let refused = world.tokctl(&["refresh", "b"]).await;
+        assert_eq!(refused.status, 7, "{refused:?}");
+        assert!(refused.stderr.contains("stopping"), "{refused:?}");
+        assert!(refused.stdout.is_empty(), "{refused:?}");
+
+        hold.release();
+        let status = world
+            .tokd()
+            .exited_within(Duration::from_secs(40))
+            .await
+            .unwrap_or_else(|| panic!("tokd did not stop:\n{}", world.log()));
+        assert!(status.success(), "exit 0 after SIGTERM: {status}");
+        let _ = refresh.await;
+
+        // The provider rotated; the file holds the live refresh token.
+        let stored = world.stored_refresh_token("a");
+        assert_ne!(stored, old_refresh);
+        assert!(world.emulator.refresh_token_is_valid(&stored));
+        assert!(!world.emulator.refresh_token_is_valid(&old_refresh));
+        assert_eq!(world.emulator.counters().refresh_token, 1);
+        world.start_tokd().await;
+        assert_eq!(world.status("a").await["state"], "valid");
+    })
+    .await;
+}
+
+/// Another writer (a restored backup, a second tokd on a shared home)
+/// refreshed the grant and wrote the new refresh token to the state file;
+/// tokd's own, older one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_refresh_token_gives_way_to_a_newer_one_in_the_state_file() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        let mine = world.stored_refresh_token("a");
+
+        // The other writer refreshes with the same token (which rotates it
+        // at the provider) and writes the result.
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("refresh_token", &mine)
+            .finish();
+        let response = crate::e2e::browser()
+            .post(world.emulator.token_url())
+            .basic_auth(CLIENT_ID, Some(SECRET))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .expect("the other writer's refresh");
+        assert_eq!(response.status().as_u16(), 200);
+        let answer: serde_json::Value =
+            serde_json::from_str(&response.text().await.expect("body")).expect("json");
+        let theirs = answer["refresh_token"]
+            .as_str()
+            .expect("rotated")
+            .to_owned();
+        assert!(!world.emulator.refresh_token_is_valid(&mine));
+        let mut record = world.stored("a").expect("a record");
+        record["refresh_token"] = theirs.clone().into();
+        record["access_token"] = answer["access_token"].clone();
+        std::fs::write(
+            world.home.state_dir().join("a.json"),
+            serde_json::to_string_pretty(&record).expect("json"),
+        )
+        .expect("the other writer's file");
+
+        let out = world.tokctl(&["refresh", "a"]).await;
+        assert_eq!(out.status, 0, "{out:?}\n{}", world.log());
+        assert_eq!(world.status("a").await["state"], "valid");
+        let stored = world.stored_refresh_token("a");
+        assert!(world.emulator.refresh_token_is_valid(&stored));
+        assert_ne!(stored, theirs, "theirs was used and rotated in turn");
+        assert!(
+            world.log().contains("the state file holds another one"),
+            "{}",
+            world.log()
+        );
+        let token = world.get("a").await;
+        assert!(world.emulator.access_token_is_valid(&token));
+
+        // With no newer token on disk, the same refusal means a login.
+        assert!(world.emulator.revoke_grant_of(&stored));
+        let out = world.tokctl(&["refresh", "a"]).await;
+        assert_eq!(out.status, 4, "{out:?}");
+        assert!(out.stderr.contains("tokctl login a"), "{out:?}");
+        assert_eq!(world.status("a").await["state"], "needs-login");
+    })
+    .await;
+}
+
+/// As root, permission bits do not stop tokd from writing unless it runs
+/// without CAP_DAC_OVERRIDE; setpriv drops it (and DAC_READ_SEARCH).
+fn without_override() -> Vec<&'static str> {
+    if tokd::store::current_uid().expect("uid") == 0 {
+        vec![
+            "setpriv",
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_write_that_fails_keeps_the_tokens_in_memory_and_is_retried() {
+    within(async {
+        let mut world = World::start(Behaviour::wso2()).await;
+        world.restart_tokd_wrapped(&without_override()).await;
+        world.login("a").await;
+        let state = world.home.state_dir();
+        let before = std::fs::read(state.join("a.json")).expect("a's file");
+        let old_refresh = world.stored_refresh_token("a");
+
+        set_mode(&state, 0o500);
+        let out = world.tokctl(&["refresh", "a"]).await;
+        assert_eq!(out.status, 0, "the refresh itself worked: {out:?}");
+        let status = world.status("a").await;
+        assert_eq!(status["state"], "valid", "{status}");
+        let message = status["message"].as_str().expect("message");
+        assert!(message.contains("held in memory only"), "{status}");
+        assert!(message.contains("could not be written"), "{status}");
+        // The file on disk is untouched and no temporary is left behind.
+        assert_eq!(
+            std::fs::read(state.join("a.json")).expect("a's file"),
+            before
+        );
+        let names: Vec<String> = std::fs::read_dir(&state)
+            .expect("list")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+        // The rotated token lives in memory and is what get serves.
+        assert!(!world.emulator.refresh_token_is_valid(&old_refresh));
+        let token = world.get("a").await;
+        assert!(world.emulator.access_token_is_valid(&token));
+        assert!(
+            world.log().contains("held in memory only"),
+            "{}",
+            world.log()
+        );
+
+        // Once the folder is writable again the retry writes the tokens.
+        set_mode(&state, 0o700);
+        let written = eventually(Duration::from_secs(40), async || {
+            world.status("a").await["message"].is_null()
+        })
+        .await;
+        assert!(written, "{}", world.log());
+        let stored = world.stored_refresh_token("a");
+        assert!(world.emulator.refresh_token_is_valid(&stored));
+        assert_eq!(world.get("a").await, token);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loose_permissions_on_the_state_folder_and_files_are_tightened() {
+    within(async {
+        let mut world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        let token = world.get("a").await;
+        let status = world.tokd().terminate();
+        assert!(status.success());
+        let state = world.home.state_dir();
+        set_mode(&state, 0o755);
+        set_mode(&state.join("a.json"), 0o644);
+        world.start_tokd().await;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(world.get("a").await, token);
+        assert_eq!(mode(&state.join("a.json")), 0o600);
+        let log = world.log();
+        assert!(log.contains("state folder had loose permissions"), "{log}");
+        assert!(log.contains("token file had loose permissions"), "{log}");
+    })
+    .await;
+}
+
+/// Kills tokd with SIGKILL at random moments while a strictly rotating
+/// provider is refreshed back to back, restarts it, and checks after every
+/// kill that no installation is lost.
+///
+/// One loss cannot be prevented by any client: the provider has rotated
+/// (the old refresh token is dead) and the kill lands before the answer is
+/// on disk. To tell that window from a bug, the provider holds every
+/// request a random time *before* deciding it, and the test reads tokd's
+/// log: a kill is "in a request" when tokd had asked and had not yet
+/// written the answer. A kill outside a request must never lose anything;
+/// a kill inside one may lose only the one installation asking, with its
+/// previous file intact and a clear needs-login state (the test logs in
+/// again and counts it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_under_strict_rotation_loses_no_installation() {
+    const KILLS: usize = 30;
+    within_for(Duration::from_secs(600), async {
+        let mut world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        world.login("b").await;
+        let seed = tokd::schedule::random_fraction();
+        let mut random = Random::new(seed);
+        let (mut in_request, mut windows_hit) = (0, 0);
+        for kill in 0..KILLS {
+            // Each request waits 0–400 ms at the provider before it is
+            // decided; the driver refreshes both installations back to back.
+            let delay = random.below(400);
+            world
+                .emulator
+                .fail_always(Fault::slow(Duration::from_millis(delay)));
+            let driver = {
+                let commands: Vec<_> = ["a", "b"]
+                    .iter()
+                    .map(|name| world.command(&["refresh", name]))
+                    .collect();
+                tokio::spawn(async move {
+                    let mut commands = commands;
+                    loop {
+                        for command in &mut commands {
+                            let _ = command.output().await;
+                        }
+                    }
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(200 + random.below(1800))).await;
+            world.tokd().kill();
+            // Complete up to the kill: tokd writes each line at once.
+            let log_before_kill = world.log();
+            driver.abort();
+            world.emulator.clear_faults();
+
+            for name in ["a", "b"] {
+                let stored = world.stored_refresh_token(name);
+                if world.emulator.refresh_token_is_valid(&stored) {
+                    continue;
+                }
+                // Lost: allowed only when the kill landed inside a request
+                // of this installation, after the provider rotated the very
+                // token on disk (one rotation behind, not more).
+                let asking = requesting_at_kill(&log_before_kill, name);
+                assert!(
+                    asking,
+                    "kill {kill}: `{name}` lost its grant outside a request (seed {seed})\n{log_before_kill}"
+                );
+                let successor = world.emulator.successor_of(&stored);
+                assert!(
+                    successor.is_some_and(|s| world.emulator.refresh_token_is_valid(&s)),
+                    "kill {kill}: `{name}`'s file is more than one rotation behind (seed {seed})"
+                );
+                windows_hit += 1;
+                eprintln!("kill {kill}: `{name}` lost in the window (provider delay {delay} ms)");
+            }
+            if requesting_at_kill(&log_before_kill, "a")
+                || requesting_at_kill(&log_before_kill, "b")
+            {
+                in_request += 1;
+            }
+
+            world.start_tokd().await;
+            for name in ["a", "b"] {
+                let status = world.status(name).await;
+                let stored = world.stored_refresh_token(name);
+                if world.emulator.refresh_token_is_valid(&stored) {
+                    // Loaded and usable: a refresh works at once.
+                    let out = world.tokctl(&["refresh", name]).await;
+                    assert_eq!(
+                        out.status, 0,
+                        "kill {kill}: `{name}` ({status}) {out:?}\n{}",
+                        world.log()
+                    );
+                } else {
+                    // The one unavoidable window: said clearly, fixed by a
+                    // login.
+                    let out = world.tokctl(&["refresh", name]).await;
+                    assert_eq!(out.status, 4, "kill {kill}: {out:?}");
+                    assert!(out.stderr.contains(&format!("tokctl login {name}")));
+                    world.login(name).await;
+                }
+            }
+        }
+        eprintln!(
+            "{KILLS} kills (seed {seed}): {in_request} inside a request, {windows_hit} in the window between the provider's rotation and the write"
+        );
+        // Not vacuous: the kills did land inside requests (which also shows
+        // that the log lines this test reads still exist).
+        assert!(in_request > 0, "no kill landed inside a request");
+    })
+    .await;
+}
+
+/// Whether tokd's log shows `name` asking the provider for a token with no
+/// answer written yet (the last of its request lines is an ask).
+fn requesting_at_kill(log: &str, name: &str) -> bool {
+    let tag = format!("installation={name}");
+    let mut asking = false;
+    for line in log
+        .lines()
+        .filter(|line| line.split_whitespace().any(|word| word == tag))
+    {
+        if line.contains("asking the provider for a token") {
+            asking = true;
+        } else if line.contains("token refreshed")
+            || line.contains("request to the provider failed")
+        {
+            asking = false;
+        }
+    }
+    asking
+}
+
+/// A small deterministic generator (xorshift), seeded per run and printed,
+/// so a failing sequence of kill moments can be read back.
+struct Random(u64);
+
+impl Random {
+    fn new(seed: f64) -> Self {
+        Self((seed * (u64::MAX as f64)) as u64 | 1)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
