@@ -34,7 +34,7 @@ Exit status:
   4  a login is needed: run `tokctl login NAME`
   5  the provider is failing and no valid token is held; tokd retries by itself
   6  the consumer or config is wrong: fix it, then `tokctl reload`
-  7  tokd cannot be reached (not running, no session bus)
+  7  tokd cannot be reached (not running, no session bus, stopping)
 
 On failure stdout is empty and stderr has one line saying what to do.";
 
@@ -82,7 +82,8 @@ enum Command {
         no_browser: bool,
         /// Finish with a code copied by hand from the address the browser
         /// landed on (`-` reads it from stdin, keeping it out of `ps`).
-        #[arg(long, value_name = "CODE")]
+        /// Codes may start with `-`.
+        #[arg(long, value_name = "CODE", allow_hyphen_values = true)]
         code: Option<String>,
         /// How long to wait for the browser.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
@@ -149,6 +150,7 @@ fn classify(error: &zbus::Error) -> Failure {
                 ".ProviderUnavailable" => exit::PROVIDER_FAILING,
                 ".Misconfigured" => exit::MISCONFIGURED,
                 ".InvalidArgument" => exit::USAGE,
+                ".Stopping" => exit::DAEMON_UNREACHABLE,
                 "" if name.starts_with("org.freedesktop.DBus.Error.ServiceUnknown")
                     || name.starts_with("org.freedesktop.DBus.Error.NameHasNoOwner")
                     || name.starts_with("org.freedesktop.DBus.Error.Spawn")
@@ -647,6 +649,7 @@ mod tests {
             ("org.tokd.tokd1.Error.Misconfigured", exit::MISCONFIGURED),
             ("org.tokd.tokd1.Error.InvalidArgument", exit::USAGE),
             ("org.tokd.tokd1.Error.AccessDenied", exit::OTHER),
+            ("org.tokd.tokd1.Error.Stopping", exit::DAEMON_UNREACHABLE),
             (
                 "org.freedesktop.DBus.Error.ServiceUnknown",
                 exit::DAEMON_UNREACHABLE,
@@ -658,6 +661,17 @@ mod tests {
             classify(&method_error("org.tokd.tokd1.Error.NeedsLogin")).message,
             "what to do"
         );
+    }
+
+    #[test]
+    fn a_code_that_starts_with_a_dash_is_a_value() {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["tokctl", "login", "m", "--code", "-Yx_9"])
+            .expect("codes are base64url and may start with '-'");
+        match cli.command {
+            Command::Login { code, .. } => assert_eq!(code.as_deref(), Some("-Yx_9")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
