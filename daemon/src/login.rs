@@ -48,10 +48,18 @@ struct Entry {
 }
 
 /// Pending logins and the listeners serving them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Logins {
     pending: Mutex<Vec<Entry>>,
     listeners: Mutex<HashMap<SocketAddr, Arc<Listener>>>,
+    /// [`LOGIN_TIMEOUT`], unless a test shortens it.
+    timeout: Duration,
+}
+
+impl Default for Logins {
+    fn default() -> Self {
+        Self::new(LOGIN_TIMEOUT)
+    }
 }
 
 #[derive(Debug)]
@@ -61,11 +69,19 @@ struct Listener {
 }
 
 impl Logins {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            pending: Mutex::default(),
+            listeners: Mutex::default(),
+            timeout,
+        }
+    }
+
     /// Adds a login; an earlier pending login of the same installation is
     /// dropped (its state stops working).
     pub(crate) fn add(&self, pending: Pending) {
         let mut entries = lock(&self.pending);
-        entries.retain(|e| e.pending.name != pending.name && e.started.elapsed() < LOGIN_TIMEOUT);
+        entries.retain(|e| e.pending.name != pending.name && e.started.elapsed() < self.timeout);
         entries.push(Entry {
             pending,
             started: Instant::now(),
@@ -82,7 +98,7 @@ impl Logins {
 
     fn take(&self, matches: impl Fn(&Pending) -> bool) -> Option<Pending> {
         let mut entries = lock(&self.pending);
-        entries.retain(|e| e.started.elapsed() < LOGIN_TIMEOUT);
+        entries.retain(|e| e.started.elapsed() < self.timeout);
         let index = entries.iter().position(|e| matches(&e.pending))?;
         Some(entries.swap_remove(index).pending)
     }
@@ -97,7 +113,7 @@ impl Logins {
     fn any_waiting_on(&self, addr: SocketAddr) -> bool {
         lock(&self.pending)
             .iter()
-            .any(|e| e.started.elapsed() < LOGIN_TIMEOUT && e.pending.listen_addr == Some(addr))
+            .any(|e| e.started.elapsed() < self.timeout && e.pending.listen_addr == Some(addr))
     }
 }
 
@@ -125,7 +141,7 @@ pub(crate) async fn ensure_listener(
         let listener = lock(&daemon.logins.listeners).get(addr).cloned()?;
         Some((*addr, listener))
     }) {
-        *lock(&listener.deadline) = Instant::now() + LOGIN_TIMEOUT;
+        *lock(&listener.deadline) = Instant::now() + daemon.logins.timeout;
         listener.wake.notify_one();
         return Ok(addr);
     }
@@ -134,7 +150,7 @@ pub(crate) async fn ensure_listener(
         match tokio::net::TcpListener::bind(addr).await {
             Ok(socket) => {
                 let listener = Arc::new(Listener {
-                    deadline: Mutex::new(Instant::now() + LOGIN_TIMEOUT),
+                    deadline: Mutex::new(Instant::now() + daemon.logins.timeout),
                     wake: Notify::new(),
                 });
                 lock(&daemon.logins.listeners).insert(addr, listener.clone());

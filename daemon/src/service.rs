@@ -237,6 +237,8 @@ pub struct Options {
     pub clock: Clock,
     /// The longest the scheduler sleeps before reading the clock again.
     pub check_cap: Duration,
+    /// How long a login may wait for the provider's answer.
+    pub login_timeout: Duration,
 }
 
 impl Default for Options {
@@ -244,6 +246,7 @@ impl Default for Options {
         Self {
             clock: Clock::default(),
             check_cap: schedule::CHECK_CAP,
+            login_timeout: login::LOGIN_TIMEOUT,
         }
     }
 }
@@ -278,7 +281,7 @@ impl Daemon {
             http,
             events,
             queue: Arc::new(Queue::new(options.clock.clone(), options.check_cap)),
-            logins: Logins::default(),
+            logins: Logins::new(options.login_timeout),
             cron: tokio::sync::Mutex::new(None),
             clock: options.clock,
             stopping: AtomicBool::new(false),

@@ -46,6 +46,7 @@ grant = "client_credentials"
                 clock: clock.clone(),
                 // The real cap is a minute; the rule is the same.
                 check_cap: Duration::from_millis(100),
+                ..Options::default()
             },
         )
         .await;
@@ -108,4 +109,89 @@ grant = "client_credentials"
         daemon.shutdown(Duration::from_secs(5)).await;
     })
     .await;
+}
+
+/// A login nobody finishes: its listener stops listening after the login
+/// timeout (ten minutes in tokd, shortened here), and its state no longer
+/// works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_login_closes_its_listener_after_the_timeout() {
+    within(async {
+        let home = Home::new();
+        let secret = home.write_secret("secret", "s");
+        let port = tokd_testkit::free_port();
+        let consumer = format!(
+            r#"[consumers.p]
+token_url = "http://127.0.0.1:9/token"
+auth_url = "http://127.0.0.1:9/authorize"
+client_id = "c"
+client_secret_file = "{}"
+redirect_uri = "http://127.0.0.1:{port}/callback"
+
+[installations.a]
+consumer = "p"
+"#,
+            secret.display()
+        );
+        let (events, _heard) = tokio::sync::mpsc::unbounded_channel();
+        let daemon = Daemon::start_with(
+            Config::from_str(&consumer).expect("config"),
+            None,
+            Store::open(home.state_dir()).expect("store"),
+            OAuthClient::new().expect("client"),
+            events,
+            Options {
+                login_timeout: Duration::from_millis(500),
+                ..Options::default()
+            },
+        )
+        .await;
+        let (url, listening) = daemon.begin_login("a").await.expect("login starts");
+        assert!(listening);
+        let state = url
+            .query_pairs()
+            .find(|(key, _)| key == "state")
+            .map(|(_, value)| value.into_owned())
+            .expect("a state");
+        let address = format!("127.0.0.1:{port}");
+        // Listening now…
+        tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("the listener accepts while the login is pending");
+        // …and, with nobody answering, closed after the timeout.
+        let closed = async {
+            while tokio::net::TcpStream::connect(&address).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), closed)
+            .await
+            .expect("the listener closes after the login timeout");
+        // The expired login's state is not honoured by a new listener
+        // either: a later login listens again, and the old state is refused.
+        let (_, listening) = daemon.begin_login("a").await.expect("login again");
+        assert!(listening);
+        let stale = raw_get(&address, &format!("/callback?code=x&state={state}")).await;
+        assert!(stale.starts_with("HTTP/1.1 400"), "{stale}");
+        daemon.shutdown(Duration::from_secs(5)).await;
+    })
+    .await;
+}
+
+/// One GET over a plain socket; returns the whole answer.
+async fn raw_get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("answer");
+    answer
 }
