@@ -130,13 +130,21 @@ pub(crate) struct Spec {
 }
 
 impl Spec {
-    /// Whether a token obtained under `other` is still good under `self`:
-    /// same client, same token endpoint, same scopes and grant.
+    /// Whom tokens obtained under this spec belong to: client, token
+    /// endpoint, grant and scopes. Stored with the tokens.
+    fn identity(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.consumer.client_id,
+            self.consumer.token_url,
+            self.installation.grant.as_str(),
+            self.installation.scopes.join(" ")
+        )
+    }
+
+    /// Whether a token obtained under `other` is still good under `self`.
     fn same_identity(&self, other: &Spec) -> bool {
-        self.consumer.client_id == other.consumer.client_id
-            && self.consumer.token_url == other.consumer.token_url
-            && self.installation.scopes == other.installation.scopes
-            && self.installation.grant == other.installation.grant
+        self.identity() == other.identity()
     }
 }
 
@@ -725,6 +733,7 @@ impl Daemon {
         }
         record.last_refresh = Some(now);
         record.last_error = None;
+        record.issued_for = Some(spec.identity());
         let saved = self.save(&slot.name, &record).await;
         let message = match &saved {
             Ok(()) => String::new(),
@@ -1148,16 +1157,7 @@ impl Daemon {
                 Some(_) => {
                     // The tokens were issued to another client or for other
                     // scopes: they do not belong to this installation now.
-                    let message = match spec.installation.grant {
-                        Grant::AuthorizationCode => format!(
-                            "the consumer or scopes of `{name}` changed; run `tokctl login {name}`"
-                        ),
-                        Grant::ClientCredentials => String::new(),
-                    };
-                    let state = match spec.installation.grant {
-                        Grant::AuthorizationCode => InstallationState::NeedsLogin,
-                        Grant::ClientCredentials => InstallationState::Empty,
-                    };
+                    let (state, message) = identity_changed(&spec);
                     let slot = Arc::new(Slot::new(spec, Record::default(), state, message.clone()));
                     changed.push((name.clone(), state, message));
                     slot
@@ -1283,6 +1283,18 @@ impl Daemon {
 fn slot_from(spec: Arc<Spec>, loaded: Result<Loaded, String>) -> Slot {
     let name = spec.installation.name.clone();
     let (record, state, message) = match loaded {
+        // Issued under another client, endpoint or scopes (the config
+        // changed while tokd was not running): not this installation's.
+        Ok(Loaded::Found(record))
+            if record
+                .issued_for
+                .as_ref()
+                .is_some_and(|issued_for| *issued_for != spec.identity()) =>
+        {
+            info!(installation = %name, "the stored tokens were issued under another consumer or other scopes; not using them");
+            let (state, message) = identity_changed(&spec);
+            (Record::default(), state, message)
+        }
         Ok(Loaded::Found(record)) if record.access_token.is_some() => {
             (record, InstallationState::Valid, String::new())
         }
@@ -1359,6 +1371,19 @@ fn empty_message(spec: &Spec) -> String {
     match spec.installation.grant {
         Grant::AuthorizationCode => format!("`{name}` is not logged in; run `tokctl login {name}`"),
         Grant::ClientCredentials => String::new(),
+    }
+}
+
+/// The state of an installation whose consumer identity or scopes changed
+/// since its tokens were issued.
+fn identity_changed(spec: &Spec) -> (InstallationState, String) {
+    let name = &spec.installation.name;
+    match spec.installation.grant {
+        Grant::AuthorizationCode => (
+            InstallationState::NeedsLogin,
+            format!("the consumer or scopes of `{name}` changed; run `tokctl login {name}`"),
+        ),
+        Grant::ClientCredentials => (InstallationState::Empty, String::new()),
     }
 }
 

@@ -52,6 +52,11 @@ pub struct Record {
     /// The last failure, as a human sentence (never a secret).
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Whom the tokens were issued to: client id, token URL, grant and
+    /// scopes as configured then. A record whose identity no longer
+    /// matches the config is not used (older records have none).
+    #[serde(default)]
+    pub issued_for: Option<String>,
 }
 
 impl Default for Record {
@@ -65,6 +70,7 @@ impl Default for Record {
             token_type: None,
             last_refresh: None,
             last_error: None,
+            issued_for: None,
         }
     }
 }

@@ -805,6 +805,37 @@ async fn reload_keeps_the_tokens_of_unchanged_installations() {
     .await;
 }
 
+/// The config changed while tokd was not running: the stored tokens were
+/// issued for other scopes and are not used, as after a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_scope_change_needs_a_login_too() {
+    within(async {
+        let mut world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        world.login("b").await;
+        let a = world.get("a").await;
+        assert!(world.tokd().terminate().success());
+        let config = world.config("").replace(
+            "[installations.b]\nconsumer = \"acme\"\nscopes = [\"read\"]",
+            "[installations.b]\nconsumer = \"acme\"\nscopes = [\"read\", \"write\"]",
+        );
+        world.home.write_config(&config);
+        world.start_tokd().await;
+        assert_eq!(world.get("a").await, a, "`a` is unchanged");
+        let b = world.tokctl(&["get", "b"]).await;
+        assert_eq!(b.status, 4, "{b:?}");
+        assert!(b.stderr.contains("changed; run `tokctl login b`"), "{b:?}");
+        assert_eq!(world.status("b").await["state"], "needs-login");
+        world.login("b").await;
+        let token = world.get("b").await;
+        assert_eq!(
+            world.emulator.scopes_of(&token),
+            Some(vec!["read".to_owned(), "write".to_owned()])
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_config_file_tokd_serves_nothing_until_reload() {
     within(async {
