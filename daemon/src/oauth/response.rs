@@ -14,6 +14,10 @@ use std::time::{Duration, SystemTime};
 /// can be renewed (a refresh token came with it, or the grant is client
 /// credentials): renewing hourly is cheap and safe.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest lifetime believed: a larger `expires_in` (up to 2^64 s from
+/// a buggy or hostile provider) is taken as this, which also keeps the
+/// expiry arithmetic from overflowing.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// A successful token response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,11 +41,13 @@ impl TokenResponse {
     /// a token that does not expire (GitHub OAuth apps send neither a
     /// lifetime nor a refresh token, and their tokens live until revoked).
     pub fn expires_at(&self, now: SystemTime, renewable: bool) -> Option<SystemTime> {
-        match (self.expires_in, renewable) {
-            (Some(lifetime), _) => Some(now + lifetime),
-            (None, true) => Some(now + DEFAULT_LIFETIME),
-            (None, false) => None,
-        }
+        let lifetime = match (self.expires_in, renewable) {
+            (Some(lifetime), _) => lifetime.min(MAX_LIFETIME),
+            (None, true) => DEFAULT_LIFETIME,
+            (None, false) => return None,
+        };
+        // `now` comes from the system clock, which could be absurd too.
+        Some(now.checked_add(lifetime).unwrap_or(now))
     }
 }
 
@@ -92,7 +98,7 @@ fn parse_expires_in(value: Option<&Value>) -> Option<Duration> {
         Value::String(text) => text.trim().parse::<u64>().ok()?,
         _ => return None,
     };
-    Some(Duration::from_secs(seconds))
+    Some(Duration::from_secs(seconds).min(MAX_LIFETIME))
 }
 
 fn parse_scopes(value: Option<&Value>) -> Option<Vec<String>> {
@@ -186,6 +192,22 @@ mod tests {
 
     fn parse(body: &str) -> TokenResponse {
         parse_token_response(body.as_bytes()).expect("should parse")
+    }
+
+    /// Found by the `token_response` fuzz target: an `expires_in` near
+    /// 2^64 made the expiry overflow and panic.
+    #[test]
+    fn an_absurd_lifetime_is_capped_instead_of_overflowing() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for body in [
+            r#"{"access_token": "a", "expires_in": "18446744073709551615"}"#,
+            r#"{"access_token": "a", "expires_in": 18446744073709551615}"#,
+            r#"{"access_token": "a", "expires_in": 1e300}"#,
+        ] {
+            let response = parse(body);
+            assert_eq!(response.expires_in, Some(MAX_LIFETIME), "{body}");
+            assert_eq!(response.expires_at(now, true), Some(now + MAX_LIFETIME));
+        }
     }
 
     #[test]
