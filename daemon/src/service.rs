@@ -166,6 +166,8 @@ struct Inner {
     failures: u32,
     /// When the next try after a transient failure is allowed.
     retry_at: Option<SystemTime>,
+    /// What the last transient failure was, for messages.
+    failure: String,
     /// Attempts finished so far, and the result of the last one.
     attempts: u64,
     last_outcome: Result<(), ServeError>,
@@ -206,6 +208,7 @@ impl Slot {
                 message,
                 failures: 0,
                 retry_at: None,
+                failure: String::new(),
                 attempts: 0,
                 last_outcome: Ok(()),
                 unsaved: false,
@@ -517,7 +520,14 @@ impl Daemon {
                 Err(ServeError::Misconfigured(inner.message.clone()))
             }
             InstallationState::Failing if inner.retry_at.is_some_and(|at| at > now) => {
-                Err(ServeError::ProviderUnavailable(inner.message.clone()))
+                let wait = inner
+                    .retry_at
+                    .and_then(|at| at.duration_since(now).ok())
+                    .unwrap_or_default();
+                Err(ServeError::ProviderUnavailable(failing_message(
+                    &inner.failure,
+                    wait,
+                )))
             }
             _ => {
                 let spec = slot.spec();
@@ -864,14 +874,11 @@ impl Daemon {
                     schedule::random_fraction(),
                 );
                 inner.retry_at = Some(self.clock.now() + delay);
+                inner.failure.clone_from(&error.message);
                 drop(inner);
                 (
                     InstallationState::Failing,
-                    ServeError::ProviderUnavailable(format!(
-                        "the provider is failing ({}); tokd tries again in {}",
-                        error.message,
-                        humantime::format_duration(Duration::from_secs(delay.as_secs()))
-                    )),
+                    ServeError::ProviderUnavailable(failing_message(&error.message, delay)),
                 )
             }
         };
@@ -1385,6 +1392,13 @@ fn identity_changed(spec: &Spec) -> (InstallationState, String) {
         ),
         Grant::ClientCredentials => (InstallationState::Empty, String::new()),
     }
+}
+
+fn failing_message(failure: &str, wait: Duration) -> String {
+    format!(
+        "the provider is failing ({failure}); tokd tries again in {}",
+        humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
+    )
 }
 
 fn unsaved_message(error: &str) -> String {

@@ -104,6 +104,80 @@ async fn sigterm_lets_a_refresh_in_flight_finish_and_write_the_rotated_token() {
     .await;
 }
 
+/// A provider outage longer than the token's life: the held token is
+/// served while it lasts, `Retry-After` is honoured, gets during the
+/// backoff do not hit the provider, `get` then fails saying when the next
+/// try is, and once the provider is back tokd recovers with nobody asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_outage_is_ridden_out_and_ends_by_itself() {
+    within_for(Duration::from_secs(120), async {
+        let mut behaviour = Behaviour::wso2();
+        behaviour.access_lifetime = Duration::from_secs(6);
+        let world = World::start(behaviour).await;
+        world.login("a").await;
+        let held = world.get_with("a", &["--min-valid", "1s"]).await;
+        world
+            .emulator
+            .fail_always(Fault::status(503, tokd_testkit::FaultBody::Html).with_retry_after("20"));
+        // The scheduled refresh (due 5 s after the login) fails.
+        let failing = eventually(Duration::from_secs(30), async || {
+            world.status("a").await["state"] == "failing"
+        })
+        .await;
+        assert!(failing, "{}", world.log());
+        let status = world.status("a").await;
+        let now = tokd::service::unix_seconds(std::time::SystemTime::now());
+        let next = status["next_refresh"].as_i64().expect("a next try");
+        assert!(next - now >= 15, "Retry-After: 20 is honoured: {status}");
+        assert!(
+            status["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("503") && m.contains("tries again in")),
+            "{status}"
+        );
+
+        // While it lasts the held token is served; then get fails with
+        // exit 5 and says when tokd tries again.
+        let mut last = None;
+        let expired = eventually(Duration::from_secs(30), async || {
+            let out = world.tokctl(&["get", "a", "--min-valid", "0s"]).await;
+            if out.status == 0 {
+                assert_eq!(out.stdout.trim(), held, "{out:?}");
+                false
+            } else {
+                last = Some(out);
+                true
+            }
+        })
+        .await;
+        assert!(expired);
+        let out = last.expect("a failed get");
+        assert_eq!(out.status, 5, "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        assert!(
+            out.stderr.contains("the provider is failing") && out.stderr.contains("tries again in"),
+            "{out:?}"
+        );
+        assert_eq!(
+            world.emulator.counters().refused,
+            1,
+            "gets during the backoff did not ask the provider"
+        );
+
+        // The provider comes back; nobody asks; tokd recovers by itself.
+        world.emulator.clear_faults();
+        let recovered = eventually(Duration::from_secs(60), async || {
+            world.status("a").await["state"] == "valid"
+        })
+        .await;
+        assert!(recovered, "{}", world.log());
+        let token = world.get("a").await;
+        assert_ne!(token, held);
+        assert!(world.emulator.access_token_is_valid(&token));
+    })
+    .await;
+}
+
 /// Another writer (a restored backup, a second tokd on a shared home)
 /// refreshed the grant and wrote the new refresh token to the state file;
 /// tokd's own, older one is refused.
