@@ -104,6 +104,96 @@ async fn sigterm_lets_a_refresh_in_flight_finish_and_write_the_rotated_token() {
     .await;
 }
 
+/// The state machine as clients see it: each change is a StateChanged
+/// signal with a sentence, and `list` / `status` (human and JSON) agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_state_change_is_a_signal_with_a_sentence() {
+    use futures_util::StreamExt;
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        let (_connection, proxy) = world.proxy().await;
+        let mut signals = proxy.receive_state_changed().await.expect("signal");
+        let mut next = async |name: &str| -> (String, String) {
+            loop {
+                let signal = signals.next().await.expect("StateChanged");
+                let args = signal.args().expect("args");
+                if args.name == name {
+                    return (args.state.to_string(), args.message.to_string());
+                }
+            }
+        };
+        let empty = world.status("a").await;
+        assert_eq!(empty["state"], "empty");
+        assert!(
+            empty["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("tokctl login a"))
+        );
+
+        world.login("a").await;
+        assert_eq!(next("a").await, ("valid".to_owned(), String::new()));
+
+        assert_eq!(world.tokctl(&["refresh", "a"]).await.status, 0);
+        assert_eq!(next("a").await.0, "refreshing");
+        assert_eq!(next("a").await, ("valid".to_owned(), String::new()));
+
+        world
+            .emulator
+            .fail_next(1, Fault::status(502, tokd_testkit::FaultBody::Html));
+        assert_eq!(world.tokctl(&["refresh", "a"]).await.status, 5);
+        assert_eq!(next("a").await.0, "refreshing");
+        let (state, message) = next("a").await;
+        assert_eq!(state, "failing");
+        assert!(
+            message.contains("502") && message.contains("tries again in"),
+            "{message}"
+        );
+
+        assert!(
+            world
+                .emulator
+                .revoke_grant_of(&world.stored_refresh_token("a"))
+        );
+        assert_eq!(world.tokctl(&["refresh", "a"]).await.status, 4);
+        assert_eq!(next("a").await.0, "refreshing");
+        let (state, message) = next("a").await;
+        assert_eq!(state, "needs-login");
+        assert!(
+            message.contains("invalid_grant") && message.contains("tokctl login a"),
+            "{message}"
+        );
+
+        world.login("b").await;
+        assert_eq!(next("b").await.0, "valid");
+        world.emulator.register_client(CLIENT_ID, "another secret");
+        assert_eq!(world.tokctl(&["refresh", "b"]).await.status, 6);
+        assert_eq!(next("b").await.0, "refreshing");
+        let (state, message) = next("b").await;
+        assert_eq!(state, "misconfigured");
+        assert!(
+            message.contains("invalid_client") && message.contains("tokctl reload"),
+            "{message}"
+        );
+
+        let list = world.tokctl(&["list"]).await;
+        assert_eq!(list.status, 0, "{list:?}");
+        for line in ["needs-login", "misconfigured", "run `tokctl login a`"] {
+            assert!(list.stdout.contains(line), "{line}: {list:?}");
+        }
+        let json = world.tokctl(&["list", "--json"]).await;
+        let json: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
+        let state_of = |name: &str| {
+            json.as_array()
+                .and_then(|all| all.iter().find(|i| i["name"] == name))
+                .map(|i| i["state"].clone())
+        };
+        assert_eq!(state_of("a"), Some("needs-login".into()));
+        assert_eq!(state_of("b"), Some("misconfigured".into()));
+        assert_eq!(state_of("m"), Some("empty".into()));
+    })
+    .await;
+}
+
 /// A provider outage longer than the token's life: the held token is
 /// served while it lasts, `Retry-After` is honoured, gets during the
 /// backoff do not hit the provider, `get` then fails saying when the next
