@@ -1,7 +1,7 @@
 //! The real `tokd` and `tokctl` binaries on a private dbus-daemon, against
 //! the provider emulator over loopback HTTP.
 
-use crate::support::within;
+use crate::support::{eventually, within};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -407,8 +407,7 @@ async fn a_failing_provider_still_gets_the_held_token_with_a_warning() {
         }
         // The second get waited for the backoff instead of asking again.
         assert_eq!(world.emulator.counters().refused, 1);
-        let status = world.tokctl(&["status", "a", "--json"]).await;
-        let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
+        let status = world.status("a").await;
         assert_eq!(status["state"], "failing");
         assert!(status["next_refresh"].as_i64().is_some(), "{status}");
         // A plain get is satisfied by the held token without a word.
@@ -761,12 +760,8 @@ async fn reload_keeps_the_tokens_of_unchanged_installations() {
         let b = world.get("b").await;
         let before = world.emulator.counters();
         // `b` now asks for other scopes; `c` is new; `a` is unchanged.
-        let config = world
-            .config("\n[installations.c]\nconsumer = \"acme\"\n")
-            .replace(
-                "[installations.b]\nconsumer = \"acme\"\nscopes = [\"read\"]",
-                "[installations.b]\nconsumer = \"acme\"\nscopes = [\"read\", \"write\"]",
-            );
+        let config =
+            with_b_asking_for_write(&world.config("\n[installations.c]\nconsumer = \"acme\"\n"));
         world.home.write_config(&config);
         let out = world.tokctl(&["reload"]).await;
         assert_eq!(out.status, 0, "{out:?}");
@@ -774,8 +769,7 @@ async fn reload_keeps_the_tokens_of_unchanged_installations() {
         assert_eq!(world.emulator.counters(), before, "no request for `a`");
         let b_now = world.tokctl(&["get", "b"]).await;
         assert_eq!(b_now.status, 4, "scopes changed: {b_now:?}");
-        let c = world.tokctl(&["status", "c", "--json"]).await;
-        let c: serde_json::Value = serde_json::from_str(&c.stdout).expect("json");
+        let c = world.status("c").await;
         assert_eq!(c["state"], "empty");
         // An invalid file is refused and the running config stays.
         world
@@ -790,19 +784,21 @@ async fn reload_keeps_the_tokens_of_unchanged_installations() {
         // SIGHUP reloads too: `c` disappears.
         world.home.write_config(&world.config(""));
         world.tokd.as_ref().expect("tokd").hangup();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if world.tokctl(&["status", "c"]).await.status == 3 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "SIGHUP did not reload"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let reloaded = eventually(Duration::from_secs(30), async || {
+            world.tokctl(&["status", "c"]).await.status == 3
+        })
+        .await;
+        assert!(reloaded, "SIGHUP did not reload");
     })
     .await;
+}
+
+/// `config` with installation `b` asking for the scopes `read write`.
+fn with_b_asking_for_write(config: &str) -> String {
+    config.replace(
+        "[installations.b]\nconsumer = \"acme\"\nscopes = [\"read\"]",
+        "[installations.b]\nconsumer = \"acme\"\nscopes = [\"read\", \"write\"]",
+    )
 }
 
 /// The config changed while tokd was not running: the stored tokens were
@@ -815,10 +811,7 @@ async fn a_restart_after_a_scope_change_needs_a_login_too() {
         world.login("b").await;
         let a = world.get("a").await;
         assert!(world.tokd().terminate().success());
-        let config = world.config("").replace(
-            "[installations.b]\nconsumer = \"acme\"\nscopes = [\"read\"]",
-            "[installations.b]\nconsumer = \"acme\"\nscopes = [\"read\", \"write\"]",
-        );
+        let config = with_b_asking_for_write(&world.config(""));
         world.home.write_config(&config);
         world.start_tokd().await;
         assert_eq!(world.get("a").await, a, "`a` is unchanged");

@@ -3,25 +3,11 @@
 //! cannot be written, loose permissions, and SIGKILL at random moments.
 
 use crate::e2e::{CLIENT_ID, SECRET, World};
-use crate::support::{within, within_for};
+use crate::support::{eventually, within, within_for};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 use tokd_testkit::{Behaviour, Fault};
-
-/// Polls `check` every 50 ms until it holds or `limit` passes.
-async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)

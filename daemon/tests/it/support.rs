@@ -19,3 +19,17 @@ pub async fn within_for<T>(limit: Duration, test: impl Future<Output = T>) -> T 
         .await
         .expect("the test did not finish within its timeout")
 }
+
+/// Polls `check` every 50 ms until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
