@@ -226,16 +226,14 @@ fn one_line(text: &str) -> String {
 
 /// Runs one command; returns what goes to stdout.
 async fn run(command: Command) -> Result<String, Failure> {
-    let connection = zbus::connection::Builder::session()
+    // Waiting for LoginFinished needs the bus: signals are not sent on
+    // the private socket.
+    let waits_for_a_signal = matches!(command, Command::Login { code: None, .. });
+    let connection = connect(waits_for_a_signal).await?;
+    let proxy = ManagerProxy::builder(&connection)
+        .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
-        .await
-        .map_err(|error| {
-            Failure::new(
-                exit::DAEMON_UNREACHABLE,
-                format!("cannot reach the session bus ({error}); is DBUS_SESSION_BUS_ADDRESS set?"),
-            )
-        })?;
-    let proxy = ManagerProxy::new(&connection).await?;
+        .await?;
     match command {
         Command::Get {
             name,
@@ -297,6 +295,31 @@ async fn run(command: Command) -> Result<String, Failure> {
             Ok(String::new())
         }
     }
+}
+
+/// tokd's private socket if it answers (one process hop fewer, no
+/// `Hello`), else the session bus, which also starts tokd on demand.
+async fn connect(needs_the_bus: bool) -> Result<zbus::Connection, Failure> {
+    if !needs_the_bus
+        && let Some(path) = tokd_shared::private_socket_path()
+        // A missing or stale socket (tokd killed) fails here at once.
+        && let Ok(stream) = std::os::unix::net::UnixStream::connect(path)
+        && let Ok(connection) = zbus::connection::Builder::unix_stream(stream)
+            .p2p()
+            .build()
+            .await
+    {
+        return Ok(connection);
+    }
+    zbus::connection::Builder::session()
+        .build()
+        .await
+        .map_err(|error| {
+            Failure::new(
+                exit::DAEMON_UNREACHABLE,
+                format!("cannot reach the session bus ({error}); is DBUS_SESSION_BUS_ADDRESS set?"),
+            )
+        })
 }
 
 async fn login(

@@ -33,7 +33,8 @@ Logging goes to stderr, filtered by TOKD_LOG (default: info), e.g.
 TOKD_LOG=debug or TOKD_LOG=tokd=trace. Tokens and secrets are never logged.
 
 Without --check-config, tokd serves org.tokd.tokd1 on the session bus
-(DBUS_SESSION_BUS_ADDRESS) until SIGTERM or SIGINT, after which it starts
+(DBUS_SESSION_BUS_ADDRESS), and the same interface peer to peer on
+$XDG_RUNTIME_DIR/tokd/bus for this user, until SIGTERM or SIGINT, after which it starts
 no new request, waits (at most 35 s) for requests already sent to
 providers so that their tokens are written, and exits. SIGHUP reloads
 the config. State is kept under $XDG_STATE_HOME/tokd/.
@@ -63,6 +64,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(explicit: Option<PathBuf>) -> ExitCode {
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            error!("cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let path = match paths::config_path(explicit) {
         Ok(path) => path,
         Err(error) => {
@@ -120,9 +128,25 @@ async fn run(explicit: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // After the name: holding it proves no other tokd of this session
+    // serves, so a socket already there is a stale one. Without the
+    // socket tokctl still works, over the bus.
+    let private = match tokd_shared::private_socket_path() {
+        Some(path) => match bus::serve_private(daemon.clone(), &path) {
+            Ok(socket) => Some(socket),
+            Err(error) => {
+                warn!("no private socket ({error}); clients use the session bus");
+                None
+            }
+        },
+        None => {
+            warn!("XDG_RUNTIME_DIR is not set: no private socket; clients use the session bus");
+            None
+        }
+    };
     daemon.start_schedules().await;
     let code = tokio::select! {
-        code = wait_for_signals(&daemon) => code,
+        () = signals.wait(&daemon) => ExitCode::SUCCESS,
         () = connection.closed() => {
             // Without its bus nobody can reach tokd; a new one is started
             // by the next session (or by systemd's Restart=on-failure).
@@ -134,37 +158,46 @@ async fn run(explicit: Option<PathBuf>) -> ExitCode {
     // a successor started now could refresh with a token being rotated.
     // Calls meanwhile get Stopping (or a held token).
     daemon.shutdown(SHUTDOWN_BOUND).await;
-    // Dropping the connection releases the name.
+    // The socket goes first: a successor binds its own once it has the
+    // name, which dropping the connection releases.
+    drop(private);
     drop(connection);
     info!("stopped");
     code
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-async fn wait_for_signals(daemon: &Daemon) -> ExitCode {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(term), Ok(int), Ok(hup)) => (term, int, hup),
-        _ => {
-            error!("cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { info!("SIGINT: stopping"); break; }
-            _ = hup.recv() => match daemon.reload().await {
-                Ok(summary) => info!(%summary, "SIGHUP: config reloaded"),
-                Err(error) => warn!(%error, "SIGHUP: config refused"),
-            },
+/// SIGTERM, SIGINT and SIGHUP, installed before the name is taken: a
+/// SIGTERM sent as soon as tokd is seen on the bus must stop it cleanly,
+/// not kill it by the default action.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+    async fn wait(&mut self, daemon: &Daemon) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { info!("SIGTERM: stopping"); break; }
+                _ = self.int.recv() => { info!("SIGINT: stopping"); break; }
+                _ = self.hup.recv() => match daemon.reload().await {
+                    Ok(summary) => info!(%summary, "SIGHUP: config reloaded"),
+                    Err(error) => warn!(%error, "SIGHUP: config refused"),
+                },
+            }
         }
     }
-    ExitCode::SUCCESS
 }
 
 fn check_config(explicit: Option<PathBuf>) -> ExitCode {

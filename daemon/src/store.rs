@@ -108,12 +108,21 @@ pub enum Loaded {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create state folder {}: {source}", .path.display())]
-    CreateFolder { path: PathBuf, source: io::Error },
-    #[error("state folder {} belongs to uid {owner}, not to this user (uid {me}); refusing to use it", .path.display())]
-    ForeignFolder { path: PathBuf, owner: u32, me: u32 },
-    #[error("state folder {} is not a folder", .path.display())]
-    NotAFolder { path: PathBuf },
+    #[error("cannot create {what} {}: {source}", .path.display())]
+    CreateFolder {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{what} {} belongs to uid {owner}, not to this user (uid {me}); refusing to use it", .path.display())]
+    ForeignFolder {
+        what: &'static str,
+        path: PathBuf,
+        owner: u32,
+        me: u32,
+    },
+    #[error("{what} {} is not a folder", .path.display())]
+    NotAFolder { what: &'static str, path: PathBuf },
     #[error("cannot write {}: {source}", .path.display())]
     Write { path: PathBuf, source: io::Error },
     #[error("cannot read {}: {source}", .path.display())]
@@ -136,42 +145,56 @@ pub fn current_uid() -> io::Result<u32> {
     fs::metadata("/proc/self").map(|metadata| metadata.uid())
 }
 
+/// Creates `dir` (mode 0700) if needed and checks that it is a folder of
+/// this user's with no access for anyone else: a looser mode is tightened
+/// with a warning, a folder owned by someone else is refused. `what` names
+/// it in messages ("state folder").
+pub fn private_folder(dir: &Path, what: &'static str) -> Result<(), StoreError> {
+    let create_error = |source| StoreError::CreateFolder {
+        what,
+        path: dir.to_owned(),
+        source,
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(create_error)?;
+    let metadata = fs::metadata(dir).map_err(create_error)?;
+    if !metadata.is_dir() {
+        return Err(StoreError::NotAFolder {
+            what,
+            path: dir.to_owned(),
+        });
+    }
+    let me = current_uid().map_err(create_error)?;
+    if metadata.uid() != me {
+        return Err(StoreError::ForeignFolder {
+            what,
+            path: dir.to_owned(),
+            owner: metadata.uid(),
+            me,
+        });
+    }
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        tracing::warn!(
+            path = %dir.display(),
+            mode = format_args!("{mode:o}"),
+            "{what} had loose permissions; set them to 700"
+        );
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(create_error)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the state folder: mode 0700, owned by this
     /// user. A looser mode is tightened with a warning; a folder owned by
     /// someone else is refused.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
-        let create_error = |source| StoreError::CreateFolder {
-            path: dir.clone(),
-            source,
-        };
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(create_error)?;
-        let metadata = fs::metadata(&dir).map_err(create_error)?;
-        if !metadata.is_dir() {
-            return Err(StoreError::NotAFolder { path: dir });
-        }
-        let me = current_uid().map_err(create_error)?;
-        if metadata.uid() != me {
-            return Err(StoreError::ForeignFolder {
-                path: dir,
-                owner: metadata.uid(),
-                me,
-            });
-        }
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode != 0o700 {
-            tracing::warn!(
-                path = %dir.display(),
-                mode = format_args!("{mode:o}"),
-                "state folder had loose permissions; set them to 700"
-            );
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(create_error)?;
-        }
+        private_folder(&dir, "state folder")?;
         let store = Self { dir };
         store.remove_stale_temporaries();
         Ok(store)

@@ -16,6 +16,18 @@ pub const INTERFACE: &str = "org.tokd.tokd1.Manager";
 /// Prefix of every named D-Bus error the daemon returns.
 pub const ERROR_PREFIX: &str = "org.tokd.tokd1.Error";
 
+/// The daemon's private socket, relative to `$XDG_RUNTIME_DIR`: the same
+/// interface as on the session bus, peer to peer (no bus daemon between,
+/// no `Hello`), for this user only. tokctl tries it first.
+pub const PRIVATE_SOCKET: &str = "tokd/bus";
+
+/// `$XDG_RUNTIME_DIR/tokd/bus`, or `None` when `XDG_RUNTIME_DIR` is unset
+/// or not absolute (the XDG spec says to ignore a relative one).
+pub fn private_socket_path() -> Option<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?);
+    dir.is_absolute().then(|| dir.join(PRIVATE_SOCKET))
+}
+
 /// Where an installation stands. One word per state, the same in `tokctl
 /// list`, in `--json` output and on D-Bus (as the lowercase string).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

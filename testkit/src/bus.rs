@@ -195,6 +195,7 @@ impl Home {
             ("HOME".into(), path("")),
             ("XDG_CONFIG_HOME".into(), path("config")),
             ("XDG_STATE_HOME".into(), path("state")),
+            ("XDG_RUNTIME_DIR".into(), path("runtime")),
             ("TOKD_LOG".into(), "debug".into()),
         ]
     }
@@ -206,6 +207,7 @@ impl Home {
 pub struct Tokd {
     child: Child,
     log: PathBuf,
+    ready_after: Duration,
 }
 
 impl Tokd {
@@ -251,6 +253,7 @@ impl Tokd {
             }
             None => Command::new(binary),
         };
+        let spawned = std::time::Instant::now();
         let child = command
             .envs(home.env(bus))
             .envs(extra.iter().copied())
@@ -259,7 +262,11 @@ impl Tokd {
             .stderr(log_file)
             .spawn()
             .expect("start tokd");
-        let mut tokd = Self { child, log };
+        let mut tokd = Self {
+            child,
+            log,
+            ready_after: Duration::ZERO,
+        };
         let wait = async {
             use futures_util::StreamExt;
             loop {
@@ -282,6 +289,24 @@ impl Tokd {
             let _ = tokd.child.kill();
             panic!("tokd did not take its name; log:\n{}", tokd.log_text());
         }
+        tokd.ready_after = spawned.elapsed();
+        // The private socket is bound just after the name is taken (only
+        // the name's owner may replace a stale one); tests that use it
+        // need it answering.
+        let socket = home
+            .path()
+            .join("runtime")
+            .join(tokd_shared::PRIVATE_SOCKET);
+        let deadline = std::time::Instant::now() + START_DEADLINE;
+        // Connectable, not merely there: a killed tokd leaves its socket.
+        while std::os::unix::net::UnixStream::connect(&socket).is_err()
+            && std::time::Instant::now() < deadline
+        {
+            if let Ok(Some(status)) = tokd.child.try_wait() {
+                panic!("tokd exited with {status}; log:\n{}", tokd.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         if let Ok(Some(status)) = tokd.child.try_wait() {
             panic!("tokd exited with {status}; log:\n{}", tokd.log_text());
         }
@@ -290,6 +315,12 @@ impl Tokd {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// From spawning the process to seeing it own its bus name (the
+    /// benchmark's start time).
+    pub fn ready_after(&self) -> Duration {
+        self.ready_after
     }
 
     /// Everything tokd logged so far.

@@ -5,6 +5,7 @@ mod clock;
 mod e2e;
 mod failures;
 mod oauth;
+mod private;
 mod security;
 mod store;
 mod support;

@@ -3,6 +3,7 @@
 
 use crate::e2e::{World, browse, browser, tokctl_bin};
 use crate::support::within;
+use std::os::unix::fs::PermissionsExt;
 use tokd_testkit::{Behaviour, Fault, FaultBody};
 
 fn error_name(error: &zbus::Error) -> String {
@@ -107,14 +108,28 @@ async fn a_caller_with_another_uid_is_refused() {
         );
         let world = World::start(Behaviour::wso2()).await;
         world.bus.open_to_other_users();
+        // The private socket opened up too, past its 0700 folder and 0600
+        // mode, so that only tokd's own check at accept stands in the way.
+        let runtime = world.home.path().join("runtime");
+        let socket = runtime.join(tokd_shared::PRIVATE_SOCKET);
+        for (path, mode) in [
+            (world.home.path().to_owned(), 0o711),
+            (runtime.clone(), 0o711),
+            (runtime.join("tokd"), 0o711),
+            (socket.clone(), 0o666),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
         // The same user gets an answer ...
         assert_eq!(world.tokctl(&["status", "a"]).await.status, 0);
-        // ... another one is refused by tokd itself.
+        // ... another one is refused by tokd itself: at accept on the
+        // private socket, then by the uid check on the bus.
         let output = tokio::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"]) // nobody: dbus-daemon needs a passwd entry
             .arg(tokctl_bin())
             .args(["get", "bot"])
             .env("DBUS_SESSION_BUS_ADDRESS", world.bus.address())
+            .env("XDG_RUNTIME_DIR", &runtime)
             .output()
             .await
             .expect("setpriv (util-linux)");
@@ -123,7 +138,12 @@ async fn a_caller_with_another_uid_is_refused() {
         assert!(output.stdout.is_empty());
         assert!(stderr.contains("answers only its own user"), "{stderr}");
         assert_eq!(world.emulator.counters().token_requests(), 0);
-        assert!(world.log().contains("refused a caller with another uid"));
+        let log = world.log();
+        assert!(log.contains("refused a caller with another uid"), "{log}");
+        assert!(
+            log.contains("refused a private-socket connection from another uid"),
+            "{log}"
+        );
     })
     .await;
 }
