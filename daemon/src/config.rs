@@ -22,7 +22,8 @@ use url::Url;
 pub struct Config {
     pub daemon: DaemonConfig,
     pub consumers: BTreeMap<String, Arc<Consumer>>,
-    pub installations: BTreeMap<String, Installation>,
+    /// Shared with the daemon's per-installation specs (one copy each).
+    pub installations: BTreeMap<String, Arc<Installation>>,
 }
 
 /// The `[daemon]` table.
@@ -415,7 +416,7 @@ impl Config {
                 return Err(source.error(Some(span), name_error("installation", &name)));
             }
             let installation = build_installation(&source, &name, raw, &consumers)?;
-            installations.insert(name, installation);
+            installations.insert(name, Arc::new(installation));
         }
 
         Ok(Config {
