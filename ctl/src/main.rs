@@ -36,7 +36,10 @@ Exit status:
   6  the consumer or config is wrong: fix it, then `tokctl reload`
   7  tokd cannot be reached (not running, no session bus, stopping)
 
-On failure stdout is empty and stderr has one line saying what to do.";
+On failure stdout is empty and stderr has one line saying what to do.
+
+tokctl reaches tokd over its private socket, $XDG_RUNTIME_DIR/tokd/bus,
+when it answers, else over the session bus (which starts tokd if needed).";
 
 /// tokctl: get fresh OAuth 2.0 access tokens from the tokd daemon.
 ///

@@ -8,6 +8,8 @@ fn tokctl(args: &[&str], bus: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tokctl"))
         .args(args)
         .env("DBUS_SESSION_BUS_ADDRESS", bus)
+        // Never the private socket of a tokd the developer runs.
+        .env("XDG_RUNTIME_DIR", "/nonexistent/tokd-test/runtime")
         .stdin(Stdio::null())
         .output()
         .expect("run tokctl")

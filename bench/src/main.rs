@@ -1,0 +1,1142 @@
+//! `tokd-bench`: the benchmark suite. Measures, side by side in one run,
+//! tokd against the floors it is judged by and writes `BENCHMARKS.md`:
+//!
+//! 1. `tokctl get` as a whole process (hyperfine) against `cat` of a token
+//!    file, a bare one-call zbus client and `dbus-send`;
+//! 2. GetToken throughput through dbus-daemon against a bare zbus server
+//!    under the same load (`bench-load`), and over the private socket;
+//! 3. tokd with 10,000 installations holding 1 KiB tokens: start to name
+//!    owned, then RSS and CPU over 60 s idle;
+//! 4. 1,000 concurrent gets on an installation that needs a refresh:
+//!    provider requests and the latency spread.
+//!
+//! Everything runs on a private dbus-daemon, against the provider emulator
+//! on 127.0.0.1. The binaries measured are the release builds beside this
+//! one: run it through `bench/run`, which builds them first.
+
+use clap::Parser;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+use tokd::secret::{AccessToken, RefreshToken};
+use tokd::store::{Record, Store};
+use tokd_testkit::{Behaviour, Emulator, Fault, Home, PrivateBus, Tokd};
+
+const CLIENT_ID: &str = "bench-client";
+const SECRET: &str = "bench-client-secret";
+/// Not on this machine: logins finish with a code given by hand.
+const REDIRECT: &str = "https://app.example.com/callback";
+const HOUR: Duration = Duration::from_secs(3600);
+/// Rounds the whole-process runs are split into.
+const PROCESS_ROUNDS: u32 = 5;
+
+#[derive(Debug, Parser)]
+#[command(name = "tokd-bench")]
+struct Args {
+    /// Where the report goes.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// A smoke run (few repetitions, 5 s idle, 1,000 installations): checks
+    /// that the suite works, its figures mean little.
+    #[arg(long)]
+    quick: bool,
+    /// Set up the world of the first three sections, print its environment
+    /// as shell `export` lines and wait until killed: for profiling by hand
+    /// (`perf`, `strace`, `valgrind`) against the same tokd.
+    #[arg(long)]
+    hold: bool,
+    /// Set up the home of the installations section (config and state of
+    /// 10,000 installations, a private bus, the emulator) without starting
+    /// tokd, print its environment and wait: to run tokd by hand under a
+    /// profiler (`valgrind --tool=massif`, `perf`, `strace -c`).
+    #[arg(long)]
+    hold_many: bool,
+    /// Run one section only (the report then has only its figures).
+    #[arg(long, value_enum)]
+    only: Option<Section>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    Process,
+    Throughput,
+    Burst,
+    Installations,
+}
+
+/// How much of everything: the full run, or the smoke run.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    process_runs: u32,
+    throughput_rounds: usize,
+    throughput_seconds: f64,
+    installations: usize,
+    starts: usize,
+    idle: Duration,
+    burst: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                process_runs: 50,
+                throughput_rounds: 1,
+                throughput_seconds: 0.5,
+                installations: 1000,
+                starts: 2,
+                idle: Duration::from_secs(5),
+                burst: 1000,
+            }
+        } else {
+            Self {
+                process_runs: 500,
+                throughput_rounds: 9,
+                throughput_seconds: 2.0,
+                installations: 10_000,
+                starts: 5,
+                idle: Duration::from_secs(60),
+                burst: 1000,
+            }
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tokd-bench: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(_) if args.hold || args.hold_many => std::process::ExitCode::SUCCESS,
+        Ok(missed) => {
+            eprintln!("tokd-bench: wrote {}", args.out.display());
+            if missed.is_empty() {
+                eprintln!("tokd-bench: every target met");
+            } else {
+                eprintln!("tokd-bench: targets missed: {}", missed.join("; "));
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tokd-bench: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+type Fallible<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The binaries beside this one.
+#[derive(Debug)]
+struct Binaries {
+    tokd: PathBuf,
+    tokctl: PathBuf,
+    bare_client: PathBuf,
+    bare_server: PathBuf,
+    load: PathBuf,
+    /// The same two clients linked as `cargo build` links them (glibc
+    /// shared), when `bench/run` kept copies.
+    tokctl_dynamic: Option<PathBuf>,
+    bare_client_dynamic: Option<PathBuf>,
+}
+
+impl Binaries {
+    fn find() -> Fallible<Self> {
+        let exe = std::env::current_exe()?;
+        let dir = exe.parent().ok_or("no folder for this binary")?;
+        let find = |name: &str| -> Fallible<PathBuf> {
+            let path = dir.join(name);
+            if path.exists() {
+                Ok(path)
+            } else {
+                Err(format!(
+                    "{} is missing: run `bench/run`, which builds every binary in release first",
+                    path.display()
+                )
+                .into())
+            }
+        };
+        Ok(Self {
+            tokd: find("tokd")?,
+            tokctl: find("tokctl")?,
+            bare_client: find("bare-client")?,
+            bare_server: find("bare-server")?,
+            load: find("bench-load")?,
+            tokctl_dynamic: find("tokctl-dynamic").ok(),
+            bare_client_dynamic: find("bare-client-dynamic").ok(),
+        })
+    }
+}
+
+/// A target: what it says, the measured value, and whether it is met.
+#[derive(Debug)]
+struct Target {
+    what: String,
+    measured: String,
+    met: bool,
+}
+
+async fn run(args: &Args) -> Fallible<Vec<String>> {
+    let plan = Plan::new(args.quick);
+    let bin = Binaries::find()?;
+    let mut report = String::new();
+    let mut targets = Vec::new();
+    writeln!(report, "# Benchmarks\n")?;
+    if args.quick {
+        writeln!(
+            report,
+            "**A smoke run (`--quick`): too few repetitions to mean much.**\n"
+        )?;
+    }
+    writeln!(report, "{}", machine())?;
+
+    if args.hold_many {
+        let emulator = Emulator::start(Behaviour::bitbucket_classic()).await;
+        emulator.register_client(CLIENT_ID, SECRET);
+        let home = many_homes(plan.installations, &emulator)?;
+        let bus = PrivateBus::start();
+        let mut exports = String::new();
+        for (key, value) in home.env(&bus) {
+            writeln!(exports, "export {key}='{value}'")?;
+        }
+        writeln!(exports, "# tokd: {}", bin.tokd.display())?;
+        std::io::Write::write_all(&mut std::io::stdout(), exports.as_bytes())?;
+        wait_for_a_stop().await?;
+        return Ok(Vec::new());
+    }
+    let world = World::start(&bin).await?;
+    if args.hold {
+        let mut exports = String::new();
+        for (key, value) in world.env() {
+            writeln!(exports, "export {key}='{value}'")?;
+        }
+        writeln!(
+            exports,
+            "# tokd pid {}, token file {}",
+            world.tokd.pid(),
+            world.token_file.display()
+        )?;
+        std::io::Write::write_all(&mut std::io::stdout(), exports.as_bytes())?;
+        wait_for_a_stop().await?;
+        return Ok(Vec::new());
+    }
+    let runs = |section: Section| args.only.is_none_or(|only| only == section);
+    if runs(Section::Process) {
+        eprintln!("tokd-bench: 1/4 one `tokctl get` as a whole process");
+        report.push_str(&process_latency(&bin, &world, &plan, &mut targets)?);
+    }
+    if runs(Section::Throughput) {
+        eprintln!("tokd-bench: 2/4 GetToken throughput");
+        report.push_str(&throughput(&bin, &world, &plan, &mut targets)?);
+    }
+    if runs(Section::Burst) {
+        eprintln!("tokd-bench: 3/4 concurrent gets on a token that needs a refresh");
+        report.push_str(&burst(&bin, &world, &plan, &mut targets)?);
+    }
+    let small_rss = rss_kib(world.tokd.pid())?;
+    drop(world);
+    if runs(Section::Installations) {
+        eprintln!(
+            "tokd-bench: 4/4 {} installations: start and idle",
+            plan.installations
+        );
+        report.push_str(&many_installations(&bin, &plan, small_rss, &mut targets).await?);
+    }
+
+    let mut summary = String::from("## Targets\n\n| target | measured | |\n|---|---|---|\n");
+    let mut missed = Vec::new();
+    for target in &targets {
+        writeln!(
+            summary,
+            "| {} | {} | {} |",
+            target.what,
+            target.measured,
+            if target.met { "met" } else { "**missed**" }
+        )?;
+        if !target.met {
+            missed.push(target.what.clone());
+        }
+    }
+    summary.push('\n');
+    let report = report.replacen("<!-- targets -->\n", &summary, 1);
+    std::fs::write(&args.out, report)?;
+    Ok(missed)
+}
+
+/// Until Ctrl-C or SIGTERM (for `--hold`); returning cleans everything up.
+async fn wait_for_a_stop() -> Fallible<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// The machine, the toolchain and the date, for the top of the report.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|model| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("MemTotal"))
+                .map(|line| line.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or_else(
+            || "unknown".into(),
+            |kib| format!("{} GiB", kib / 1024 / 1024),
+        );
+    let first_line = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .output()
+            .ok()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_else(|| "not found".into())
+    };
+    format!(
+        "Written by `bench/run` on {date} (UTC) at commit {commit}.\n\n\
+         | | |\n|---|---|\n\
+         | CPU | {cpu}, {cores} cores available |\n\
+         | memory | {memory} |\n\
+         | kernel | {kernel} |\n\
+         | rustc | {rustc} |\n\
+         | dbus-daemon | {dbus} |\n\
+         | hyperfine | {hyperfine} |\n\n\
+         Every figure below comes from this one run. Servers listen on 127.0.0.1 \
+         and on a private dbus-daemon started for the run; the binaries are the \
+         release builds (`cargo build --release`).\n\n<!-- targets -->\n",
+        date = first_line("date", "-u"),
+        commit = Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .output()
+            .ok()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .filter(|rev| !rev.is_empty())
+            .unwrap_or_else(|| "unknown".into()),
+        kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".into(), |text| text.trim().to_owned()),
+        rustc = first_line("rustc", "-V"),
+        dbus = first_line("dbus-daemon", "--version"),
+        hyperfine = first_line("hyperfine", "--version"),
+    )
+}
+
+/// A private bus, the emulator, and tokd with one logged-in installation
+/// `bench` holding a 1 KiB token, plus the bare server on the same bus.
+struct World {
+    emulator: Emulator,
+    bus: PrivateBus,
+    home: Home,
+    tokd: Tokd,
+    bare: std::process::Child,
+    token_file: PathBuf,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.bare.kill();
+        let _ = self.bare.wait();
+    }
+}
+
+impl World {
+    async fn start(bin: &Binaries) -> Fallible<Self> {
+        let emulator = Emulator::start(Behaviour {
+            token_length: 1024,
+            ..Behaviour::bitbucket_classic()
+        })
+        .await;
+        emulator.register_client(CLIENT_ID, SECRET);
+        let bus = PrivateBus::start();
+        let home = Home::new();
+        let secret = home.write_secret("bench.secret", SECRET);
+        home.write_config(&format!(
+            "{}\n[installations.bench]\nconsumer = \"bench\"\nscopes = [\"read\"]\n",
+            emulator.consumer_table("bench", CLIENT_ID, &secret, REDIRECT)
+        ));
+        let tokd = Tokd::start_with_env(&bin.tokd, &home, &bus, &[("TOKD_LOG", "info")]).await;
+        let code = emulator.issue_code(CLIENT_ID, &["read"], Some(REDIRECT), None);
+        let login = home
+            .tokctl(&bin.tokctl, &bus, &["login", "bench", "--code", &code])
+            .output()
+            .await?;
+        if !login.status.success() {
+            return Err(format!(
+                "the login failed: {}",
+                String::from_utf8_lossy(&login.stderr)
+            )
+            .into());
+        }
+        let token = home
+            .tokctl(&bin.tokctl, &bus, &["get", "bench"])
+            .output()
+            .await?;
+        if !token.status.success() || token.stdout.len() != 1025 {
+            return Err(format!(
+                "`tokctl get bench` did not print a 1 KiB token: {}",
+                String::from_utf8_lossy(&token.stderr)
+            )
+            .into());
+        }
+        let token_file = home.path().join("token");
+        std::fs::write(&token_file, &token.stdout)?;
+        let bare = Command::new(&bin.bare_server)
+            .env("DBUS_SESSION_BUS_ADDRESS", bus.address())
+            .stdin(Stdio::null())
+            .spawn()?;
+        let world = Self {
+            emulator,
+            bus,
+            home,
+            tokd,
+            bare,
+            token_file,
+        };
+        world.wait_for_bare().await?;
+        Ok(world)
+    }
+
+    async fn wait_for_bare(&self) -> Fallible<()> {
+        let connection = self.bus.connect().await;
+        let dbus = zbus::fdo::DBusProxy::new(&connection).await?;
+        let name = zbus::names::BusName::try_from(BARE_NAME)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !dbus.name_has_owner(name.clone()).await? {
+            if std::time::Instant::now() > deadline {
+                return Err("the bare server did not take its name".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// The environment of tokctl and the clients, as a user's shell has it.
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.home.env(&self.bus);
+        env.retain(|(key, _)| key != "TOKD_LOG");
+        env
+    }
+
+    fn private_socket(&self) -> PathBuf {
+        self.home
+            .path()
+            .join("runtime")
+            .join(tokd_shared::PRIVATE_SOCKET)
+    }
+}
+
+const BARE_NAME: &str = "org.tokd.bench.Bare";
+
+/// One command's timings: median and spread, in milliseconds.
+#[derive(Debug, Clone)]
+struct Timing {
+    command: String,
+    median: f64,
+    mean: f64,
+    stddev: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Timing {
+    fn of(command: &str, times: &mut [f64]) -> Self {
+        times.sort_by(f64::total_cmp);
+        let n = times.len() as f64;
+        let mean = times.iter().sum::<f64>() / n;
+        let stddev = (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / n).sqrt();
+        Self {
+            command: command.to_owned(),
+            median: median(times),
+            mean,
+            stddev,
+            min: times.first().copied().unwrap_or(f64::NAN),
+            max: times.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// Runs hyperfine over `commands` (each a name and an argv) with `env`,
+/// no shell in between (`-N`), and adds each run's time (ms) to `times`.
+fn hyperfine(
+    commands: &[(&str, Vec<String>)],
+    env: &[(String, String)],
+    runs: u32,
+    times: &mut std::collections::BTreeMap<String, Vec<f64>>,
+) -> Fallible<()> {
+    let export = tempfile::NamedTempFile::new()?;
+    let mut command = Command::new("hyperfine");
+    command
+        .args(["-N", "--style", "none", "--warmup", "20", "--runs"])
+        .arg(runs.to_string())
+        .arg("--export-json")
+        .arg(export.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (name, argv) in commands {
+        command.args(["-n", name]).arg(shell_words(argv));
+    }
+    let status = command.status().map_err(|e| {
+        format!("cannot run hyperfine ({e}); `bench/run` installs it (Debian: hyperfine)")
+    })?;
+    if !status.success() {
+        return Err(format!("hyperfine failed: {status}").into());
+    }
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(export.path())?)?;
+    for result in json["results"]
+        .as_array()
+        .ok_or("no results from hyperfine")?
+    {
+        let name = result["command"].as_str().unwrap_or("?").to_owned();
+        let runs = result["times"]
+            .as_array()
+            .ok_or("no times from hyperfine")?;
+        times.entry(name).or_default().extend(
+            runs.iter()
+                .filter_map(serde_json::Value::as_f64)
+                .map(|s| s * 1000.0),
+        );
+    }
+    Ok(())
+}
+
+/// hyperfine splits its `-N` commands on whitespace, with quotes.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|arg| {
+            if arg.contains([' ', '"', '\'']) {
+                format!("'{arg}'")
+            } else {
+                arg.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn process_latency(
+    bin: &Binaries,
+    world: &World,
+    plan: &Plan,
+    targets: &mut Vec<Target>,
+) -> Fallible<String> {
+    let env = world.env();
+    let get = vec![path(&bin.tokctl), "get".into(), "bench".into()];
+    let mut commands = vec![
+        (
+            "cat token-file",
+            vec!["cat".into(), path(&world.token_file)],
+        ),
+        ("tokctl get, private socket", get.clone()),
+        (
+            "bare zbus client, session bus",
+            vec![path(&bin.bare_client), "bench".into()],
+        ),
+    ];
+    if let Some(tokctl) = &bin.tokctl_dynamic {
+        commands.push((
+            "tokctl get, private socket, glibc shared",
+            vec![path(tokctl), "get".into(), "bench".into()],
+        ));
+    }
+    if let Some(bare) = &bin.bare_client_dynamic {
+        commands.push((
+            "bare zbus client, session bus, glibc shared",
+            vec![path(bare), "bench".into()],
+        ));
+    }
+    let dbus_send = Command::new("dbus-send").arg("--version").output().is_ok();
+    if dbus_send {
+        commands.push((
+            "dbus-send, session bus",
+            [
+                "dbus-send",
+                "--session",
+                "--print-reply",
+                "--dest=org.tokd.tokd1",
+                "/org/tokd/tokd1",
+                "org.tokd.tokd1.Manager.GetToken",
+                "string:bench",
+                "uint32:60",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ));
+    }
+    // The same tokctl where no private socket is found: the session bus.
+    let mut no_socket = env.clone();
+    for (key, value) in &mut no_socket {
+        if key == "XDG_RUNTIME_DIR" {
+            *value = path(&world.home.path().join("no-runtime"));
+        }
+    }
+    let fallback = [("tokctl get, session bus", get)];
+    // Rounds, so that a slow spell of the machine falls on every command
+    // alike rather than on whichever ran then.
+    let mut times = std::collections::BTreeMap::new();
+    for _ in 0..PROCESS_ROUNDS {
+        hyperfine(
+            &commands,
+            &env,
+            plan.process_runs / PROCESS_ROUNDS,
+            &mut times,
+        )?;
+        hyperfine(
+            &fallback,
+            &no_socket,
+            plan.process_runs / PROCESS_ROUNDS,
+            &mut times,
+        )?;
+    }
+    let order = commands.iter().chain(&fallback).map(|(name, _)| *name);
+    let timings: Vec<Timing> = order
+        .map(|name| {
+            Timing::of(
+                name,
+                times.get_mut(name).map_or(&mut [][..], Vec::as_mut_slice),
+            )
+        })
+        .collect();
+    let median_of = |name: &str| {
+        timings
+            .iter()
+            .find(|t| t.command == name)
+            .map_or(f64::NAN, |t| t.median)
+    };
+    let cat = median_of("cat token-file");
+    let tokctl = median_of("tokctl get, private socket");
+    let bare = median_of("bare zbus client, session bus");
+    let mut out = format!(
+        "## One `tokctl get`, as a whole process\n\n\
+         hyperfine, no shell (`-N`), {} runs of each command in {} rounds (each \
+         round runs every command in turn, after 20 warm-up runs). The token is 1 KiB; `tokctl get bench` asks \
+         for the default 60 s of validity and the held token has about 2 h. \
+         tokctl and the bare client are linked as the README's install section \
+         builds tokctl, with glibc linked in statically \
+         (`cargo rustc --release -p tokctl --bin tokctl -- -C target-feature=+crt-static`); \
+         the rows marked \"glibc shared\" are the same programs as a plain \
+         `cargo build --release` links them. \"session bus\" for tokctl means no \
+         private socket was found, so it fell back to the bus (and `Hello`).\n\n\
+         | command | median ms | mean ± σ ms | min ms | max ms | median / cat |\n\
+         |---|---|---|---|---|---|\n",
+        plan.process_runs, PROCESS_ROUNDS
+    );
+    for t in &timings {
+        writeln!(
+            out,
+            "| {} | {:.2} | {:.2} ± {:.2} | {:.2} | {:.2} | {:.2}× |",
+            t.command,
+            t.median,
+            t.mean,
+            t.stddev,
+            t.min,
+            t.max,
+            t.median / cat
+        )?;
+    }
+    writeln!(
+        out,
+        "\n`tokctl get` over the private socket: {:.2}× `cat`, {:.2}× the bare session-bus client.\n",
+        tokctl / cat,
+        tokctl / bare
+    )?;
+    targets.push(Target {
+        what: "`tokctl get` ≤ 1.5× `cat` of a token file".into(),
+        measured: format!("{:.2}× ({tokctl:.2} ms vs {cat:.2} ms)", tokctl / cat),
+        met: tokctl <= 1.5 * cat,
+    });
+    targets.push(Target {
+        what: "`tokctl get` ≤ 0.75× a bare one-call zbus client on the session bus".into(),
+        measured: format!("{:.2}× ({tokctl:.2} ms vs {bare:.2} ms)", tokctl / bare),
+        met: tokctl <= 0.75 * bare,
+    });
+    Ok(out)
+}
+
+/// One round of load: calls answered per second, and the server's CPU
+/// time per call in microseconds.
+fn load(bin: &Binaries, how: &[String], plan: &Plan, server: u32) -> Fallible<(f64, f64)> {
+    let cpu_before = cpu_time(server)?;
+    let output = Command::new(&bin.load)
+        .args(how)
+        .args(["--seconds", &plan.throughput_seconds.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()?;
+    let cpu = cpu_time(server)? - cpu_before;
+    if !output.status.success() {
+        return Err(format!("bench-load {how:?} failed: {}", output.status).into());
+    }
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let rate = json["per_second"]
+        .as_f64()
+        .ok_or("bench-load printed no rate")?;
+    let calls = json["calls"]
+        .as_f64()
+        .ok_or("bench-load printed no count")?;
+    Ok((rate, cpu.as_secs_f64() * 1e6 / calls))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn throughput(
+    bin: &Binaries,
+    world: &World,
+    plan: &Plan,
+    targets: &mut Vec<Target>,
+) -> Fallible<String> {
+    let address = world.bus.address().to_owned();
+    let mut out = format!(
+        "## GetToken throughput\n\n\
+         `bench-load` (one process, current-thread runtime) keeps 8 calls in flight \
+         on each connection for {} s; each figure is the median of {} rounds, the \
+         three servers taking turns. The bare server answers a constant 1 KiB token \
+         with no lookup and no check; tokd looks the installation up, checks the \
+         caller's uid (cached per connection) and answers its 1 KiB token. Both run \
+         a current-thread runtime. \"CPU/call\" is the server's own CPU time \
+         (`/proc/PID/stat`, 10 ms ticks) divided by the calls it answered: it does \
+         not depend on how the two cores were shared, so it shows what tokd's own \
+         work adds.\n\n\
+         | connections × in flight | bare zbus server, bus | tokd, bus | tokd / bare | CPU/call bare, tokd | tokd, private socket |\n\
+         |---|---|---|---|---|---|\n",
+        plan.throughput_seconds, plan.throughput_rounds
+    );
+    let bare_pid = world.bare.id();
+    let tokd_pid = world.tokd.pid();
+    for connections in [1usize, 8] {
+        let common = vec![
+            "--connections".to_owned(),
+            connections.to_string(),
+            "--in-flight".into(),
+            "8".into(),
+        ];
+        let on_bus = |dest: &str| {
+            let mut how = common.clone();
+            how.extend([
+                "--address".into(),
+                address.clone(),
+                "--dest".into(),
+                dest.into(),
+            ]);
+            how
+        };
+        let bare_how = on_bus(BARE_NAME);
+        let tokd_how = on_bus(tokd_shared::BUS_NAME);
+        let mut p2p_how = common.clone();
+        p2p_how.extend(["--p2p".into(), path(&world.private_socket())]);
+        let mut rounds: [(Vec<f64>, Vec<f64>); 3] = Default::default();
+        for _ in 0..plan.throughput_rounds {
+            for (i, (how, pid)) in [
+                (&bare_how, bare_pid),
+                (&tokd_how, tokd_pid),
+                (&p2p_how, tokd_pid),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let (rate, cpu) = load(bin, how, plan, pid)?;
+                rounds[i].0.push(rate);
+                rounds[i].1.push(cpu);
+            }
+        }
+        let [bare, tokd, p2p] =
+            rounds.map(|(mut rates, mut cpus)| (median(&mut rates), median(&mut cpus)));
+        writeln!(
+            out,
+            "| {connections} × 8 | {:.0}/s | {:.0}/s | {:.2} | {:.1} µs, {:.1} µs | {:.0}/s |",
+            bare.0,
+            tokd.0,
+            tokd.0 / bare.0,
+            bare.1,
+            tokd.1,
+            p2p.0
+        )?;
+        targets.push(Target {
+            what: format!(
+                "GetToken throughput ≥ 0.9× a bare zbus server ({connections} connection{} × 8 in flight)",
+                if connections == 1 { "" } else { "s" }
+            ),
+            measured: format!("{:.2}× ({:.0}/s vs {:.0}/s)", tokd.0 / bare.0, tokd.0, bare.0),
+            met: tokd.0 >= 0.9 * bare.0,
+        });
+    }
+    out.push('\n');
+    out.push_str(&profile(bin, world, plan)?);
+    Ok(out)
+}
+
+/// Where tokd's CPU goes while it answers GetToken on the bus (8 × 8), by
+/// `perf record` when the machine has perf; the answer to "does tokd's
+/// own work (allocation, locking) show?".
+fn profile(bin: &Binaries, world: &World, plan: &Plan) -> Fallible<String> {
+    let mut out = String::from("### Where tokd's time goes under that load\n\n");
+    let data = tempfile::NamedTempFile::new()?;
+    let seconds = plan.throughput_seconds.max(1.0);
+    let recorder = Command::new("perf")
+        .args(["record", "-F", "2000", "-g", "-o"])
+        .arg(data.path())
+        .args(["-p", &world.tokd.pid().to_string(), "--", "sleep"])
+        .arg(seconds.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut recorder) = recorder else {
+        out.push_str("`perf` is not installed here: no profile.\n\n");
+        return Ok(out);
+    };
+    let how = [
+        "--connections",
+        "8",
+        "--in-flight",
+        "8",
+        "--address",
+        world.bus.address(),
+        "--seconds",
+    ]
+    .map(String::from);
+    Command::new(&bin.load)
+        .args(how)
+        .arg((seconds + 1.0).to_string())
+        .stdout(Stdio::null())
+        .status()?;
+    let recorded = recorder.wait()?;
+    let report = Command::new("perf")
+        .args(["report", "--stdio", "--no-children", "--sort", "sym", "-i"])
+        .arg(data.path())
+        .stderr(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&report.stdout);
+    // Lines like "     4.72%  [k] finish_task_switch.isra.0".
+    let rows: Vec<(f64, &str)> = text
+        .lines()
+        .filter_map(|line| {
+            let (share, symbol) = line.trim_start().split_once("%  ")?;
+            Some((share.parse().ok()?, symbol.trim()))
+        })
+        .collect();
+    if !recorded.success() || rows.is_empty() {
+        out.push_str("`perf record` did not work here (perf_event_paranoid?): no profile.\n\n");
+        return Ok(out);
+    }
+    let share = |test: &dyn Fn(&str) -> bool| -> f64 {
+        rows.iter().filter(|(_, s)| test(s)).map(|(p, _)| p).sum()
+    };
+    let own = share(&|s| s.contains("tokd::"));
+    let kernel = share(&|s| s.starts_with("[k]"));
+    let zbus = share(&|s| s.contains("zbus"));
+    let allocator = share(&|s| {
+        let name = s.trim_start_matches("[.] ");
+        [
+            "malloc",
+            "_int_malloc",
+            "free",
+            "cfree",
+            "_int_free",
+            "realloc",
+            "_int_realloc",
+            "malloc_consolidate",
+        ]
+        .iter()
+        .any(|f| name.starts_with(f))
+    });
+    let locks = share(&|s| {
+        !s.starts_with("[k]") && (s.contains("Mutex") || s.contains("futex") || s.contains("lock"))
+    });
+    writeln!(
+        out,
+        "`perf record -g` on tokd for {seconds} s of the 8 × 8 load above, \
+         self time by symbol:\n\n\
+         | tokd's own functions (`tokd::`) | zbus | allocator (malloc, free) | locks (user space) | kernel |\n\
+         |---|---|---|---|---|\n\
+         | {own:.1}% | {zbus:.1}% | {allocator:.1}% | {locks:.1}% | {kernel:.1}% |\n\n\
+         The ten heaviest symbols:\n\n| self | symbol |\n|---|---|"
+    )?;
+    for (share, symbol) in rows.iter().take(10) {
+        writeln!(out, "| {share:.2}% | `{symbol}` |")?;
+    }
+    out.push('\n');
+    Ok(out)
+}
+
+/// The burst: the held token is 2 h long and the gets ask for 3 h, so all
+/// of them need a new one; the provider now issues 24 h tokens and takes
+/// 100 ms to answer, as a real one over the internet does.
+fn burst(
+    bin: &Binaries,
+    world: &World,
+    plan: &Plan,
+    targets: &mut Vec<Target>,
+) -> Fallible<String> {
+    const PROVIDER_DELAY: Duration = Duration::from_millis(100);
+    world.emulator.set_behaviour(Behaviour {
+        token_length: 1024,
+        access_lifetime: 24 * HOUR,
+        ..Behaviour::bitbucket_classic()
+    });
+    world.emulator.fail_next(1, Fault::slow(PROVIDER_DELAY));
+    let before = world.emulator.counters().token_requests();
+    let output = Command::new(&bin.load)
+        .args(["--address", world.bus.address()])
+        .args(["--connections", "8", "--min-valid"])
+        .arg((3 * HOUR).as_secs().to_string())
+        .args(["--burst", &plan.burst.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !output.status.success() {
+        return Err(format!("the burst failed: {}", output.status).into());
+    }
+    let requests = world.emulator.counters().token_requests() - before;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let mut latencies: Vec<f64> = json["latencies_us"]
+        .as_array()
+        .ok_or("no latencies")?
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .map(|us| us / 1000.0)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies.get(index).copied().unwrap_or(f64::NAN)
+    };
+    let wall = json["wall_us"].as_f64().unwrap_or(f64::NAN) / 1000.0;
+    let out = format!(
+        "## {count} concurrent gets on an installation that needs a refresh\n\n\
+         `bench-load` sends {count} GetToken calls at once over 8 session-bus \
+         connections, each asking for 3 h of validity while the held token has \
+         about 2 h left: every call needs a new token. The emulator answers the \
+         refresh after {delay} ms, as a provider across the internet does.\n\n\
+         | provider requests | min | median | p90 | p99 | max | all answered after |\n\
+         |---|---|---|---|---|---|---|\n\
+         | {requests} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {wall:.1} ms |\n\n\
+         Each latency runs from the call being sent to its answer; the provider's \
+         {delay} ms is in every one of them.\n\n",
+        at(0.0),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0),
+        count = latencies.len(),
+        delay = PROVIDER_DELAY.as_millis(),
+    );
+    targets.push(Target {
+        what: format!(
+            "{} concurrent gets needing a refresh make 1 provider request",
+            plan.burst
+        ),
+        measured: format!("{requests}"),
+        met: requests == 1 && latencies.len() == plan.burst,
+    });
+    Ok(out)
+}
+
+/// Resident set size of `pid`, in KiB.
+fn rss_kib(pid: u32) -> Fallible<u64> {
+    status_field(pid, "VmRSS:")
+}
+
+fn status_field(pid: u32, field: &str) -> Fallible<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse().ok())
+        .ok_or_else(|| format!("no {field} for {pid}").into())
+}
+
+/// CPU time (user + system) used so far by `pid`, exited threads
+/// included (tokio's blocking threads come and go), from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Fallible<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces; the fields follow its `)`.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .ok_or("no ) in /proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15, so 11 and 12 after the state.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+}
+
+/// `CLK_TCK`, the unit of `/proc/PID/stat` times (100 on Linux).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// The state of `count` installations, each holding a 1 KiB access token
+/// valid for a day: written as tokd writes them, through its store.
+fn many_homes(count: usize, emulator: &Emulator) -> Fallible<Home> {
+    let home = Home::new();
+    let secret = home.write_secret("bench.secret", SECRET);
+    let mut config = String::new();
+    for consumer in 0..10 {
+        config.push_str(&emulator.consumer_table(
+            &format!("c{consumer}"),
+            CLIENT_ID,
+            &secret,
+            REDIRECT,
+        ));
+    }
+    let store = Store::open(home.state_dir())?;
+    let now = SystemTime::now();
+    for i in 0..count {
+        let name = format!("i{i:05}");
+        writeln!(
+            config,
+            "[installations.{name}]\nconsumer = \"c{}\"\nscopes = [\"read\"]",
+            i % 10
+        )?;
+        let record = Record {
+            access_token: Some(AccessToken::new(format!("{i:05}{}", "a".repeat(1019)))),
+            refresh_token: Some(RefreshToken::new(format!("{i:05}{}", "r".repeat(59)))),
+            expires_at: Some(now + 24 * HOUR),
+            scopes: vec!["read".into()],
+            token_type: Some("bearer".into()),
+            last_refresh: Some(now),
+            ..Record::default()
+        };
+        store.save(&name, &record)?;
+    }
+    home.write_config(&config);
+    Ok(home)
+}
+
+async fn many_installations(
+    bin: &Binaries,
+    plan: &Plan,
+    small_rss: u64,
+    targets: &mut Vec<Target>,
+) -> Fallible<String> {
+    let emulator = Emulator::start(Behaviour::bitbucket_classic()).await;
+    emulator.register_client(CLIENT_ID, SECRET);
+    let home = many_homes(plan.installations, &emulator)?;
+    let bus = PrivateBus::start();
+    let mut starts = Vec::new();
+    let mut stops = Vec::new();
+    let mut tokd = None;
+    for round in 0..plan.starts {
+        let started = Tokd::start_with_env(&bin.tokd, &home, &bus, &[("TOKD_LOG", "info")]).await;
+        starts.push(started.ready_after().as_secs_f64() * 1000.0);
+        if round + 1 < plan.starts {
+            let mut started = started;
+            let asked = std::time::Instant::now();
+            let status = started.terminate();
+            stops.push(asked.elapsed().as_secs_f64() * 1000.0);
+            if !status.success() {
+                return Err(format!("tokd stopped with {status}").into());
+            }
+        } else {
+            tokd = Some(started);
+        }
+    }
+    let tokd = tokd.ok_or("tokd did not start")?;
+    let pid = tokd.pid();
+    // The window starts once the start-up work is over.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let requests_before = emulator.counters().token_requests();
+    let cpu_before = cpu_time(pid)?;
+    tokio::time::sleep(plan.idle).await;
+    let cpu = cpu_time(pid)? - cpu_before;
+    let requests = emulator.counters().token_requests() - requests_before;
+    let rss = rss_kib(pid)?;
+    let peak = status_field(pid, "VmHWM:")?;
+    let threads = status_field(pid, "Threads:")?;
+    let mut start_ms = starts.clone();
+    let start_median = median(&mut start_ms);
+    let start_max = starts.iter().copied().fold(0.0, f64::max);
+    let mut stop_ms = stops.clone();
+    let stop_median = median(&mut stop_ms);
+    let n = plan.installations;
+    let out = format!(
+        "## {n} installations\n\n\
+         {n} installations (10 consumers), each with a 1 KiB access token valid for a \
+         day and a refresh token, written through tokd's own store. tokd was started \
+         {starts} times; \"start\" runs from spawning the process to the bus \
+         reporting `org.tokd.tokd1` owned (config parsed, every state file read). \
+         The last one then sat idle: CPU is its user and system time \
+         (`/proc/PID/stat`, in 10 ms ticks) over {idle} s, from 2 s after the start.\n\n\
+         | start to name owned (median, max of {starts}) | SIGTERM to exit (median) | RSS after idling | peak RSS | threads | CPU over {idle} s idle | provider requests while idle |\n\
+         |---|---|---|---|---|---|---|\n\
+         | {start_median:.0} ms, {start_max:.0} ms | {stop_median:.0} ms | {rss:.1} MiB | {peak:.1} MiB | {threads} | {cpu:.3} s | {requests} |\n\n\
+         For scale: tokd with the one installation of the sections above held \
+         {small:.1} MiB.\n\n",
+        starts = plan.starts,
+        idle = plan.idle.as_secs(),
+        rss = rss as f64 / 1024.0,
+        peak = peak as f64 / 1024.0,
+        cpu = cpu.as_secs_f64(),
+        small = small_rss as f64 / 1024.0,
+    );
+    let scaled = |limit: f64| limit * plan.idle.as_secs_f64() / 60.0;
+    targets.push(Target {
+        what: format!("{n} installations: RSS ≤ 30 MiB"),
+        measured: format!("{:.1} MiB", rss as f64 / 1024.0),
+        met: rss <= 30 * 1024,
+    });
+    targets.push(Target {
+        what: format!("{n} installations: CPU ≤ 0.1 s over 60 s idle"),
+        measured: format!("{:.3} s over {} s", cpu.as_secs_f64(), plan.idle.as_secs()),
+        met: cpu.as_secs_f64() <= scaled(0.1),
+    });
+    targets.push(Target {
+        what: format!("{n} installations: start to name owned ≤ 200 ms"),
+        measured: format!("{start_median:.0} ms (median), {start_max:.0} ms (max)"),
+        met: start_median <= 200.0,
+    });
+    drop(tokd);
+    Ok(out)
+}
