@@ -287,10 +287,7 @@ impl Daemon {
     ) -> Arc<Self> {
         // The specs first, so that the config moves in rather than being
         // copied: with 10,000 installations a copy is megabytes.
-        let specs: Vec<Arc<Spec>> = specs_of(&config)
-            .into_iter()
-            .map(|(_, spec)| spec)
-            .collect();
+        let specs = specs_of(&config);
         let daemon = Arc::new_cyclic(|this| Daemon {
             config_path,
             config: RwLock::new(Arc::new(config)),
@@ -308,7 +305,7 @@ impl Daemon {
         // At start nothing else runs yet, so the records are read right
         // here: on the runtime's thread, their memory comes from the main
         // heap rather than a second malloc arena for the blocking pool,
-        // which with 10,000 installations cost a third more RSS.
+        // which with 10,000 installations cost about 3 MiB more RSS.
         let loaded = daemon
             .store
             .load_many(specs.iter().map(|spec| spec.installation.name.as_str()));
@@ -1167,7 +1164,8 @@ impl Daemon {
         let mut slots: BTreeMap<Arc<str>, Arc<Slot>> = BTreeMap::new();
         let mut changed = Vec::new();
         let mut added = Vec::new();
-        for (name, spec) in specs_of(&config) {
+        for spec in specs_of(&config) {
+            let name = spec.installation.name.clone();
             let slot = match old.get(name.as_str()) {
                 Some(slot) if slot.spec().same_identity(&spec) => {
                     *lock(&slot.spec) = spec;
@@ -1368,19 +1366,16 @@ impl std::fmt::Debug for Cron {
     }
 }
 
-fn specs_of(config: &Config) -> Vec<(String, Arc<Spec>)> {
+fn specs_of(config: &Config) -> Vec<Arc<Spec>> {
     config
         .installations
         .values()
         .filter_map(|installation| {
             let consumer = config.consumer_of(installation)?.clone();
-            Some((
-                installation.name.clone(),
-                Arc::new(Spec {
-                    installation: installation.clone(),
-                    consumer,
-                }),
-            ))
+            Some(Arc::new(Spec {
+                installation: installation.clone(),
+                consumer,
+            }))
         })
         .collect()
 }
