@@ -5,8 +5,14 @@
 //! warns about loose permissions. Every error names the line and column.
 //! This module never touches the network, the state folder or the bus.
 
+mod presets;
+mod values;
+
+pub use presets::{Preset, PresetEndpoints};
+pub use values::{CronSchedule, InvalidValue, is_loopback, parse_duration};
+
 use crate::secret::{ClientSecret, SecretSource, warn_if_readable_by_others};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
@@ -16,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 use url::Url;
+use values::{ConfigDuration, HttpUrl};
 
 /// A parsed, validated configuration.
 #[derive(Debug, Clone)]
@@ -84,128 +91,6 @@ pub enum ClientAuth {
     Basic,
     /// `client_id` and `client_secret` in the form body.
     Post,
-}
-
-/// A provider preset: endpoints and defaults for a known provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Preset {
-    Bitbucket,
-    Github,
-    Smartthings,
-}
-
-/// What a preset supplies; explicit keys in the consumer table win.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PresetEndpoints {
-    pub auth_url: &'static str,
-    pub token_url: &'static str,
-    pub revoke_url: Option<&'static str>,
-    pub client_auth: ClientAuth,
-}
-
-impl Preset {
-    pub fn endpoints(self) -> PresetEndpoints {
-        match self {
-            Self::Bitbucket => PresetEndpoints {
-                auth_url: "https://bitbucket.org/site/oauth2/authorize",
-                token_url: "https://bitbucket.org/site/oauth2/access_token",
-                revoke_url: None,
-                client_auth: ClientAuth::Basic,
-            },
-            Self::Github => PresetEndpoints {
-                auth_url: "https://github.com/login/oauth/authorize",
-                token_url: "https://github.com/login/oauth/access_token",
-                revoke_url: None,
-                client_auth: ClientAuth::Post,
-            },
-            Self::Smartthings => PresetEndpoints {
-                auth_url: "https://api.smartthings.com/oauth/authorize",
-                token_url: "https://auth-global.api.smartthings.com/oauth/token",
-                revoke_url: None,
-                client_auth: ClientAuth::Basic,
-            },
-        }
-    }
-}
-
-/// A cron expression with seconds (`"0 0 */6 * * *"`), checked by the same
-/// parser (tokio-cron-scheduler's) that will run it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CronSchedule(String);
-
-impl CronSchedule {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let trimmed = text.trim();
-        tokio_cron_scheduler::Job::new_async(trimmed, |_, _| Box::pin(async {})).map_err(|_| {
-            format!(
-                "invalid cron schedule {text:?}: expected six fields with seconds first \
-                 (\"sec min hour day-of-month month day-of-week\"), e.g. \"0 0 */6 * * *\""
-            )
-        })?;
-        Ok(Self(trimmed.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for CronSchedule {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Parses `"90s"`, `"5m"`, `"1h"`, `"1500ms"`, `"1h 30m"`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|error| {
-        format!(
-            "invalid duration {text:?} ({error}); write e.g. \"90s\", \"5m\", \"1h\" or \"1500ms\""
-        )
-    })
-}
-
-/// A duration written as a string in the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ConfigDuration(Duration);
-
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse_duration(&text)
-            .map(ConfigDuration)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// An absolute http(s) URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct HttpUrl(Url);
-
-impl<'de> Deserialize<'de> for HttpUrl {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let url = Url::parse(&text)
-            .map_err(|error| serde::de::Error::custom(format!("invalid URL {text:?}: {error}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(serde::de::Error::custom(format!(
-                "invalid URL {text:?}: expected an http:// or https:// URL with a host"
-            )));
-        }
-        Ok(HttpUrl(url))
-    }
-}
-
-/// Whether `url` points at this machine (plain http is tolerated only there).
-pub fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
 }
 
 #[derive(Deserialize)]

@@ -1,14 +1,14 @@
-//! The `tokd` binary: parses arguments, sets up logging, hands over to the
-//! library. See ARCHITECTURE.md.
+//! The `tokd` binary: parses arguments, sets up logging and signals, and
+//! hands over to [`tokd::run`]. See ARCHITECTURE.md.
 
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokd::config::Config;
 use tokd::oauth::OAuthClient;
-use tokd::service::{Daemon, SHUTDOWN_BOUND};
+use tokd::server::{Control, Setup, chain};
 use tokd::store::Store;
-use tokd::{bus, paths};
+use tokd::{broker, paths};
 use tracing::{error, info, warn};
 
 /// tokd: a per-user OAuth 2.0 token broker. It keeps the access tokens of
@@ -50,125 +50,86 @@ fn main() -> ExitCode {
     }
     // One thread is plenty: the daemon waits on the network and the bus;
     // store writes go to tokio's blocking pool.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("tokd: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
+        .map_err(|error| Failure::new("cannot start the async runtime", error))
+        .and_then(|runtime| runtime.block_on(serve(args.config)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            error!("{failure}");
+            ExitCode::FAILURE
         }
-    };
-    runtime.block_on(run(args.config))
+    }
 }
 
-async fn run(explicit: Option<PathBuf>) -> ExitCode {
-    let mut signals = match Signals::install() {
-        Ok(signals) => signals,
-        Err(error) => {
-            error!("cannot install signal handlers: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let path = match paths::config_path(explicit) {
-        Ok(path) => path,
-        Err(error) => {
-            error!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let loaded = if path.exists() {
-        Config::from_path(&path)
+/// A failure before or while serving, printed with its causes.
+#[derive(Debug)]
+struct Failure(String);
+
+impl Failure {
+    fn new(what: &str, error: impl std::error::Error) -> Self {
+        Self(format!("{what}: {}", chain(&error)))
+    }
+
+    fn of(error: impl std::error::Error) -> Self {
+        Self(chain(&error))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+async fn serve(explicit: Option<PathBuf>) -> Result<(), Failure> {
+    // Before the name is taken: a SIGTERM sent as soon as tokd is seen on
+    // the bus must stop it cleanly, not kill it by the default action.
+    let mut signals =
+        Signals::install().map_err(|e| Failure::new("cannot install signal handlers", e))?;
+    let path = paths::config_path(explicit).map_err(Failure::of)?;
+    let config = if path.exists() {
+        Config::from_path(&path).map_err(Failure::of)?
     } else {
         // A first start (often by D-Bus activation from `tokctl list`)
         // before any config exists: serve nothing rather than fail, so
         // tokctl can say so; `tokctl reload` picks the file up later.
         warn!(config = %path.display(), "no config file yet; serving no installations until it exists and `tokctl reload` runs");
-        Config::from_str("")
+        Config::from_str("").map_err(Failure::of)?
     };
-    let config = match loaded {
-        Ok(config) => config,
-        Err(error) => {
-            error!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let store = match paths::state_dir()
-        .map_err(|e| e.to_string())
-        .and_then(|dir| Store::open(dir).map_err(|e| e.to_string()))
-    {
-        Ok(store) => store,
-        Err(error) => {
-            error!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let http = match OAuthClient::new() {
-        Ok(http) => http,
-        Err(error) => {
-            error!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let store = Store::open(paths::state_dir().map_err(Failure::of)?).map_err(Failure::of)?;
+    let http = OAuthClient::new().map_err(Failure::of)?;
+    let private_socket = tokd_shared::private_socket_path();
+    if private_socket.is_none() {
+        warn!("XDG_RUNTIME_DIR is not set: no private socket; clients use the session bus");
+    }
     info!(config = %path.display(), state = %store.dir().display(), "starting");
-    let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-    let daemon = Daemon::start(config, Some(path), store, http, events).await;
-    let connection = match bus::serve(daemon.clone(), receiver).await {
-        Ok(connection) => connection,
-        Err(zbus::Error::NameTaken) => {
-            error!(
-                "another tokd already owns {} on this session bus",
-                tokd_shared::BUS_NAME
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(error) => {
-            error!("cannot serve on the session bus: {error}; is DBUS_SESSION_BUS_ADDRESS set?");
-            return ExitCode::FAILURE;
-        }
+    let setup = Setup {
+        config,
+        config_path: Some(path),
+        store,
+        http,
+        bus: zbus::connection::Builder::session(),
+        private_socket,
+        options: broker::Options::default(),
     };
-    // After the name: holding it proves no other tokd of this session
-    // serves, so a socket already there is a stale one. Without the
-    // socket tokctl still works, over the bus.
-    let private = match tokd_shared::private_socket_path() {
-        Some(path) => match bus::serve_private(daemon.clone(), &path) {
-            Ok(socket) => Some(socket),
-            Err(error) => {
-                warn!("no private socket ({error}); clients use the session bus");
-                None
+    let (control, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let run = tokd::run(setup, receiver);
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            outcome = &mut run => return outcome.map_err(Failure::of),
+            signal = signals.next() => {
+                // The receiver lives as long as `run`, which is still going.
+                let _ = control.send(signal);
             }
-        },
-        None => {
-            warn!("XDG_RUNTIME_DIR is not set: no private socket; clients use the session bus");
-            None
         }
-    };
-    daemon.start_schedules().await;
-    let code = tokio::select! {
-        () = signals.wait(&daemon) => ExitCode::SUCCESS,
-        () = connection.closed() => {
-            // Without its bus nobody can reach tokd; a new one is started
-            // by the next session (or by systemd's Restart=on-failure).
-            error!("the session bus went away; stopping");
-            ExitCode::FAILURE
-        }
-    };
-    // Keep the name while requests already sent finish and are written:
-    // a successor started now could refresh with a token being rotated.
-    // Calls meanwhile get Stopping (or a held token).
-    daemon.shutdown(SHUTDOWN_BOUND).await;
-    // The socket goes first: a successor binds its own once it has the
-    // name, which dropping the connection releases.
-    drop(private);
-    drop(connection);
-    info!("stopped");
-    code
+    }
 }
 
-/// SIGTERM, SIGINT and SIGHUP, installed before the name is taken: a
-/// SIGTERM sent as soon as tokd is seen on the bus must stop it cleanly,
-/// not kill it by the default action.
+/// SIGTERM, SIGINT and SIGHUP.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -185,39 +146,33 @@ impl Signals {
         })
     }
 
-    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-    async fn wait(&mut self, daemon: &Daemon) {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => { info!("SIGTERM: stopping"); break; }
-                _ = self.int.recv() => { info!("SIGINT: stopping"); break; }
-                _ = self.hup.recv() => match daemon.reload().await {
-                    Ok(summary) => info!(%summary, "SIGHUP: config reloaded"),
-                    Err(error) => warn!(%error, "SIGHUP: config refused"),
-                },
-            }
+    /// The next signal, as what it asks of the daemon.
+    async fn next(&mut self) -> Control {
+        tokio::select! {
+            _ = self.term.recv() => { info!("SIGTERM: stopping"); Control::Stop }
+            _ = self.int.recv() => { info!("SIGINT: stopping"); Control::Stop }
+            _ = self.hup.recv() => { info!("SIGHUP: reloading the config"); Control::Reload }
         }
     }
 }
 
 fn check_config(explicit: Option<PathBuf>) -> ExitCode {
-    let path = match paths::config_path(explicit) {
-        Ok(path) => path,
-        Err(error) => {
-            eprintln!("tokd: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match Config::from_path(&path) {
-        Ok(config) => {
+    let checked = paths::config_path(explicit)
+        .map_err(Failure::of)
+        .and_then(|path| {
+            let config = Config::from_path(&path).map_err(Failure::of)?;
+            Ok((path, config))
+        });
+    match checked {
+        Ok((path, config)) => {
             #[allow(clippy::print_stdout)] // the one result of --check-config
             {
                 println!("{}: ok: {}", path.display(), config.summary());
             }
             ExitCode::SUCCESS
         }
-        Err(error) => {
-            eprintln!("tokd: {error}");
+        Err(failure) => {
+            eprintln!("tokd: {failure}");
             ExitCode::FAILURE
         }
     }

@@ -16,8 +16,9 @@
 //! - a random jitter of up to a quarter of the margin (at most 30 s) is
 //!   taken off, so installations obtained together spread out.
 
+use crate::sync::lock;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
@@ -26,6 +27,9 @@ use tokio::sync::Notify;
 pub const CHECK_CAP: Duration = Duration::from_secs(60);
 /// The shortest time between two scheduled refreshes of one installation.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(5);
+/// Refreshes found overdue (after a restart or a suspend) are spread over
+/// this long, so that they do not all go out at once.
+pub const OVERDUE_SPREAD: Duration = Duration::from_secs(5);
 const MIN_MARGIN: Duration = Duration::from_secs(60);
 const MAX_MARGIN: Duration = Duration::from_secs(600);
 const MAX_JITTER: Duration = Duration::from_secs(30);
@@ -69,6 +73,12 @@ pub fn backoff(failures: u32, retry_after: Option<Duration>, jitter: f64) -> Dur
     }
 }
 
+/// Unix seconds of a wall-clock time (0 before 1970).
+pub fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// A random fraction in [0, 1) from the system CSPRNG.
 pub fn random_fraction() -> f64 {
     use ring::rand::SecureRandom;
@@ -109,7 +119,6 @@ pub struct Queue {
     clock: Clock,
     /// The longest sleep before the wall clock is read again.
     check_cap: Duration,
-    stopped: AtomicBool,
 }
 
 impl Default for Queue {
@@ -133,15 +142,7 @@ impl Queue {
             wake: Notify::new(),
             clock,
             check_cap,
-            stopped: AtomicBool::new(false),
         }
-    }
-
-    /// Makes [`Queue::run`] return (at shutdown): nothing more is handed
-    /// out.
-    pub fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        self.wake.notify_one();
     }
 
     /// Sets (or with `None` clears) the due time of `name`.
@@ -194,9 +195,9 @@ impl Queue {
     }
 
     /// Sleeps until something is due, then hands each due name to `on_due`.
-    /// Returns only after [`Queue::stop`].
+    /// Never returns: its owner drops it at shutdown.
     pub async fn run(&self, mut on_due: impl FnMut(String)) {
-        while !self.stopped.load(Ordering::SeqCst) {
+        loop {
             let now = self.clock.now();
             for name in self.pop_due(now) {
                 on_due(name);
@@ -215,14 +216,6 @@ impl Queue {
             }
         }
     }
-}
-
-/// Locks a std mutex, recovering from poisoning (the data are plain values
-/// that stay consistent even if a holder panicked).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -343,10 +336,6 @@ mod tests {
         // although by tokio's clock two hours have not passed.
         let name = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
         assert_eq!(name.ok().flatten().as_deref(), Some("token"));
-        queue.stop();
-        tokio::time::timeout(Duration::from_secs(1), runner)
-            .await
-            .expect("the runner returns after stop")
-            .expect("no panic");
+        runner.abort();
     }
 }

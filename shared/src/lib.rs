@@ -109,6 +109,11 @@ pub enum Error {
     Stopping(String),
 }
 
+/// The result of a call through [`ManagerProxy`]: the daemon's named
+/// errors arrive as their [`Error`] variant, anything else (no bus, no
+/// daemon) as [`Error::ZBus`].
+pub type Result<T> = std::result::Result<T, Error>;
+
 /// One installation as `List` and `Status` describe it (D-Bus signature
 /// `(ssssssxxxs)`). Times are Unix seconds; `0` means "none" (never
 /// refreshed, a token that does not expire, nothing scheduled). Strings that
@@ -145,34 +150,30 @@ pub trait Manager {
     /// token type lowercased, warning). The warning is empty unless the
     /// provider is failing and the held token, still valid, is served
     /// although it expires sooner than asked.
-    fn get_token(
-        &self,
-        name: &str,
-        min_valid_secs: u32,
-    ) -> zbus::Result<(String, i64, String, String)>;
+    fn get_token(&self, name: &str, min_valid_secs: u32) -> Result<(String, i64, String, String)>;
 
     /// Every installation, sorted by name.
-    fn list(&self) -> zbus::Result<Vec<InstallationInfo>>;
+    fn list(&self) -> Result<Vec<InstallationInfo>>;
 
     /// One installation.
-    fn status(&self, name: &str) -> zbus::Result<InstallationInfo>;
+    fn status(&self, name: &str) -> Result<InstallationInfo>;
 
     /// Refreshes now (sharing an in-flight refresh); returns the new expiry.
-    fn refresh(&self, name: &str) -> zbus::Result<i64>;
+    fn refresh(&self, name: &str) -> Result<i64>;
 
     /// Starts an authorization-code login: (URL to open, whether the daemon
     /// listens on the consumer's loopback `redirect_uri` for the answer).
-    fn begin_login(&self, name: &str) -> zbus::Result<(String, bool)>;
+    fn begin_login(&self, name: &str) -> Result<(String, bool)>;
 
     /// Finishes a login with a code obtained by hand; returns the expiry.
-    fn complete_login(&self, name: &str, code: &str) -> zbus::Result<i64>;
+    fn complete_login(&self, name: &str, code: &str) -> Result<i64>;
 
     /// Revokes the grant at the provider (when it has a revocation endpoint)
     /// and forgets the tokens; returns a sentence saying what was done.
-    fn revoke(&self, name: &str) -> zbus::Result<String>;
+    fn revoke(&self, name: &str) -> Result<String>;
 
     /// Re-reads the config file; returns a one-line summary.
-    fn reload(&self) -> zbus::Result<String>;
+    fn reload(&self) -> Result<String>;
 
     /// A new access token was obtained (expiry in Unix seconds, or 0).
     #[zbus(signal)]
@@ -209,10 +210,58 @@ mod tests {
     }
 
     #[test]
-    fn names_are_pinned() {
-        // Desktop programs hard-code these; changing one is a breaking change.
-        assert_eq!(BUS_NAME, "org.tokd.tokd1");
-        assert_eq!(OBJECT_PATH, "/org/tokd/tokd1");
-        assert_eq!(INTERFACE, "org.tokd.tokd1.Manager");
+    fn the_proxy_calls_the_names_the_constants_and_the_xml_give() {
+        use zbus::proxy::Defaults;
+        let default = |name: Option<&str>| name.map(str::to_owned);
+        assert_eq!(
+            default(ManagerProxy::INTERFACE.as_ref().map(|n| n.as_str())),
+            Some(INTERFACE.to_owned())
+        );
+        assert_eq!(
+            default(ManagerProxy::DESTINATION.as_ref().map(|n| n.as_str())),
+            Some(BUS_NAME.to_owned())
+        );
+        assert_eq!(
+            default(ManagerProxy::PATH.as_ref().map(|p| p.as_str())),
+            Some(OBJECT_PATH.to_owned())
+        );
+        let xml = include_str!("../dbus/org.tokd.tokd1.Manager.xml");
+        assert!(
+            xml.contains(&format!("<interface name=\"{INTERFACE}\">")),
+            "the XML names another interface"
+        );
+    }
+
+    #[test]
+    fn a_named_error_reply_arrives_as_its_variant() {
+        let reply = |name: &str| {
+            let message = zbus::message::Message::method_call("/", "Ping")
+                .build(&())
+                .expect("message");
+            zbus::Error::MethodError(
+                zbus::names::OwnedErrorName::try_from(name).expect("name"),
+                Some("what to do".to_owned()),
+                message,
+            )
+        };
+        for error in [
+            Error::UnknownInstallation("what to do".into()),
+            Error::NeedsLogin("what to do".into()),
+            Error::Misconfigured("what to do".into()),
+            Error::ProviderUnavailable("what to do".into()),
+            Error::InvalidArgument("what to do".into()),
+            Error::AccessDenied("what to do".into()),
+            Error::Stopping("what to do".into()),
+        ] {
+            let name = error.name().to_string();
+            let back = Error::from(reply(&name));
+            assert_eq!(back.name().as_str(), name);
+            assert_eq!(back.description(), Some("what to do"));
+        }
+        // Anything else is a transport error.
+        assert!(matches!(
+            Error::from(reply("org.freedesktop.DBus.Error.ServiceUnknown")),
+            Error::ZBus(_)
+        ));
     }
 }

@@ -1,7 +1,7 @@
 //! Test support for tokd (never shipped): an OAuth 2.0 provider emulator.
 //!
 //! [`Emulator`] is a real HTTP server on 127.0.0.1 (port 0) that behaves like
-//! the providers in SPEC.md: Bitbucket's non-rotating refresh token and its
+//! the providers the README describes: Bitbucket's non-rotating refresh token and its
 //! 2026 rotation with a grace window, WSO2's strict rotation and revocation
 //! endpoint, SmartThings refusing JSON bodies, a `client_secret_post`-only
 //! server. It checks PKCE, makes codes one-use, counts requests per grant,

@@ -1,6 +1,6 @@
 use super::*;
 
-const SPEC_EXAMPLE: &str = r#"
+const FULL_EXAMPLE: &str = r#"
 [daemon]
 refresh_margin = "5m"
 
@@ -50,7 +50,7 @@ fn refused(text: &str, line: usize, needle: &str) -> ConfigError {
 
 #[test]
 fn the_spec_example_parses() {
-    let config = parse(SPEC_EXAMPLE);
+    let config = parse(FULL_EXAMPLE);
     assert_eq!(config.daemon.refresh_margin, Some(Duration::from_secs(300)));
 
     let bitbucket = &config.consumers["bitbucket"];
@@ -233,6 +233,34 @@ schedule = "every tuesday"
     // Five fields (no seconds) is the classic mistake: the message says so.
     let five = text.replace("every tuesday", "0 */6 * * *");
     refused(&five, 9, "six fields with seconds first");
+}
+
+#[test]
+fn a_cron_schedule_names_its_next_time_in_utc() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+    let every_six_hours = CronSchedule::parse(" 0 0 */6 * * * ").expect("valid");
+    assert_eq!(every_six_hours.as_str(), "0 0 */6 * * *");
+    // 1_700_000_000 is 2023-11-14 22:13:20 UTC; the next hour divisible
+    // by six is midnight, 1_700_006_400.
+    assert_eq!(
+        every_six_hours.next_after(at(1_700_000_000)),
+        Some(at(1_700_006_400))
+    );
+    // Strictly after: at midnight itself the next is six hours on.
+    assert_eq!(
+        every_six_hours.next_after(at(1_700_006_400)),
+        Some(at(1_700_006_400 + 6 * 3600))
+    );
+    let every_second = CronSchedule::parse("* * * * * *").expect("valid");
+    assert_eq!(
+        every_second.next_after(at(10) + Duration::from_millis(500)),
+        Some(at(11))
+    );
+    assert_eq!(
+        every_second.next_after(SystemTime::UNIX_EPOCH - Duration::from_secs(1)),
+        None
+    );
 }
 
 #[test]

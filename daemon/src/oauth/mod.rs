@@ -19,7 +19,8 @@ mod response;
 
 pub use error::{ErrorKind, OAuthError, classify, sanitize};
 pub use response::{
-    ErrorResponse, ParseError, TokenResponse, parse_error_response, parse_token_response,
+    DEFAULT_LIFETIME, ErrorResponse, MAX_LIFETIME, ParseError, TokenResponse, parse_error_response,
+    parse_token_response,
 };
 
 use crate::config::{ClientAuth, Consumer};

@@ -3,12 +3,13 @@
 //! scheduler refreshes at once and `get` never hands out an expired token.
 
 use crate::support::within;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+use tokd::broker::{Broker, Event, Options};
 use tokd::config::Config;
 use tokd::oauth::OAuthClient;
 use tokd::schedule::Clock;
-use tokd::service::{Daemon, Event, Options};
 use tokd::store::Store;
+use tokd_shared::InstallationState;
 use tokd_testkit::{Behaviour, Emulator, Home};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -36,7 +37,7 @@ grant = "client_credentials"
         .expect("config");
         let clock = Clock::default();
         let (events, mut heard) = tokio::sync::mpsc::unbounded_channel();
-        let daemon = Daemon::start_with(
+        let broker = Broker::start(
             config,
             None,
             Store::open(home.state_dir()).expect("store"),
@@ -48,15 +49,14 @@ grant = "client_credentials"
                 check_cap: Duration::from_millis(100),
                 ..Options::default()
             },
-        )
-        .await;
-        daemon.start_schedules().await;
+        );
+        broker.start_schedules();
 
-        let mut used = daemon
+        let mut used = broker
             .get_token("used", Duration::from_secs(60))
             .await
             .expect("first token");
-        daemon
+        broker
             .get_token("idle", Duration::from_secs(60))
             .await
             .expect("first token");
@@ -75,7 +75,7 @@ grant = "client_credentials"
 
             // The first get after the jump, even asking for no validity at
             // all, never gets the expired token.
-            let fresh = daemon
+            let fresh = broker
                 .get_token("used", Duration::ZERO)
                 .await
                 .expect("a token after the jump");
@@ -100,13 +100,12 @@ grant = "client_credentials"
                 }
             };
             assert!(refreshed.is_some_and(|at| at > now), "round {round}");
-            let status = daemon.status("idle").expect("status");
-            assert_eq!(status.state, "valid");
-            let expires_at = SystemTime::UNIX_EPOCH
-                + Duration::from_secs(u64::try_from(status.expires_at).expect("positive"));
+            let status = broker.status("idle").expect("status");
+            assert_eq!(status.state, InstallationState::Valid);
+            let expires_at = status.expires_at.expect("an expiry");
             assert!(expires_at > now, "round {round}");
         }
-        daemon.shutdown(Duration::from_secs(5)).await;
+        broker.stop(Duration::from_secs(5)).await;
     })
     .await;
 }
@@ -134,7 +133,7 @@ consumer = "p"
             secret.display()
         );
         let (events, _heard) = tokio::sync::mpsc::unbounded_channel();
-        let daemon = Daemon::start_with(
+        let broker = Broker::start(
             Config::from_str(&consumer).expect("config"),
             None,
             Store::open(home.state_dir()).expect("store"),
@@ -144,9 +143,8 @@ consumer = "p"
                 login_timeout: Duration::from_millis(500),
                 ..Options::default()
             },
-        )
-        .await;
-        let (url, listening) = daemon.begin_login("a").await.expect("login starts");
+        );
+        let (url, listening) = broker.begin_login("a").await.expect("login starts");
         assert!(listening);
         let state = url
             .query_pairs()
@@ -169,11 +167,11 @@ consumer = "p"
             .expect("the listener closes after the login timeout");
         // The expired login's state is not honoured by a new listener
         // either: a later login listens again, and the old state is refused.
-        let (_, listening) = daemon.begin_login("a").await.expect("login again");
+        let (_, listening) = broker.begin_login("a").await.expect("login again");
         assert!(listening);
         let stale = raw_get(&address, &format!("/callback?code=x&state={state}")).await;
         assert!(stale.starts_with("HTTP/1.1 400"), "{stale}");
-        daemon.shutdown(Duration::from_secs(5)).await;
+        broker.stop(Duration::from_secs(5)).await;
     })
     .await;
 }

@@ -2,24 +2,12 @@
 //! rotation, another writer's newer refresh token, a state folder that
 //! cannot be written, loose permissions, and SIGKILL at random moments.
 
-use crate::e2e::{CLIENT_ID, SECRET, World};
-use crate::support::{eventually, within, within_for};
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use crate::support::{
+    CLIENT_ID, SECRET, World, browser, eventually, mode, set_mode, within, within_for,
+    without_override,
+};
 use std::time::Duration;
 use tokd_testkit::{Behaviour, Fault};
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .expect("metadata")
-        .permissions()
-        .mode()
-        & 0o777
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_refresh_in_flight_finish_and_write_the_rotated_token() {
@@ -202,7 +190,7 @@ async fn a_provider_outage_is_ridden_out_and_ends_by_itself() {
         .await;
         assert!(failing, "{}", world.log());
         let status = world.status("a").await;
-        let now = tokd::service::unix_seconds(std::time::SystemTime::now());
+        let now = tokd::schedule::unix_seconds(std::time::SystemTime::now());
         let next = status["next_refresh"].as_i64().expect("a next try");
         assert!(next - now >= 15, "Retry-After: 20 is honoured: {status}");
         assert!(
@@ -270,7 +258,7 @@ async fn a_refused_refresh_token_gives_way_to_a_newer_one_in_the_state_file() {
             .append_pair("grant_type", "refresh_token")
             .append_pair("refresh_token", &mine)
             .finish();
-        let response = crate::e2e::browser()
+        let response = browser()
             .post(world.emulator.token_url())
             .basic_auth(CLIENT_ID, Some(SECRET))
             .header("content-type", "application/x-www-form-urlencoded")
@@ -317,20 +305,6 @@ async fn a_refused_refresh_token_gives_way_to_a_newer_one_in_the_state_file() {
         assert_eq!(world.status("a").await["state"], "needs-login");
     })
     .await;
-}
-
-/// As root, permission bits do not stop tokd from writing unless it runs
-/// without CAP_DAC_OVERRIDE; setpriv drops it (and DAC_READ_SEARCH).
-fn without_override() -> Vec<&'static str> {
-    if tokd::store::current_uid().expect("uid") == 0 {
-        vec![
-            "setpriv",
-            "--inh-caps=-dac_override,-dac_read_search",
-            "--bounding-set=-dac_override,-dac_read_search",
-        ]
-    } else {
-        Vec::new()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,9 +2,7 @@
 //! peer to peer, for this user only, tried first by tokctl, with the
 //! session bus behind it.
 
-use crate::e2e::World;
-use crate::support::within;
-use std::os::unix::fs::PermissionsExt;
+use crate::support::{World, mode, within};
 use std::path::PathBuf;
 use tokd_testkit::Behaviour;
 
@@ -14,14 +12,6 @@ fn socket(world: &World) -> PathBuf {
         .path()
         .join("runtime")
         .join(tokd_shared::PRIVATE_SOCKET)
-}
-
-fn mode(path: &std::path::Path) -> u32 {
-    std::fs::symlink_metadata(path)
-        .expect("metadata")
-        .permissions()
-        .mode()
-        & 0o777
 }
 
 /// `tokctl ARGS` with the session bus out of reach: only the private

@@ -1,16 +1,13 @@
 //! Hostile or careless input to a running tokd: other users, bad D-Bus
 //! arguments, forged login answers, and secrets in logs.
 
-use crate::e2e::{World, browse, browser, tokctl_bin};
-use crate::support::within;
+use crate::support::{SECRET, World, browse, browser, query_value, tokctl_bin, uid, within};
 use std::os::unix::fs::PermissionsExt;
 use tokd_testkit::{Behaviour, Fault, FaultBody};
 
-fn error_name(error: &zbus::Error) -> String {
-    match error {
-        zbus::Error::MethodError(name, _, _) => name.as_str().to_owned(),
-        other => format!("not a method error: {other}"),
-    }
+fn error_name(error: &tokd_shared::Error) -> String {
+    use zbus::DBusError as _;
+    error.name().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,11 +95,11 @@ async fn the_login_listener_takes_only_its_own_state_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_with_another_uid_is_refused() {
     within(async {
-        if rustix_uid() != 0 && std::env::var_os("TOKD_TEST_SKIP_OTHER_UID").is_some() {
+        if uid() != 0 && std::env::var_os("TOKD_TEST_SKIP_OTHER_UID").is_some() {
             return;
         }
         assert_eq!(
-            rustix_uid(),
+            uid(),
             0,
             "this test runs tokctl as another user with setpriv and needs root; set TOKD_TEST_SKIP_OTHER_UID=1 to leave it out"
         );
@@ -148,16 +145,11 @@ async fn a_caller_with_another_uid_is_refused() {
     .await;
 }
 
-fn rustix_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").expect("/proc/self").uid()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_a_log_line_or_tokctl_stderr_at_trace_level() {
     within(async {
         let mut world = World::start_with_log(Behaviour::wso2(), "trace").await;
-        let mut secrets = vec![crate::e2e::SECRET.to_owned()];
+        let mut secrets = vec![SECRET.to_owned()];
         let mut stderr = String::new();
         // Login through the listener, a get, a refresh, client credentials.
         world.login("a").await;
@@ -172,7 +164,7 @@ async fn no_secret_reaches_a_log_line_or_tokctl_stderr_at_trace_level() {
         secrets.push(world.get("bot").await);
         // A code typed by hand and refused on reuse.
         let (url, _) = proxy.begin_login("m").await.expect("begin");
-        let code = crate::e2e::query_value(&browse(&url).await, "code");
+        let code = query_value(&browse(&url).await, "code");
         secrets.push(code.clone());
         for _ in 0..2 {
             stderr.push_str(&world.tokctl(&["login", "m", "--code", &code]).await.stderr);
@@ -196,7 +188,7 @@ async fn no_secret_reaches_a_log_line_or_tokctl_stderr_at_trace_level() {
                     400,
                     FaultBody::Json(format!(
                         r#"{{"error":"invalid_request","error_description":"bad client secret {} for {}"}}"#,
-                        crate::e2e::SECRET,
+                        SECRET,
                         m_refresh
                     )),
                 ),

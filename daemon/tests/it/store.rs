@@ -7,16 +7,19 @@ use std::time::{Duration, SystemTime};
 use tokd::secret::{AccessToken, RefreshToken};
 use tokd::store::{Loaded, Record, Store};
 
+/// Set in a child process: the folder its store writes in.
 const WRITER_ENV: &str = "TOKD_IT_STORE_WRITER_DIR";
-const WRITE_ONCE_ENV: &str = "TOKD_IT_STORE_WRITE_ONCE";
 const ROUNDS: usize = 30;
-/// Runs only the child test below in a new process of this test binary.
-const CHILD_ARGS: [&str; 4] = [
-    "--exact",
-    "store::store_writer_child",
-    "--nocapture",
-    "--test-threads=1",
-];
+
+/// This test binary run again as a child that executes only `test` (which
+/// then plays the writer, seeing `WRITER_ENV`).
+fn child(test: &str, dir: &std::path::Path) -> Command {
+    let mut command = Command::new(std::env::current_exe().expect("test binary"));
+    command
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(WRITER_ENV, dir);
+    command
+}
 
 /// Big tokens make each write take long enough for kills to land inside it.
 fn record(generation: u64) -> Record {
@@ -33,48 +36,33 @@ fn record(generation: u64) -> Record {
     }
 }
 
-/// Not a test on its own: the body of the child process that the test below
-/// starts and kills. Without the environment variable it does nothing.
 #[test]
 #[allow(clippy::print_stdout)] // stdout is how the child talks to its parent
-fn store_writer_child() {
-    let Ok(dir) = std::env::var(WRITER_ENV) else {
-        return;
-    };
-    let store = Store::open(&dir).expect("open");
-    if std::env::var_os(WRITE_ONCE_ENV).is_some() {
-        let outcome = store.save("victim", &record(1));
-        println!(
-            "TOKD-WRITER-RESULT {}",
-            if outcome.is_ok() { "ok" } else { "failed" }
-        );
-        return;
-    }
-    println!("TOKD-WRITER-READY");
-    let mut generation = 0u64;
-    loop {
-        store.save("victim", &record(generation)).expect("save");
-        generation += 1;
-    }
-}
-
-#[test]
 fn a_writer_killed_at_random_moments_never_leaves_a_torn_file() {
+    if let Ok(dir) = std::env::var(WRITER_ENV) {
+        // The child: save alternating records until killed.
+        let store = Store::open(&dir).expect("open");
+        println!("TOKD-WRITER-READY");
+        for generation in 0u64.. {
+            store.save("victim", &record(generation)).expect("save");
+        }
+        return;
+    }
     let folder = tempfile::tempdir().expect("tempdir");
     let store = Store::open(folder.path()).expect("open");
     store.save("victim", &record(0)).expect("first save");
     let (a, b) = (record(0), record(1));
-    let exe = std::env::current_exe().expect("test binary");
 
     for round in 0..ROUNDS {
-        let mut child = Command::new(&exe)
-            .args(CHILD_ARGS)
-            .env(WRITER_ENV, folder.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the writer");
-        let stdout = child.stdout.take().expect("stdout");
+        let mut writer = child(
+            "store::a_writer_killed_at_random_moments_never_leaves_a_torn_file",
+            folder.path(),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the writer");
+        let stdout = writer.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         // Wait (with no timing assumption) until the writer is writing.
         loop {
@@ -92,8 +80,8 @@ fn a_writer_killed_at_random_moments_never_leaves_a_torn_file() {
         std::thread::sleep(Duration::from_micros(
             u64::from(nanos % 20_000) + round as u64 * 37,
         ));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
+        writer.kill().expect("SIGKILL");
+        writer.wait().expect("reap");
 
         match store.load("victim").expect("load") {
             Loaded::Found(found) => assert!(
@@ -113,24 +101,43 @@ fn a_writer_killed_at_random_moments_never_leaves_a_torn_file() {
     assert_eq!(records, ["victim.json"]);
 }
 
-/// Runs one save of a 256 KiB record under a file-size limit far below it,
-/// so the kernel stops the writer in the middle of writing the file: with
-/// `ignore_signal` the write fails with EFBIG, otherwise SIGXFSZ kills the
-/// process. A store that wrote in place would leave a torn file both ways.
-fn save_under_a_file_size_limit(ignore_signal: bool) -> std::process::Output {
+/// In a child (`WRITER_ENV` set): one save of a 256 KiB record, saying on
+/// stdout whether it worked. Returns whether this process is that child.
+#[allow(clippy::print_stdout)] // stdout is how the child talks to its parent
+fn write_once_if_child() -> bool {
+    let Ok(dir) = std::env::var(WRITER_ENV) else {
+        return false;
+    };
+    let outcome = Store::open(&dir).expect("open").save("victim", &record(1));
+    println!(
+        "TOKD-WRITER-RESULT {}",
+        if outcome.is_ok() { "ok" } else { "failed" }
+    );
+    true
+}
+
+/// Runs `test` as a child that makes one save of a 256 KiB record under a
+/// file-size limit far below it, so the kernel stops the writer in the
+/// middle of writing the file: with `ignore_signal` the write fails with
+/// EFBIG, otherwise SIGXFSZ kills the process. A store that wrote in place
+/// would leave a torn file both ways.
+fn save_under_a_file_size_limit(test: &str, ignore_signal: bool) -> std::process::Output {
     let folder = tempfile::tempdir().expect("tempdir");
     let store = Store::open(folder.path()).expect("open");
     let old = record(0);
     store.save("victim", &old).expect("first save");
-    let exe = std::env::current_exe().expect("test binary");
+    let writer = child(test, folder.path());
     let trap = if ignore_signal { "trap '' XFSZ; " } else { "" };
     let output = Command::new("sh")
         .arg("-c")
         .arg(format!("{trap}ulimit -f 64; exec \"$0\" \"$@\""))
-        .arg(&exe)
-        .args(CHILD_ARGS)
-        .env(WRITER_ENV, folder.path())
-        .env(WRITE_ONCE_ENV, "1")
+        .arg(writer.get_program())
+        .args(writer.get_args())
+        .envs(
+            writer
+                .get_envs()
+                .filter_map(|(key, value)| Some((key, value?))),
+        )
         .stderr(Stdio::null())
         .output()
         .expect("run the writer");
@@ -143,7 +150,13 @@ fn save_under_a_file_size_limit(ignore_signal: bool) -> std::process::Output {
 
 #[test]
 fn a_write_cut_off_by_the_kernel_fails_cleanly_and_keeps_the_old_record() {
-    let output = save_under_a_file_size_limit(true);
+    if write_once_if_child() {
+        return;
+    }
+    let output = save_under_a_file_size_limit(
+        "store::a_write_cut_off_by_the_kernel_fails_cleanly_and_keeps_the_old_record",
+        true,
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("TOKD-WRITER-RESULT failed"),
@@ -154,7 +167,13 @@ fn a_write_cut_off_by_the_kernel_fails_cleanly_and_keeps_the_old_record() {
 #[test]
 fn a_writer_killed_inside_the_write_keeps_the_old_record() {
     use std::os::unix::process::ExitStatusExt;
-    let output = save_under_a_file_size_limit(false);
+    if write_once_if_child() {
+        return;
+    }
+    let output = save_under_a_file_size_limit(
+        "store::a_writer_killed_inside_the_write_keeps_the_old_record",
+        false,
+    );
     // SIGXFSZ is 25 on Linux: the kernel killed the writer mid-write.
     assert_eq!(output.status.signal(), Some(25), "{:?}", output.status);
 }

@@ -2,8 +2,7 @@
 //! without a warning, and the D-Bus activation file starts tokd on the
 //! first call.
 
-use crate::e2e::{World, tokctl_bin};
-use crate::support::within;
+use crate::support::{World, tokctl_bin, within};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tokd_testkit::Behaviour;

@@ -1,0 +1,237 @@
+//! What tokctl prints: a token in each format, the `--json` forms, the
+//! table of `list` and the details of `status`.
+
+use crate::Format;
+use serde::Serialize;
+use std::time::Duration;
+use tokd_shared::InstallationInfo;
+
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+pub fn format_token(
+    token: &str,
+    expires_at: i64,
+    token_type: &str,
+    format: Format,
+    now: i64,
+) -> String {
+    match format {
+        Format::Raw => format!("{token}\n"),
+        Format::Header => format!("Authorization: {} {token}\n", header_scheme(token_type)),
+        Format::Json => {
+            #[derive(Serialize)]
+            struct JsonToken<'a> {
+                access_token: &'a str,
+                token_type: String,
+                expires_at: Option<i64>,
+                expires_in: Option<i64>,
+            }
+            to_json(&JsonToken {
+                access_token: token,
+                token_type: header_scheme(token_type),
+                expires_at: (expires_at != 0).then_some(expires_at),
+                expires_in: (expires_at != 0).then(|| (expires_at - now).max(0)),
+            })
+        }
+    }
+}
+
+/// `bearer` → `Bearer` (RFC 6750 spelling); other types capitalized.
+pub fn header_scheme(token_type: &str) -> String {
+    let lower = token_type.to_ascii_lowercase();
+    let mut chars = lower.chars();
+    match chars.next() {
+        Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+        None => "Bearer".to_owned(),
+    }
+}
+
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// The stable `--json` form of one installation (documented in the README).
+#[derive(Debug, Serialize)]
+pub struct JsonInstallation<'a> {
+    name: &'a str,
+    consumer: &'a str,
+    grant: &'a str,
+    state: &'a str,
+    message: Option<&'a str>,
+    scopes: Vec<&'a str>,
+    expires_at: Option<i64>,
+    last_refresh: Option<i64>,
+    next_refresh: Option<i64>,
+    last_error: Option<&'a str>,
+}
+
+impl<'a> From<&'a InstallationInfo> for JsonInstallation<'a> {
+    fn from(info: &'a InstallationInfo) -> Self {
+        let time = |t: i64| (t != 0).then_some(t);
+        let text = |s: &'a str| (!s.is_empty()).then_some(s);
+        Self {
+            name: &info.name,
+            consumer: &info.consumer,
+            grant: &info.grant,
+            state: &info.state,
+            message: text(&info.message),
+            scopes: info.scopes.split_whitespace().collect(),
+            expires_at: time(info.expires_at),
+            last_refresh: time(info.last_refresh),
+            next_refresh: time(info.next_refresh),
+            last_error: text(&info.last_error),
+        }
+    }
+}
+
+/// `in 1h 59m`, `3m ago`, `-`.
+pub fn relative(time: i64, now: i64) -> String {
+    if time == 0 {
+        return "-".to_owned();
+    }
+    let delta = time - now;
+    let span = humantime::format_duration(Duration::from_secs(rounded(delta.unsigned_abs())));
+    if delta >= 0 {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+/// Keeps the two largest units: 1h 59m, 2m 5s, 3d 4h.
+pub fn rounded(secs: u64) -> u64 {
+    match secs {
+        0..3600 => secs,
+        3600..86_400 => secs - secs % 60,
+        _ => secs - secs % 3600,
+    }
+}
+
+pub fn expiry_phrase(expires_at: i64, now: i64) -> String {
+    if expires_at == 0 {
+        "the token does not expire".to_owned()
+    } else {
+        format!("the token expires {}", relative(expires_at, now))
+    }
+}
+
+pub fn table(list: &[InstallationInfo], now: i64) -> String {
+    if list.is_empty() {
+        return "no installations are configured (see ~/.config/tokd/config.toml, then `tokctl reload`)\n"
+            .to_owned();
+    }
+    let rows: Vec<[String; 5]> = list
+        .iter()
+        .map(|info| {
+            let note = if info.message.is_empty() {
+                info.last_error.clone()
+            } else {
+                info.message.clone()
+            };
+            [
+                info.name.clone(),
+                info.state.clone(),
+                relative(info.expires_at, now),
+                relative(info.next_refresh, now),
+                one_line(&note),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "STATE", "EXPIRES", "NEXT REFRESH", "NOTE"].map(str::to_owned);
+    let mut widths = [0usize; 5];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn details(info: &InstallationInfo, now: i64) -> String {
+    let mut out = format!("{}\n", info.name);
+    let mut field = |key: &str, value: String| {
+        if !value.is_empty() {
+            out.push_str(&format!("  {key:<13} {value}\n"));
+        }
+    };
+    field("state", info.state.clone());
+    field("message", one_line(&info.message));
+    field("consumer", info.consumer.clone());
+    field("grant", info.grant.clone());
+    field("scopes", info.scopes.clone());
+    field("expires", relative(info.expires_at, now));
+    field("last refresh", relative(info.last_refresh, now));
+    field("next refresh", relative(info.next_refresh, now));
+    field("last error", one_line(&info.last_error));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_formats() {
+        assert_eq!(format_token("t", 0, "bearer", Format::Raw, 0), "t\n");
+        assert_eq!(
+            format_token("t", 0, "bearer", Format::Header, 0),
+            "Authorization: Bearer t\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&format_token("t", 1100, "bearer", Format::Json, 1000))
+                .expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"access_token": "t", "token_type": "Bearer", "expires_at": 1100, "expires_in": 100})
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&format_token("t", 0, "mac", Format::Json, 1000)).expect("json");
+        assert_eq!(json["expires_at"], serde_json::Value::Null);
+        assert_eq!(json["token_type"], "Mac");
+    }
+
+    #[test]
+    fn relative_times_keep_two_units() {
+        assert_eq!(relative(0, 100), "-");
+        assert_eq!(relative(100 + 7170, 100), "in 1h 59m");
+        assert_eq!(relative(100 - 125, 100), "2m 5s ago");
+    }
+
+    #[test]
+    fn the_table_lines_up_and_shows_the_note() {
+        let info = InstallationInfo {
+            name: "bitbucket".into(),
+            consumer: "bb".into(),
+            grant: "authorization_code".into(),
+            state: "needs-login".into(),
+            message: "run `tokctl login bitbucket`".into(),
+            scopes: String::new(),
+            expires_at: 0,
+            last_refresh: 0,
+            next_refresh: 0,
+            last_error: String::new(),
+        };
+        let text = table(&[info], 0);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[1].starts_with("bitbucket  needs-login"), "{text}");
+        assert!(lines[1].ends_with("run `tokctl login bitbucket`"), "{text}");
+    }
+}

@@ -1,0 +1,488 @@
+//! One installation at run time: its tokens, its state, and the rules that
+//! move it. Everything here is a pure function of its inputs (the time and
+//! the randomness are arguments), so every transition and every due time
+//! is a unit test without HTTP, a disk or a bus.
+//!
+//! The state is one enum whose variants carry their own data; the sentence
+//! a human reads about it is derived from it when asked, so it never goes
+//! stale ("tries again in 23s" is computed at display time).
+
+use super::Error;
+use crate::config::{self, Consumer, Grant};
+use crate::oauth::{ErrorKind, OAuthError, TokenResponse};
+use crate::schedule;
+use crate::secret::AccessToken;
+use crate::store::{Loaded, Record, StoreError};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokd_shared::InstallationState;
+
+/// What an installation is configured as; replaced on reload.
+#[derive(Debug)]
+pub struct Spec {
+    pub installation: Arc<config::Installation>,
+    pub consumer: Arc<Consumer>,
+}
+
+impl Spec {
+    pub fn name(&self) -> &str {
+        &self.installation.name
+    }
+
+    pub fn grant(&self) -> Grant {
+        self.installation.grant
+    }
+
+    /// Whom tokens obtained under this spec belong to: client, token
+    /// endpoint, grant and scopes. Stored with the tokens.
+    pub fn identity(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.consumer.client_id,
+            self.consumer.token_url,
+            self.installation.grant.as_str(),
+            self.installation.scopes.join(" ")
+        )
+    }
+
+    /// Whether a token obtained under `other` is still good under `self`.
+    pub fn same_identity(&self, other: &Spec) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+/// Where an installation stands, with what each state needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// No token held.
+    Empty(Empty),
+    /// A token is held.
+    Valid,
+    /// A request to the provider is in flight; `failures` transient
+    /// failures came before it.
+    Refreshing { failures: u32 },
+    /// The last `failures` requests failed transiently; the next try is
+    /// not before `retry_at`.
+    Failing {
+        failures: u32,
+        retry_at: SystemTime,
+        reason: String,
+    },
+    /// A human must log in.
+    NeedsLogin(LoginNeeded),
+    /// Nothing will work until the config changes.
+    Misconfigured(Misconfiguration),
+}
+
+/// Why no token is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Empty {
+    /// Never logged in, revoked, or (client credentials) not asked yet.
+    Never,
+    /// The state file could not be read and was moved aside.
+    MovedAside { moved_to: PathBuf, reason: String },
+}
+
+/// Why a login is needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginNeeded {
+    /// There is no refresh token to use.
+    NoToken,
+    /// The provider refused the grant; `detail` says how.
+    Lost { detail: String },
+    /// The consumer or scopes changed since the tokens were issued.
+    IdentityChanged,
+}
+
+/// Why the installation cannot work as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misconfiguration {
+    /// The provider refused the client; `detail` says how.
+    Refused { detail: String },
+    /// The state file cannot be loaded (e.g. a newer format).
+    StateFile { error: String },
+}
+
+impl State {
+    /// The state's name on the wire and in `tokctl list`.
+    pub fn kind(&self) -> InstallationState {
+        match self {
+            Self::Empty(_) => InstallationState::Empty,
+            Self::Valid => InstallationState::Valid,
+            Self::Refreshing { .. } => InstallationState::Refreshing,
+            Self::Failing { .. } => InstallationState::Failing,
+            Self::NeedsLogin(_) => InstallationState::NeedsLogin,
+            Self::Misconfigured(_) => InstallationState::Misconfigured,
+        }
+    }
+
+    /// Transient failures in a row so far.
+    fn failures(&self) -> u32 {
+        match self {
+            Self::Refreshing { failures } | Self::Failing { failures, .. } => *failures,
+            _ => 0,
+        }
+    }
+}
+
+/// An access token handed to a caller.
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub access_token: AccessToken,
+    pub expires_at: Option<SystemTime>,
+    pub token_type: String,
+    /// Set when the token is valid for less than was asked because the
+    /// provider is failing: one sentence for the caller's stderr.
+    pub warning: Option<String>,
+}
+
+impl Token {
+    pub(crate) fn with_warning(mut self, now: SystemTime, min_valid: Duration, why: &str) -> Self {
+        let left = self
+            .expires_at
+            .and_then(|at| at.duration_since(now).ok())
+            .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string());
+        self.warning = Some(format!(
+            "this token is valid for {} only, less than the {} asked for: {why}",
+            left.unwrap_or_else(|| "a moment".to_owned()),
+            humantime::format_duration(min_valid)
+        ));
+        self
+    }
+}
+
+/// One installation's tokens and state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installation {
+    /// The tokens, as stored (or to be stored).
+    pub record: Record,
+    pub state: State,
+    /// Set while the record in memory is newer than the file: why the
+    /// write failed. The write is being retried.
+    pub unsaved: Option<String>,
+}
+
+impl Installation {
+    /// What loading the state file found, for `spec`.
+    pub fn loaded(spec: &Spec, loaded: Result<Loaded, StoreError>) -> Self {
+        let (record, state) = match loaded {
+            // Issued under another client, endpoint or scopes (the config
+            // changed while tokd was not running): not this installation's.
+            Ok(Loaded::Found(record))
+                if record
+                    .issued_for
+                    .as_ref()
+                    .is_some_and(|issued_for| *issued_for != spec.identity()) =>
+            {
+                return Self::identity_changed(spec);
+            }
+            Ok(Loaded::Found(record)) if record.access_token.is_some() => (record, State::Valid),
+            Ok(Loaded::Found(_) | Loaded::Missing) => {
+                (Record::default(), State::Empty(Empty::Never))
+            }
+            Ok(Loaded::MovedAside { moved_to, reason }) => (
+                Record::default(),
+                State::Empty(Empty::MovedAside { moved_to, reason }),
+            ),
+            Err(error) => (
+                Record::default(),
+                State::Misconfigured(Misconfiguration::StateFile {
+                    error: error.to_string(),
+                }),
+            ),
+        };
+        Self {
+            record,
+            state,
+            unsaved: None,
+        }
+    }
+
+    /// An installation whose consumer identity or scopes changed since its
+    /// tokens were issued: the tokens are not its own any more.
+    pub fn identity_changed(spec: &Spec) -> Self {
+        let state = match spec.grant() {
+            Grant::AuthorizationCode => State::NeedsLogin(LoginNeeded::IdentityChanged),
+            Grant::ClientCredentials => State::Empty(Empty::Never),
+        };
+        Self {
+            record: Record::default(),
+            state,
+            unsaved: None,
+        }
+    }
+
+    /// The sentence for humans about the state, as of `now`.
+    pub fn message(&self, spec: &Spec, now: SystemTime) -> String {
+        let name = spec.name();
+        match &self.state {
+            State::Empty(Empty::Never) => not_logged_in(spec),
+            State::Empty(Empty::MovedAside { moved_to, reason }) => format!(
+                "the state file was unreadable ({reason}) and was moved to {}; {}",
+                moved_to.display(),
+                not_logged_in(spec)
+            ),
+            State::Valid => self.unsaved.as_deref().map(unsaved).unwrap_or_default(),
+            State::Refreshing { .. } => String::new(),
+            State::Failing {
+                retry_at, reason, ..
+            } => failing(reason, retry_at.duration_since(now).unwrap_or_default()),
+            State::NeedsLogin(LoginNeeded::NoToken) => {
+                format!("`{name}` has no token yet; run `tokctl login {name}`")
+            }
+            State::NeedsLogin(LoginNeeded::Lost { detail }) => format!(
+                "the authorization of `{name}` is lost ({detail}); run `tokctl login {name}`"
+            ),
+            State::NeedsLogin(LoginNeeded::IdentityChanged) => {
+                format!("the consumer or scopes of `{name}` changed; run `tokctl login {name}`")
+            }
+            State::Misconfigured(Misconfiguration::Refused { detail }) => format!(
+                "consumer `{}` is misconfigured ({detail}); fix the config and run `tokctl reload`",
+                spec.consumer.name
+            ),
+            State::Misconfigured(Misconfiguration::StateFile { error }) => {
+                format!("cannot load the state file: {error}")
+            }
+        }
+    }
+
+    /// The held token if it is valid for at least `min_valid` from `now`.
+    pub fn token_valid_for(&self, now: SystemTime, min_valid: Duration) -> Option<Token> {
+        let access_token = self.record.access_token.clone()?;
+        if let Some(expires_at) = self.record.expires_at
+            && expires_at < now + min_valid
+        {
+            return None;
+        }
+        Some(Token {
+            access_token,
+            expires_at: self.record.expires_at,
+            token_type: self
+                .record
+                .token_type
+                .clone()
+                .unwrap_or_else(|| "bearer".to_owned()),
+            warning: None,
+        })
+    }
+
+    /// Why a new token cannot be requested at `now`, if it cannot.
+    pub fn refusal(&self, spec: &Spec, now: SystemTime) -> Result<(), Error> {
+        match &self.state {
+            State::NeedsLogin(_) => Err(Error::NeedsLogin(self.message(spec, now))),
+            State::Misconfigured(_) => Err(Error::Misconfigured(self.message(spec, now))),
+            State::Failing { retry_at, .. } if *retry_at > now => {
+                Err(Error::ProviderUnavailable(self.message(spec, now)))
+            }
+            _ if self.needs_a_login_to_request(spec) => Err(no_token(spec)),
+            _ => Ok(()),
+        }
+    }
+
+    /// An authorization-code installation without a refresh token cannot
+    /// get a token without a human.
+    pub fn needs_a_login_to_request(&self, spec: &Spec) -> bool {
+        spec.grant() == Grant::AuthorizationCode && self.record.refresh_token.is_none()
+    }
+
+    /// Whether a scheduled refresh (expiry or cron) may ask the provider:
+    /// not when a human or a config change must come first. During a
+    /// backoff it may (the queue holds the retry time).
+    fn schedulable(&self, spec: &Spec) -> bool {
+        match self.state {
+            State::NeedsLogin(_) | State::Misconfigured(_) => false,
+            State::Failing { .. } => true,
+            _ => !self.needs_a_login_to_request(spec),
+        }
+    }
+
+    /// Whether a scheduled refresh that comes due now should be skipped.
+    pub fn skips_scheduled(&self, spec: &Spec, now: SystemTime) -> bool {
+        !matches!(self.state, State::Failing { .. }) && self.refusal(spec, now).is_err()
+    }
+
+    /// A request to the provider begins.
+    pub fn begin_request(&mut self) {
+        self.state = State::Refreshing {
+            failures: self.state.failures(),
+        };
+    }
+
+    /// A request could not even be made: no refresh token (a login is
+    /// needed). Returns the error for the caller.
+    pub fn no_refresh_token(&mut self, spec: &Spec) -> Error {
+        self.state = State::NeedsLogin(LoginNeeded::NoToken);
+        no_token(spec)
+    }
+
+    /// The provider answered with tokens, which became `record`; `unsaved`
+    /// says why they could not be written, if they could not.
+    pub fn succeeded(&mut self, record: Record, unsaved: Option<String>) {
+        self.record = record;
+        self.record.last_error = unsaved.as_deref().map(self::unsaved);
+        self.state = State::Valid;
+        self.unsaved = unsaved;
+    }
+
+    /// The request failed at `now` with `error`; `jitter` in [0, 1)
+    /// spreads the backoff. Returns the error for the caller, whose
+    /// sentence is also kept as the record's last error.
+    pub fn failed(
+        &mut self,
+        spec: &Spec,
+        error: &OAuthError,
+        now: SystemTime,
+        jitter: f64,
+    ) -> Error {
+        let detail = error.message.clone();
+        self.state = match error.kind {
+            ErrorKind::NeedsLogin => State::NeedsLogin(LoginNeeded::Lost { detail }),
+            ErrorKind::Misconfigured => State::Misconfigured(Misconfiguration::Refused { detail }),
+            ErrorKind::Transient => {
+                let failures = self.state.failures() + 1;
+                let delay = schedule::backoff(failures, error.retry_after, jitter);
+                State::Failing {
+                    failures,
+                    retry_at: now + delay,
+                    reason: detail,
+                }
+            }
+        };
+        let message = self.message(spec, now);
+        self.record.last_error = Some(message.clone());
+        Error::of_kind(error.kind, message)
+    }
+
+    /// A write owed since an earlier failure happened (`Ok`) or failed
+    /// again.
+    pub fn write_retried(&mut self, outcome: Result<(), &StoreError>) {
+        match outcome {
+            Ok(()) => {
+                self.unsaved = None;
+                self.record.last_error = None;
+            }
+            Err(error) => {
+                let why = error.to_string();
+                self.record.last_error = Some(unsaved(&why));
+                self.unsaved = Some(why);
+            }
+        }
+    }
+
+    /// The tokens were revoked and forgotten.
+    pub fn revoked(&mut self) {
+        *self = Self {
+            record: Record::default(),
+            state: State::Empty(Empty::Never),
+            unsaved: None,
+        };
+    }
+
+    /// When the installation should next be refreshed, as of `now`: the
+    /// one rule for expiry, backoff and cron, which all share one queue.
+    ///
+    /// - failing: the retry time;
+    /// - holding an expiring token: [`schedule::refresh_due`]; when that is
+    ///   already past (a restart or a suspend), soon, spread over 5 s by
+    ///   `spread`;
+    /// - with a cron `schedule`: its next time, when earlier;
+    /// - nothing while a human or a config change must act first.
+    ///
+    /// `margin` is the configured `refresh_margin`; `jitter` and `spread`
+    /// are random fractions in [0, 1).
+    pub fn next_due(
+        &self,
+        spec: &Spec,
+        margin: Option<Duration>,
+        now: SystemTime,
+        jitter: f64,
+        spread: f64,
+    ) -> Option<SystemTime> {
+        if !self.schedulable(spec) {
+            return None;
+        }
+        let by_expiry = match &self.state {
+            State::Failing { retry_at, .. } => Some(*retry_at),
+            State::Valid | State::Refreshing { .. } => self.record.expires_at.map(|expires_at| {
+                let obtained = self.record.last_refresh.unwrap_or(now).min(expires_at);
+                let due = schedule::refresh_due(obtained, expires_at, margin, jitter);
+                if due <= now {
+                    now + schedule::OVERDUE_SPREAD.mul_f64(spread.clamp(0.0, 1.0))
+                } else {
+                    due
+                }
+            }),
+            _ => None,
+        };
+        let by_cron = spec
+            .installation
+            .schedule
+            .as_ref()
+            .and_then(|cron| cron.next_after(now));
+        match (by_expiry, by_cron) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The record a successful token response makes of `before`, at `now`.
+pub fn renewed(before: &Record, response: TokenResponse, spec: &Spec, now: SystemTime) -> Record {
+    let mut record = before.clone();
+    let renewable = response.refresh_token.is_some()
+        || record.refresh_token.is_some()
+        || spec.grant() == Grant::ClientCredentials;
+    record.version = crate::store::FORMAT_VERSION;
+    record.expires_at = response.expires_at(now, renewable);
+    record.access_token = Some(response.access_token);
+    if let Some(refresh_token) = response.refresh_token {
+        record.refresh_token = Some(refresh_token);
+    }
+    record.token_type = Some(response.token_type);
+    if let Some(scopes) = response.scopes {
+        record.scopes = scopes;
+    }
+    record.last_refresh = Some(now);
+    record.last_error = None;
+    record.issued_for = Some(spec.identity());
+    record
+}
+
+/// The error when a token is asked for and none can be had without a human
+/// (or, for client credentials, none could be requested).
+pub fn no_token(spec: &Spec) -> Error {
+    let name = spec.name();
+    match spec.grant() {
+        Grant::AuthorizationCode => Error::NeedsLogin(format!(
+            "`{name}` has no token yet; run `tokctl login {name}`"
+        )),
+        Grant::ClientCredentials => Error::ProviderUnavailable(format!(
+            "`{name}` has no token and none could be requested; see `tokctl status {name}`"
+        )),
+    }
+}
+
+fn not_logged_in(spec: &Spec) -> String {
+    let name = spec.name();
+    match spec.grant() {
+        Grant::AuthorizationCode => format!("`{name}` is not logged in; run `tokctl login {name}`"),
+        Grant::ClientCredentials => String::new(),
+    }
+}
+
+fn failing(reason: &str, wait: Duration) -> String {
+    format!(
+        "the provider is failing ({reason}); tokd tries again in {}",
+        humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
+    )
+}
+
+fn unsaved(why: &str) -> String {
+    format!(
+        "the new tokens could not be written ({why}); they are held in memory only and tokd keeps trying to write them: free space or fix the state folder"
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,477 @@
+//! The installation state machine and its due-time rule, without HTTP, a
+//! disk or a bus: every input (time, randomness, the provider's answer) is
+//! an argument.
+
+use super::*;
+use crate::config::Config;
+use crate::oauth::OAuthError;
+use crate::secret::RefreshToken;
+use std::time::UNIX_EPOCH;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+/// Installation `a` (authorization code) or `bot` (client credentials) of
+/// consumer `c`; `cron` adds a schedule to both.
+fn spec(name: &str, cron: Option<&str>) -> Spec {
+    let schedule = cron.map_or(String::new(), |cron| format!("schedule = \"{cron}\"\n"));
+    let config = Config::from_str(&format!(
+        r#"[consumers.c]
+token_url = "https://provider.example/token"
+auth_url = "https://provider.example/authorize"
+client_id = "id"
+client_secret = "secret"
+
+[installations.a]
+consumer = "c"
+scopes = ["read"]
+{schedule}
+[installations.bot]
+consumer = "c"
+grant = "client_credentials"
+{schedule}"#
+    ))
+    .expect("config");
+    Spec {
+        installation: config.installations[name].clone(),
+        consumer: config.consumers["c"].clone(),
+    }
+}
+
+/// A record holding a token obtained at `obtained`, living `lifetime`.
+fn holding(obtained: SystemTime, lifetime: Duration) -> Record {
+    Record {
+        access_token: Some(AccessToken::new("access")),
+        refresh_token: Some(RefreshToken::new("refresh")),
+        expires_at: Some(obtained + lifetime),
+        last_refresh: Some(obtained),
+        token_type: Some("bearer".to_owned()),
+        ..Record::default()
+    }
+}
+
+fn valid(obtained: SystemTime, lifetime: Duration) -> Installation {
+    Installation {
+        record: holding(obtained, lifetime),
+        state: State::Valid,
+        unsaved: None,
+    }
+}
+
+fn failure(kind: ErrorKind, message: &str, retry_after: Option<Duration>) -> OAuthError {
+    let mut error = OAuthError::new(kind, message.to_owned());
+    error.retry_after = retry_after;
+    error
+}
+
+#[test]
+fn loading_sorts_what_the_state_file_held() {
+    let a = spec("a", None);
+    let found = |record: Record| Installation::loaded(&a, Ok(Loaded::Found(record)));
+    assert_eq!(found(holding(at(0), HOUR)).state, State::Valid);
+    assert_eq!(
+        found(Record::default()).state,
+        State::Empty(Empty::Never),
+        "a record without an access token"
+    );
+    assert_eq!(
+        Installation::loaded(&a, Ok(Loaded::Missing)).state,
+        State::Empty(Empty::Never)
+    );
+    let moved = Installation::loaded(
+        &a,
+        Ok(Loaded::MovedAside {
+            moved_to: PathBuf::from("/state/a.json.corrupt-1"),
+            reason: "truncated".to_owned(),
+        }),
+    );
+    assert_eq!(
+        moved.message(&a, at(0)),
+        "the state file was unreadable (truncated) and was moved to /state/a.json.corrupt-1; `a` is not logged in; run `tokctl login a`"
+    );
+    let newer = Installation::loaded(
+        &a,
+        Err(StoreError::NewerFormat {
+            path: PathBuf::from("/state/a.json"),
+            found: 9,
+        }),
+    );
+    assert_eq!(newer.state.kind(), InstallationState::Misconfigured);
+    assert!(
+        newer
+            .message(&a, at(0))
+            .starts_with("cannot load the state file: /state/a.json was written by a newer tokd"),
+        "{}",
+        newer.message(&a, at(0))
+    );
+}
+
+#[test]
+fn tokens_issued_under_another_identity_are_not_used() {
+    let a = spec("a", None);
+    let mut record = holding(at(0), HOUR);
+    record.issued_for =
+        Some("another-client https://elsewhere/token authorization_code read".into());
+    let loaded = Installation::loaded(&a, Ok(Loaded::Found(record.clone())));
+    assert_eq!(
+        loaded.state,
+        State::NeedsLogin(LoginNeeded::IdentityChanged)
+    );
+    assert_eq!(loaded.record, Record::default());
+    assert_eq!(
+        loaded.message(&a, at(0)),
+        "the consumer or scopes of `a` changed; run `tokctl login a`"
+    );
+    // A client-credentials installation simply asks again.
+    let bot = spec("bot", None);
+    let loaded = Installation::loaded(&bot, Ok(Loaded::Found(record.clone())));
+    assert_eq!(loaded.state, State::Empty(Empty::Never));
+    assert_eq!(loaded.message(&bot, at(0)), "");
+    // Its own identity is accepted.
+    record.issued_for = Some(a.identity());
+    assert_eq!(
+        Installation::loaded(&a, Ok(Loaded::Found(record))).state,
+        State::Valid
+    );
+}
+
+#[test]
+fn a_transient_failure_backs_off_and_the_count_survives_the_next_request() {
+    let a = spec("a", None);
+    let mut installation = valid(at(0), HOUR);
+    installation.begin_request();
+    assert_eq!(installation.state, State::Refreshing { failures: 0 });
+    let error = installation.failed(
+        &a,
+        &failure(ErrorKind::Transient, "token endpoint answered 503", None),
+        at(100),
+        0.0,
+    );
+    // No jitter: the shortest backoff.
+    assert_eq!(
+        installation.state,
+        State::Failing {
+            failures: 1,
+            retry_at: at(100) + schedule::MIN_INTERVAL,
+            reason: "token endpoint answered 503".into(),
+        }
+    );
+    assert_eq!(
+        error,
+        Error::ProviderUnavailable(
+            "the provider is failing (token endpoint answered 503); tokd tries again in 5s".into()
+        )
+    );
+    assert_eq!(
+        installation.record.last_error.as_deref(),
+        Some(error.to_string().as_str())
+    );
+    installation.begin_request();
+    assert_eq!(installation.state, State::Refreshing { failures: 1 });
+    installation.failed(
+        &a,
+        &failure(ErrorKind::Transient, "503", Some(Duration::from_secs(120))),
+        at(200),
+        0.0,
+    );
+    assert!(
+        matches!(installation.state, State::Failing { failures: 2, retry_at, .. } if retry_at == at(320)),
+        "Retry-After is honoured: {:?}",
+        installation.state
+    );
+    // Success ends the streak and the error.
+    installation.begin_request();
+    installation.succeeded(holding(at(400), HOUR), None);
+    assert_eq!(installation.state, State::Valid);
+    assert_eq!(installation.record.last_error, None);
+    installation.begin_request();
+    assert_eq!(installation.state, State::Refreshing { failures: 0 });
+}
+
+#[test]
+fn the_failing_sentence_counts_down_when_it_is_read() {
+    let a = spec("a", None);
+    let mut installation = valid(at(0), HOUR);
+    installation.state = State::Failing {
+        failures: 1,
+        retry_at: at(40),
+        reason: "503".into(),
+    };
+    let said = |now| installation.message(&a, now);
+    assert!(
+        said(at(0)).ends_with("tokd tries again in 40s"),
+        "{}",
+        said(at(0))
+    );
+    assert!(
+        said(at(30)).ends_with("tokd tries again in 10s"),
+        "{}",
+        said(at(30))
+    );
+    assert!(
+        said(at(99)).ends_with("tokd tries again in 1s"),
+        "overdue: {}",
+        said(at(99))
+    );
+}
+
+#[test]
+fn permanent_failures_say_what_to_do() {
+    let a = spec("a", None);
+    let mut installation = valid(at(0), HOUR);
+    let error = installation.failed(
+        &a,
+        &failure(ErrorKind::NeedsLogin, "invalid_grant (revoked)", None),
+        at(0),
+        0.5,
+    );
+    assert_eq!(
+        error,
+        Error::NeedsLogin(
+            "the authorization of `a` is lost (invalid_grant (revoked)); run `tokctl login a`"
+                .into()
+        )
+    );
+    assert_eq!(installation.refusal(&a, at(1)), Err(error));
+    let error = installation.failed(
+        &a,
+        &failure(ErrorKind::Misconfigured, "invalid_client", None),
+        at(0),
+        0.5,
+    );
+    assert_eq!(
+        error,
+        Error::Misconfigured(
+            "consumer `c` is misconfigured (invalid_client); fix the config and run `tokctl reload`"
+                .into()
+        )
+    );
+    assert_eq!(installation.refusal(&a, at(1)), Err(error));
+}
+
+#[test]
+fn what_may_ask_the_provider_now() {
+    let a = spec("a", None);
+    let bot = spec("bot", None);
+    let empty = Installation::loaded(&a, Ok(Loaded::Missing));
+    assert_eq!(
+        empty.refusal(&a, at(0)),
+        Err(Error::NeedsLogin(
+            "`a` has no token yet; run `tokctl login a`".into()
+        ))
+    );
+    assert!(empty.skips_scheduled(&a, at(0)));
+    assert_eq!(
+        Installation::loaded(&bot, Ok(Loaded::Missing)).refusal(&bot, at(0)),
+        Ok(()),
+        "client credentials need no human"
+    );
+    let mut failing = valid(at(0), HOUR);
+    failing.state = State::Failing {
+        failures: 1,
+        retry_at: at(60),
+        reason: "503".into(),
+    };
+    assert!(matches!(
+        failing.refusal(&a, at(10)),
+        Err(Error::ProviderUnavailable(_))
+    ));
+    assert_eq!(failing.refusal(&a, at(60)), Ok(()));
+    assert!(
+        !failing.skips_scheduled(&a, at(10)),
+        "the queue holds the retry time"
+    );
+}
+
+#[test]
+fn an_unsaved_record_says_so_until_a_write_succeeds() {
+    let a = spec("a", None);
+    let mut installation = valid(at(0), HOUR);
+    installation.succeeded(holding(at(10), HOUR), Some("disk full".into()));
+    let said = installation.message(&a, at(10));
+    assert!(
+        said.starts_with(
+            "the new tokens could not be written (disk full); they are held in memory only"
+        ),
+        "{said}"
+    );
+    assert_eq!(
+        installation.record.last_error.as_deref(),
+        Some(said.as_str())
+    );
+    installation.write_retried(Err(&StoreError::Interrupted("still full".into())));
+    assert!(installation.message(&a, at(10)).contains("still full)"));
+    installation.write_retried(Ok(()));
+    assert_eq!(installation.message(&a, at(10)), "");
+    assert_eq!(installation.record.last_error, None);
+}
+
+#[test]
+fn a_token_is_served_only_while_it_lasts_long_enough() {
+    let installation = valid(at(0), HOUR);
+    let token = installation
+        .token_valid_for(at(0), Duration::from_secs(60))
+        .expect("valid for a minute");
+    assert_eq!(token.access_token.expose(), "access");
+    assert!(
+        installation
+            .token_valid_for(at(3590), Duration::from_secs(60))
+            .is_none()
+    );
+    assert!(
+        installation
+            .token_valid_for(at(3590), Duration::ZERO)
+            .is_some()
+    );
+    let warned = token.with_warning(
+        at(3000),
+        Duration::from_secs(3600),
+        "the provider is failing",
+    );
+    assert_eq!(
+        warned.warning.as_deref(),
+        Some(
+            "this token is valid for 10m only, less than the 1h asked for: the provider is failing"
+        )
+    );
+}
+
+#[test]
+fn a_revocation_forgets_everything() {
+    let a = spec("a", None);
+    let mut installation = valid(at(0), HOUR);
+    installation.failed(&a, &failure(ErrorKind::Transient, "503", None), at(0), 0.0);
+    installation.revoked();
+    assert_eq!(installation, Installation::loaded(&a, Ok(Loaded::Missing)));
+}
+
+#[test]
+fn renewal_keeps_a_refresh_token_that_did_not_rotate() {
+    let a = spec("a", None);
+    let before = holding(at(0), HOUR);
+    let response = |refresh: Option<&str>| TokenResponse {
+        access_token: AccessToken::new("new-access"),
+        token_type: "bearer".into(),
+        expires_in: None,
+        refresh_token: refresh.map(RefreshToken::new),
+        scopes: None,
+    };
+    let kept = renewed(&before, response(None), &a, at(100));
+    assert_eq!(kept.refresh_token, before.refresh_token);
+    assert_eq!(
+        kept.expires_at,
+        Some(at(100) + crate::oauth::DEFAULT_LIFETIME),
+        "renewable without a lifetime: the default"
+    );
+    assert_eq!(kept.issued_for, Some(a.identity()));
+    assert_eq!(kept.last_refresh, Some(at(100)));
+    let rotated = renewed(&before, response(Some("rotated")), &a, at(100));
+    assert_eq!(
+        rotated.refresh_token.as_ref().map(RefreshToken::expose),
+        Some("rotated")
+    );
+}
+
+#[test]
+fn an_expiring_token_is_due_a_margin_before_expiry() {
+    let a = spec("a", None);
+    // A two-hour token: ten minutes early, without jitter.
+    assert_eq!(
+        valid(at(0), 2 * HOUR).next_due(&a, None, at(1), 0.0, 0.0),
+        Some(at(6600))
+    );
+    // The configured margin wins.
+    assert_eq!(
+        valid(at(0), 2 * HOUR).next_due(&a, Some(Duration::from_secs(300)), at(1), 0.0, 0.0),
+        Some(at(6900))
+    );
+    // Refreshing keeps the schedule of the token held.
+    let mut refreshing = valid(at(0), 2 * HOUR);
+    refreshing.begin_request();
+    assert_eq!(
+        refreshing.next_due(&a, None, at(1), 0.0, 0.0),
+        Some(at(6600))
+    );
+    // A token that does not expire needs no refresh.
+    let mut forever = valid(at(0), HOUR);
+    forever.record.expires_at = None;
+    assert_eq!(forever.next_due(&a, None, at(1), 0.0, 0.0), None);
+}
+
+#[test]
+fn an_overdue_token_is_due_at_once_spread_over_a_few_seconds() {
+    let a = spec("a", None);
+    let overdue = valid(at(0), HOUR);
+    assert_eq!(
+        overdue.next_due(&a, None, at(7200), 0.0, 0.0),
+        Some(at(7200))
+    );
+    assert_eq!(
+        overdue.next_due(&a, None, at(7200), 0.0, 0.5),
+        Some(at(7200) + Duration::from_millis(2500))
+    );
+}
+
+#[test]
+fn a_failing_installation_is_due_at_its_retry_time_and_a_lost_one_never() {
+    let a = spec("a", Some("0 0 * * * *"));
+    let mut installation = valid(at(0), HOUR);
+    installation.failed(
+        &a,
+        &failure(ErrorKind::Transient, "503", Some(Duration::from_secs(30))),
+        at(100),
+        0.0,
+    );
+    assert_eq!(
+        installation.next_due(&a, None, at(100), 0.0, 0.0),
+        Some(at(130))
+    );
+    installation.failed(
+        &a,
+        &failure(ErrorKind::NeedsLogin, "gone", None),
+        at(200),
+        0.0,
+    );
+    assert_eq!(
+        installation.next_due(&a, None, at(200), 0.0, 0.0),
+        None,
+        "not even the cron schedule: a human must log in first"
+    );
+    installation.failed(
+        &a,
+        &failure(ErrorKind::Misconfigured, "bad", None),
+        at(200),
+        0.0,
+    );
+    assert_eq!(installation.next_due(&a, None, at(200), 0.0, 0.0), None);
+}
+
+#[test]
+fn cron_times_share_the_queue_with_expiry() {
+    // 1_700_000_000 is 22:13:20 UTC; the next full hour is 1_700_002_800.
+    let next_hour = at(2800);
+    let a = spec("a", Some("0 0 * * * *"));
+    // A day-long token is due long after the next full hour.
+    assert_eq!(
+        valid(at(0), 24 * HOUR).next_due(&a, None, at(0), 0.0, 0.0),
+        Some(next_hour)
+    );
+    // A ten-minute token is due before it.
+    let short = valid(at(0), Duration::from_secs(600));
+    assert_eq!(short.next_due(&a, None, at(0), 0.0, 0.0), Some(at(540)));
+    // A client-credentials installation with no token yet is due at its
+    // cron time; an authorization-code one cannot ask without a login.
+    let bot = spec("bot", Some("0 0 * * * *"));
+    let empty = |spec: &Spec| Installation::loaded(spec, Ok(Loaded::Missing));
+    assert_eq!(
+        empty(&bot).next_due(&bot, None, at(0), 0.0, 0.0),
+        Some(next_hour)
+    );
+    assert_eq!(empty(&a).next_due(&a, None, at(0), 0.0, 0.0), None);
+    // Without a schedule nothing is due for an empty installation.
+    let plain = spec("bot", None);
+    assert_eq!(empty(&plain).next_due(&plain, None, at(0), 0.0, 0.0), None);
+}

@@ -1,0 +1,226 @@
+//! Logins: starting one (`state`, PKCE, the authorization URL, a loopback
+//! listener for the answer), taking the provider's answer, and exchanging
+//! the code, once, under the installation's `flight` lock.
+
+use super::installation::Spec;
+use super::{Broker, Error, Event, Slot};
+use crate::config::{self, Grant};
+use crate::login::{self, Answer, Page, Pending};
+use crate::oauth::{self, Pkce};
+use crate::secret::{AuthorizationCode, PkceVerifier};
+use crate::sync::lock;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tracing::{info, warn};
+use url::Url;
+
+/// The longest code accepted from a caller.
+const MAX_CODE_LEN: usize = 4096;
+
+impl Broker {
+    /// Starts an authorization-code login: the URL to open, and whether the
+    /// daemon listens on the loopback `redirect_uri` for the answer.
+    pub async fn begin_login(&self, name: &str) -> Result<(Url, bool), Error> {
+        self.refuse_if_stopping()?;
+        let slot = self.slot(name)?;
+        let spec = slot.spec();
+        if spec.grant() != Grant::AuthorizationCode {
+            return Err(Error::InvalidArgument(format!(
+                "`{name}` uses client credentials and needs no login; `tokctl refresh {name}` requests a new token"
+            )));
+        }
+        let consumer = &spec.consumer;
+        let state = oauth::random_token(24);
+        let pkce = Pkce::generate();
+        let redirect_uri = consumer.redirect_uri.clone();
+        let url = oauth::authorization_url(
+            consumer,
+            &spec.installation.scopes,
+            &state,
+            Some(&pkce.challenge),
+            redirect_uri.as_ref(),
+        )
+        .ok_or_else(|| {
+            Error::Misconfigured(format!(
+                "consumer `{}` has no auth_url; add one to the config",
+                consumer.name
+            ))
+        })?;
+        let loopback = redirect_uri
+            .as_ref()
+            .filter(|uri| uri.scheme() == "http" && config::is_loopback(uri));
+        let listen_addr = match loopback {
+            Some(uri) => Some(
+                login::ensure_listener(&self.logins, &self.tasks, uri, self.answer_handler())
+                    .await
+                    .map_err(|error| {
+                        Error::Misconfigured(format!(
+                            "{error}; free that port, or open the URL anyway and finish with `tokctl login {name} --code CODE`"
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+        let listening = listen_addr.is_some();
+        self.logins.add(Pending {
+            name: name.to_owned(),
+            state,
+            verifier: pkce.verifier,
+            redirect_uri,
+            listen_addr,
+        });
+        info!(installation = %name, listening, "login started");
+        Ok((url, listening))
+    }
+
+    /// The listener's callback: the broker's side of an answer.
+    fn answer_handler(&self) -> login::Handler {
+        let weak = self.this.clone();
+        Arc::new(move |answer| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(broker) => broker.take_answer(answer).await,
+                    None => Page::new(503, "tokd is stopping."),
+                }
+            })
+        })
+    }
+
+    /// What the provider sent the browser back with: a pending login is
+    /// taken only with its own `state`, and used once.
+    async fn take_answer(&self, answer: Answer) -> Page {
+        let Some(pending) = answer
+            .state
+            .as_deref()
+            .and_then(|state| self.logins.take_by_state(state))
+        else {
+            warn!("a login answer with an unknown or used state was refused");
+            return Page::new(
+                400,
+                "This login answer is unknown, already used or expired. Run `tokctl login NAME` again.",
+            );
+        };
+        let name = pending.name;
+        if let Some(error) = answer.error {
+            let detail = match answer.error_description {
+                Some(description) => format!("{error}: {description}"),
+                None => error,
+            };
+            let detail = oauth::sanitize(&detail, 200);
+            let message = format!(
+                "the provider refused the login of `{name}` ({detail}); run `tokctl login {name}` again"
+            );
+            self.emit(Event::LoginFinished {
+                name,
+                success: false,
+                message: message.clone(),
+            });
+            return Page::new(200, message);
+        }
+        let Some(code) = answer.code else {
+            return Page::new(400, "The answer has no code.");
+        };
+        let Ok(slot) = self.slot(&name) else {
+            return Page::new(410, "That installation is gone from the config.");
+        };
+        match self
+            .exchange(&slot, code, Some(pending.verifier), pending.redirect_uri)
+            .await
+        {
+            Ok(_) => Page::new(
+                200,
+                format!("Logged in: tokd holds a token for `{name}`. You can close this tab."),
+            ),
+            Err(error) => Page::new(200, error.to_string()),
+        }
+    }
+
+    /// Finishes a login with a code typed in by hand. Uses the pending
+    /// login's PKCE verifier when `begin_login` was called; without one the
+    /// code is exchanged without PKCE (a URL made elsewhere).
+    pub async fn complete_login(
+        &self,
+        name: &str,
+        code: &str,
+    ) -> Result<Option<SystemTime>, Error> {
+        let slot = self.slot(name)?;
+        let code = code.trim();
+        if code.is_empty() || code.len() > MAX_CODE_LEN || code.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(
+                "that code is empty, too long or has control characters; paste the `code` value from the address the browser was sent to".to_owned(),
+            ));
+        }
+        let (verifier, redirect_uri) = match self.logins.take_by_name(name) {
+            Some(pending) => (Some(pending.verifier), pending.redirect_uri),
+            None => (None, slot.spec().consumer.redirect_uri.clone()),
+        };
+        self.exchange(&slot, AuthorizationCode::new(code), verifier, redirect_uri)
+            .await
+    }
+
+    /// Exchanges a code under the installation's `flight` lock.
+    async fn exchange(
+        &self,
+        slot: &Arc<Slot>,
+        code: AuthorizationCode,
+        verifier: Option<PkceVerifier>,
+        redirect_uri: Option<Url>,
+    ) -> Result<Option<SystemTime>, Error> {
+        let guard = self.flight(slot).await?;
+        let (broker, slot) = (self.arc(), slot.clone());
+        self.in_flight(guard, "login", async move {
+            let spec = slot.spec();
+            broker
+                .exchange_locked(&slot, &spec, code, verifier, redirect_uri)
+                .await
+        })
+        .await
+    }
+
+    async fn exchange_locked(
+        &self,
+        slot: &Slot,
+        spec: &Spec,
+        code: AuthorizationCode,
+        verifier: Option<PkceVerifier>,
+        redirect_uri: Option<Url>,
+    ) -> Result<Option<SystemTime>, Error> {
+        let result = self
+            .http
+            .exchange_code(
+                &spec.consumer,
+                &code,
+                verifier.as_ref(),
+                redirect_uri.as_ref(),
+            )
+            .await;
+        let name = slot.name.to_string();
+        match result {
+            Ok(response) => {
+                self.accept(slot, spec, response).await;
+                let expires_at = lock(&slot.inner).installation.record.expires_at;
+                self.emit(Event::LoginFinished {
+                    name: name.clone(),
+                    success: true,
+                    message: format!("logged in: `{name}` holds a fresh token"),
+                });
+                info!(installation = %name, "login finished");
+                Ok(expires_at)
+            }
+            Err(error) => {
+                let message = format!(
+                    "the provider refused the login of `{name}` ({}); run `tokctl login {name}` again",
+                    error.message
+                );
+                warn!(installation = %name, error = %error.message, "login failed");
+                self.emit(Event::LoginFinished {
+                    name,
+                    success: false,
+                    message: message.clone(),
+                });
+                Err(Error::of_kind(error.kind, message))
+            }
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! The broker: tokd's core. It holds every installation, hands out tokens,
+//! refreshes them one request at a time, runs logins, reloads and revokes.
+//! It knows nothing of D-Bus: the bus adapter (`bus/`) calls its methods,
+//! maps its [`Error`]s and [`View`]s to wire types, and turns its
+//! [`Event`]s into signals.
+//!
+//! Where each concern lives:
+//! - `installation.rs`: one installation's state machine and due-time
+//!   rule, pure;
+//! - `refresh.rs`: single-flight requests to the provider, the durable
+//!   write and its retry, the schedule;
+//! - `login.rs`: starting and finishing logins;
+//! - `reload.rs`, `revoke.rs`: what their names say;
+//! - here: the installations by name, `get_token`, views, start and stop.
+//!
+//! Concurrency, per installation ([`Slot`]):
+//! - `inner` (a std mutex, never held across an await) holds the
+//!   installation and a counter of finished attempts;
+//! - `flight` (a tokio mutex) is held for the whole of one request to the
+//!   provider; see `refresh.rs`.
+//! - No lock is shared between installations except the name map, which is
+//!   only read for a lookup.
+
+mod error;
+mod installation;
+mod login;
+mod refresh;
+mod reload;
+mod revoke;
+
+pub use error::Error;
+pub use installation::{Empty, Installation, LoginNeeded, Misconfiguration, Spec, State, Token};
+
+use crate::config::{self, Config, Grant};
+use crate::login::Logins;
+use crate::oauth::OAuthClient;
+use crate::schedule::{self, Clock, Queue};
+use crate::store::{Loaded, Store, StoreError};
+use crate::sync::{lock, read, write};
+use crate::tasks::Tasks;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+use tokd_shared::InstallationState;
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{error, info};
+
+/// The largest `min_valid` a caller may ask for.
+pub const MAX_MIN_VALID: Duration = Duration::from_secs(24 * 3600);
+/// How long stop waits for requests already sent to a provider. Longer
+/// than a request's own timeout, so that one always finishes and its
+/// rotated refresh token is written.
+pub const STOP_BOUND: Duration = Duration::from_secs(35);
+
+/// Something clients may want to hear about; the bus adapter emits each as
+/// a signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    TokenRefreshed {
+        name: String,
+        expires_at: Option<SystemTime>,
+    },
+    StateChanged {
+        name: String,
+        state: InstallationState,
+        message: String,
+    },
+    LoginFinished {
+        name: String,
+        success: bool,
+        message: String,
+    },
+}
+
+/// One installation as `list` and `status` describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub name: String,
+    pub consumer: String,
+    pub grant: Grant,
+    pub state: InstallationState,
+    /// A sentence about the state (what to do, if anything); may be empty.
+    pub message: String,
+    /// Scopes granted.
+    pub scopes: Vec<String>,
+    pub expires_at: Option<SystemTime>,
+    pub last_refresh: Option<SystemTime>,
+    pub next_refresh: Option<SystemTime>,
+    pub last_error: Option<String>,
+}
+
+/// How a broker tells time; tests replace the defaults.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The wall clock expiry is judged by.
+    pub clock: Clock,
+    /// The longest the scheduler sleeps before reading the clock again.
+    pub check_cap: Duration,
+    /// How long a login may wait for the provider's answer.
+    pub login_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: Clock::default(),
+            check_cap: schedule::CHECK_CAP,
+            login_timeout: crate::login::LOGIN_TIMEOUT,
+        }
+    }
+}
+
+/// One installation and what serves it.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// Shared with the slots map's key.
+    pub name: Arc<str>,
+    spec: Mutex<Arc<Spec>>,
+    inner: Mutex<Inner>,
+    /// Held for one request to the provider (see `refresh.rs`).
+    flight: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    installation: Installation,
+    /// Attempts finished so far, and the result of the last one: a caller
+    /// that waited for another's request takes its result.
+    attempts: u64,
+    last_outcome: Result<(), Error>,
+}
+
+impl Slot {
+    fn new(spec: Arc<Spec>, installation: Installation) -> Self {
+        Self {
+            name: Arc::from(spec.name()),
+            spec: Mutex::new(spec),
+            inner: Mutex::new(Inner {
+                installation,
+                attempts: 0,
+                last_outcome: Ok(()),
+            }),
+            flight: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    pub(crate) fn spec(&self) -> Arc<Spec> {
+        lock(&self.spec).clone()
+    }
+}
+
+/// The broker. Shared as `Arc<Broker>` by the bus adapter, the scheduler
+/// and the login listener's callback.
+#[derive(Debug)]
+pub struct Broker {
+    config_path: Option<PathBuf>,
+    config: RwLock<Arc<Config>>,
+    slots: RwLock<BTreeMap<Arc<str>, Arc<Slot>>>,
+    store: Store,
+    http: OAuthClient,
+    events: UnboundedSender<Event>,
+    queue: Arc<Queue>,
+    logins: Arc<Logins>,
+    clock: Clock,
+    /// Every task the broker spawns; its stop token is the broker's stop.
+    tasks: Tasks,
+    this: Weak<Broker>,
+}
+
+impl Broker {
+    /// Loads every installation's record. Nothing is refreshed until
+    /// [`Broker::start_schedules`]. `config_path` is what `reload`
+    /// re-reads (`None`: reload refuses).
+    pub fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+        store: Store,
+        http: OAuthClient,
+        events: UnboundedSender<Event>,
+        options: Options,
+    ) -> Arc<Self> {
+        // The specs first, so that the config moves in rather than being
+        // copied: with 10,000 installations a copy is megabytes.
+        let specs = specs_of(&config);
+        let broker = Arc::new_cyclic(|this| Broker {
+            config_path,
+            config: RwLock::new(Arc::new(config)),
+            slots: RwLock::new(BTreeMap::new()),
+            store,
+            http,
+            events,
+            queue: Arc::new(Queue::new(options.clock.clone(), options.check_cap)),
+            logins: Arc::new(Logins::new(options.login_timeout)),
+            clock: options.clock,
+            tasks: Tasks::new(),
+            this: this.clone(),
+        });
+        // At start nothing else runs yet, so the records are read right
+        // here: on the runtime's thread, their memory comes from the main
+        // heap rather than a second malloc arena for the blocking pool,
+        // which with 10,000 installations cost about 3 MiB more RSS.
+        let loaded = broker.store.load_many(specs.iter().map(|spec| spec.name()));
+        let slots = specs
+            .into_iter()
+            .zip(loaded)
+            .map(|(spec, loaded)| slot_from(spec, loaded))
+            .map(|slot| (slot.name.clone(), Arc::new(slot)))
+            .collect();
+        *write(&broker.slots) = slots;
+        for slot in broker.all_slots() {
+            broker.schedule(&slot);
+        }
+        info!(
+            installations = broker.all_slots().len(),
+            "installations loaded"
+        );
+        broker
+    }
+
+    /// Starts refreshing on schedule. Called once the daemon owns its bus
+    /// name, so that a second tokd that loses the name never touches a
+    /// provider.
+    pub fn start_schedules(&self) {
+        let weak = self.this.clone();
+        let queue = self.queue.clone();
+        let tasks = self.tasks.clone();
+        self.tasks.spawn_until_stopped(async move {
+            queue
+                .run(|name| {
+                    if let Some(broker) = weak.upgrade() {
+                        tasks.spawn(async move { broker.scheduled(&name).await });
+                    }
+                })
+                .await;
+        });
+    }
+
+    /// Stops for good: no new request to a provider starts (calls that
+    /// need one get [`Error::Stopping`]; held tokens are still served), the
+    /// scheduler, retries and login listeners stop, and requests already
+    /// sent are waited for, at most `bound`, so that a rotated refresh
+    /// token is written before the process exits. Owed writes are tried
+    /// once more. Returns the installations still busy when the bound ran
+    /// out.
+    pub async fn stop(&self, bound: Duration) -> Vec<String> {
+        self.tasks.begin_stop();
+        let slots = self.all_slots();
+        let busy = slots
+            .iter()
+            .filter(|slot| slot.flight.try_lock().is_err())
+            .count();
+        if busy > 0 {
+            info!(busy, bound = %humantime::format_duration(bound), "waiting for requests already sent to providers");
+        }
+        self.tasks.stop(bound).await;
+        let mut unfinished = Vec::new();
+        for slot in &slots {
+            match slot.flight.clone().try_lock_owned() {
+                Ok(_guard) => {
+                    self.save_if_unsaved(slot).await;
+                }
+                Err(_) => unfinished.push(slot.name.to_string()),
+            }
+        }
+        if !unfinished.is_empty() {
+            error!(installations = ?unfinished, "stopping with requests still unanswered; a rotated refresh token may be lost");
+        }
+        unfinished
+    }
+
+    fn arc(&self) -> Arc<Broker> {
+        // `self` is always reached through the Arc built in `start`.
+        self.this
+            .upgrade()
+            .expect("the broker outlives its own calls")
+    }
+
+    fn all_slots(&self) -> Vec<Arc<Slot>> {
+        read(&self.slots).values().cloned().collect()
+    }
+
+    pub(crate) fn slot(&self, name: &str) -> Result<Arc<Slot>, Error> {
+        check_name(name)?;
+        read(&self.slots).get(name).cloned().ok_or_else(|| {
+            Error::UnknownInstallation(format!(
+                "no installation is named `{name}`; `tokctl list` shows the configured ones"
+            ))
+        })
+    }
+
+    fn margin(&self) -> Option<Duration> {
+        read(&self.config).daemon.refresh_margin
+    }
+
+    fn emit(&self, event: Event) {
+        // Nobody listening (tests without a bus) is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Applies `change` to the slot's installation and emits
+    /// `StateChanged` when its state or sentence changed.
+    fn change<T>(
+        &self,
+        slot: &Slot,
+        inner: &mut Inner,
+        change: impl FnOnce(&mut Installation, &Spec) -> T,
+    ) -> T {
+        let spec = slot.spec();
+        let now = self.clock.now();
+        let before = (
+            inner.installation.state.kind(),
+            inner.installation.message(&spec, now),
+        );
+        let result = change(&mut inner.installation, &spec);
+        let after = (
+            inner.installation.state.kind(),
+            inner.installation.message(&spec, now),
+        );
+        if after != before {
+            self.emit(Event::StateChanged {
+                name: slot.name.to_string(),
+                state: after.0,
+                message: after.1,
+            });
+        }
+        result
+    }
+
+    /// A token for `name` valid for at least `min_valid`, refreshing first
+    /// when the held one expires sooner. After a refresh the newest token
+    /// is returned even if its whole lifetime is shorter than `min_valid`.
+    pub async fn get_token(&self, name: &str, min_valid: Duration) -> Result<Token, Error> {
+        if min_valid > MAX_MIN_VALID {
+            return Err(Error::InvalidArgument(format!(
+                "a minimum validity of {} is more than any token lives; ask for at most 24h",
+                humantime::format_duration(min_valid)
+            )));
+        }
+        let slot = self.slot(name)?;
+        let now = self.clock.now();
+        // The fast path, a held token that lasts: one lock, nothing cloned
+        // but the token.
+        let spec = {
+            let inner = lock(&slot.inner);
+            let installation = &inner.installation;
+            // A lost grant takes its access tokens with it at the provider
+            // (revocation, Bitbucket's scope change): say so at once rather
+            // than hand out a token that will be refused.
+            if !matches!(installation.state, State::NeedsLogin(_))
+                && let Some(token) = installation.token_valid_for(now, min_valid)
+            {
+                return Ok(token);
+            }
+            drop(inner);
+            slot.spec()
+        };
+        let seen = {
+            let inner = lock(&slot.inner);
+            let installation = &inner.installation;
+            if let State::NeedsLogin(_) = installation.state {
+                return Err(Error::NeedsLogin(installation.message(&spec, now)));
+            }
+            if let Some(token) = installation.token_valid_for(now, min_valid) {
+                return Ok(token);
+            }
+            match installation.refusal(&spec, now) {
+                Ok(()) => {}
+                // Backing off after a transient failure: the held token,
+                // if it is valid at all, beats no token.
+                Err(Error::ProviderUnavailable(message)) => {
+                    return match installation.token_valid_for(now, Duration::ZERO) {
+                        Some(token) => Ok(token.with_warning(now, min_valid, &message)),
+                        None => Err(Error::ProviderUnavailable(message)),
+                    };
+                }
+                Err(error) => return Err(error),
+            }
+            inner.attempts
+        };
+        let outcome = self.attempt_shared(&slot, seen).await;
+        let now = self.clock.now();
+        let inner = lock(&slot.inner);
+        match (
+            inner.installation.token_valid_for(now, Duration::ZERO),
+            outcome,
+        ) {
+            (Some(token), Ok(())) => Ok(token),
+            // A transient failure (or a stop) with a token still valid:
+            // serve it, saying why it is short.
+            (Some(token), Err(Error::ProviderUnavailable(message) | Error::Stopping(message))) => {
+                Ok(token.with_warning(now, min_valid, &message))
+            }
+            (_, Err(error)) => Err(error),
+            (None, Ok(())) => Err(installation::no_token(&spec)),
+        }
+    }
+
+    /// Every installation, sorted by name.
+    pub fn list(&self) -> Vec<View> {
+        self.all_slots()
+            .iter()
+            .map(|slot| self.view(slot))
+            .collect()
+    }
+
+    /// One installation.
+    pub fn status(&self, name: &str) -> Result<View, Error> {
+        let slot = self.slot(name)?;
+        Ok(self.view(&slot))
+    }
+
+    fn view(&self, slot: &Slot) -> View {
+        let spec = slot.spec();
+        let now = self.clock.now();
+        let inner = lock(&slot.inner);
+        let installation = &inner.installation;
+        View {
+            name: slot.name.to_string(),
+            consumer: spec.consumer.name.clone(),
+            grant: spec.grant(),
+            state: installation.state.kind(),
+            message: installation.message(&spec, now),
+            scopes: installation.record.scopes.clone(),
+            expires_at: installation.record.expires_at,
+            last_refresh: installation.record.last_refresh,
+            next_refresh: self.queue.get(&slot.name),
+            last_error: installation.record.last_error.clone(),
+        }
+    }
+}
+
+/// A slot for `spec` from what loading its record found.
+fn slot_from(spec: Arc<Spec>, loaded: Result<Loaded, StoreError>) -> Slot {
+    let name = spec.name();
+    match &loaded {
+        Ok(Loaded::Found(record))
+            if record
+                .issued_for
+                .as_ref()
+                .is_some_and(|issued_for| *issued_for != spec.identity()) =>
+        {
+            info!(installation = %name, "the stored tokens were issued under another consumer or other scopes; not using them");
+        }
+        Ok(Loaded::MovedAside { moved_to, reason }) => {
+            tracing::warn!(installation = %name, moved_to = %moved_to.display(), %reason, "unreadable state file moved aside");
+        }
+        Err(error) => error!(installation = %name, %error, "cannot load state"),
+        Ok(_) => {}
+    }
+    let installation = Installation::loaded(&spec, loaded);
+    Slot::new(spec, installation)
+}
+
+fn specs_of(config: &Config) -> Vec<Arc<Spec>> {
+    config
+        .installations
+        .values()
+        .filter_map(|installation| {
+            let consumer = config.consumer_of(installation)?.clone();
+            Some(Arc::new(Spec {
+                installation: installation.clone(),
+                consumer,
+            }))
+        })
+        .collect()
+}
+
+/// Installation names are what the config allows; anything else is refused
+/// before any lookup (it also keeps odd bytes out of messages and logs).
+pub fn check_name(name: &str) -> Result<(), Error> {
+    if name.len() <= 128 && config::valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(
+            "an installation name is 1 to 128 letters, digits, '.', '_' or '-'; `tokctl list` shows the configured ones".to_owned(),
+        ))
+    }
+}

@@ -1,0 +1,98 @@
+//! Reload: re-read the config file and apply it to new work. An invalid
+//! file is refused and the running config stays. Installations whose name,
+//! client, token URL, scopes and grant are unchanged keep their tokens and
+//! schedules; those whose identity changed need a new login; new ones are
+//! loaded from disk; removed ones are dropped with their pending logins.
+
+use super::installation::Installation;
+use super::{Broker, Error, Event, Slot, specs_of};
+use crate::config::Config;
+use crate::store::StoreError;
+use crate::sync::{lock, read, write};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tracing::info;
+
+impl Broker {
+    /// Re-reads the config file and applies it.
+    pub async fn reload(&self) -> Result<String, Error> {
+        self.refuse_if_stopping()?;
+        let Some(path) = self.config_path.clone() else {
+            return Err(Error::InvalidArgument(
+                "this tokd was started without a config file; restart it instead".to_owned(),
+            ));
+        };
+        let config = tokio::task::spawn_blocking(move || Config::from_path(&path))
+            .await
+            .map_err(|error| Error::Misconfigured(error.to_string()))?
+            .map_err(|error| {
+                Error::Misconfigured(format!(
+                    "{error}; the running config stays, fix the file and reload again"
+                ))
+            })?;
+        self.apply(config).await;
+        let summary = read(&self.config).summary();
+        info!(%summary, "config reloaded");
+        Ok(summary)
+    }
+
+    async fn apply(&self, config: Config) {
+        let old: BTreeMap<Arc<str>, Arc<Slot>> = read(&self.slots).clone();
+        let mut slots: BTreeMap<Arc<str>, Arc<Slot>> = BTreeMap::new();
+        let mut changed = Vec::new();
+        let mut added = Vec::new();
+        for spec in specs_of(&config) {
+            let slot = match old.get(spec.name()) {
+                Some(slot) if slot.spec().same_identity(&spec) => {
+                    *lock(&slot.spec) = spec;
+                    slot.clone()
+                }
+                Some(_) => {
+                    // The tokens were issued to another client or for other
+                    // scopes: they do not belong to this installation now.
+                    let installation = Installation::identity_changed(&spec);
+                    let now = self.clock.now();
+                    changed.push(Event::StateChanged {
+                        name: spec.name().to_owned(),
+                        state: installation.state.kind(),
+                        message: installation.message(&spec, now),
+                    });
+                    Arc::new(Slot::new(spec, installation))
+                }
+                None => {
+                    added.push(spec);
+                    continue;
+                }
+            };
+            slots.insert(slot.name.clone(), slot);
+        }
+        // New installations' records are read off the runtime thread: calls
+        // are being answered meanwhile.
+        let store = self.store.clone();
+        let names: Vec<String> = added.iter().map(|spec| spec.name().to_owned()).collect();
+        let mut loaded =
+            tokio::task::spawn_blocking(move || store.load_many(names.iter().map(String::as_str)))
+                .await
+                .unwrap_or_default()
+                .into_iter();
+        for spec in added {
+            let result = loaded
+                .next()
+                .unwrap_or_else(|| Err(StoreError::Interrupted("the state loader failed".into())));
+            let slot = super::slot_from(spec, result);
+            slots.insert(slot.name.clone(), Arc::new(slot));
+        }
+        for name in old.keys().filter(|name| !slots.contains_key(*name)) {
+            self.queue.set(name, None);
+            self.logins.take_by_name(name);
+        }
+        *write(&self.config) = Arc::new(config);
+        *write(&self.slots) = slots;
+        for event in changed {
+            self.emit(event);
+        }
+        for slot in self.all_slots() {
+            self.schedule(&slot);
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Revocation: tell the provider (RFC 7009) when the consumer has a
+//! revocation endpoint, then forget the tokens, on disk and in memory.
+
+use super::{Broker, Error, Slot};
+use crate::oauth::{OAuthError, RevocableToken};
+use crate::store::StoreError;
+use crate::sync::lock;
+use tracing::info;
+
+impl Broker {
+    /// Revokes the installation's grant at the provider when it has a
+    /// revocation endpoint, then forgets its tokens.
+    pub async fn revoke(&self, name: &str) -> Result<String, Error> {
+        let slot = self.slot(name)?;
+        let guard = self.flight(&slot).await?;
+        let broker = self.arc();
+        self.in_flight(guard, "revocation", async move {
+            broker.revoke_locked(&slot).await
+        })
+        .await
+    }
+
+    async fn revoke_locked(&self, slot: &Slot) -> Result<String, Error> {
+        let name = &slot.name;
+        let spec = slot.spec();
+        let record = lock(&slot.inner).installation.record.clone();
+        if record.access_token.is_none() && record.refresh_token.is_none() {
+            return Ok(format!("`{name}` holds no token; nothing to revoke"));
+        }
+        let told_provider = spec.consumer.revoke_url.is_some();
+        if told_provider {
+            let refused = |error: OAuthError| {
+                Error::of_kind(
+                    error.kind,
+                    format!(
+                        "the provider did not accept the revocation of `{name}` ({}); the tokens are kept, try again later",
+                        error.message
+                    ),
+                )
+            };
+            if let Some(token) = &record.refresh_token {
+                self.http
+                    .revoke(&spec.consumer, RevocableToken::Refresh(token))
+                    .await
+                    .map_err(refused)?;
+            }
+            if let Some(token) = &record.access_token {
+                self.http
+                    .revoke(&spec.consumer, RevocableToken::Access(token))
+                    .await
+                    .map_err(refused)?;
+            }
+        }
+        let store = self.store.clone();
+        let file = name.to_string();
+        tokio::task::spawn_blocking(move || store.remove(&file))
+            .await
+            .unwrap_or_else(|error| Err(StoreError::Interrupted(error.to_string())))
+            .map_err(|error| {
+                Error::Misconfigured(format!("cannot remove the state file of `{name}`: {error}"))
+            })?;
+        {
+            let mut inner = lock(&slot.inner);
+            self.change(slot, &mut inner, |installation, _| installation.revoked());
+            inner.attempts += 1;
+            inner.last_outcome = Ok(());
+        }
+        self.queue.set(name, None);
+        info!(installation = %name, told_provider, "revoked");
+        Ok(if told_provider {
+            format!("revoked `{name}` at the provider and forgot its tokens")
+        } else {
+            format!(
+                "forgot the tokens of `{name}`; consumer `{}` has no revoke_url, so also revoke the grant on the provider's website",
+                spec.consumer.name
+            )
+        })
+    }
+}

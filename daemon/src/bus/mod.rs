@@ -1,0 +1,360 @@
+//! `org.tokd.tokd1.Manager`: the D-Bus adapter over the broker. Each method
+//! checks the caller, calls the broker, and maps its answer to the wire
+//! types of `tokd-shared` (`InstallationInfo`, `org.tokd.tokd1.Error.*`);
+//! broker events become signals. No logic beyond translating lives here.
+//!
+//! The same object is served on the session bus (here) and peer to peer
+//! on the private socket (`private.rs`).
+//!
+//! On the bus, the object is registered before the name is requested
+//! (zbus's connection builder does both in that order), so a client
+//! activated by the name never finds it without the object.
+
+mod private;
+
+pub use private::{PrivateSocket, PrivateSocketError, serve_private};
+
+use crate::broker::{self, Broker, Event, View};
+use crate::schedule::unix_seconds;
+use crate::sync::lock;
+use crate::tasks::Tasks;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokd_shared::{BUS_NAME, Error, InstallationInfo, OBJECT_PATH};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::{info, warn};
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::{Connection, interface};
+
+/// How many caller uids are remembered. Unique names are never reused on
+/// a bus, so a remembered answer stays true; the cache is only bounded.
+const UID_CACHE: usize = 1024;
+
+/// The served object.
+#[derive(Debug)]
+pub struct Manager {
+    broker: Arc<Broker>,
+    own_uid: u32,
+    uids: Mutex<HashMap<String, u32>>,
+    bus: tokio::sync::OnceCell<zbus::fdo::DBusProxy<'static>>,
+}
+
+impl Manager {
+    pub fn new(broker: Arc<Broker>, own_uid: u32) -> Self {
+        Self {
+            broker,
+            own_uid,
+            uids: Mutex::new(HashMap::new()),
+            bus: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Refuses callers whose uid is not the daemon's.
+    async fn check_caller(
+        &self,
+        connection: &Connection,
+        header: &Header<'_>,
+    ) -> Result<(), Error> {
+        let Some(sender) = header.sender() else {
+            // A peer-to-peer connection has no bus to ask; its peer was
+            // checked when the connection was accepted.
+            return Ok(());
+        };
+        let cached = lock(&self.uids).get(sender.as_str()).copied();
+        let uid = match cached {
+            Some(uid) => uid,
+            None => {
+                let proxy = self
+                    .bus
+                    .get_or_try_init(|| async {
+                        zbus::fdo::DBusProxy::builder(connection)
+                            .cache_properties(zbus::proxy::CacheProperties::No)
+                            .build()
+                            .await
+                    })
+                    .await?;
+                let uid = proxy
+                    .get_connection_unix_user(sender.clone().into())
+                    .await
+                    .map_err(zbus::Error::from)?;
+                let mut uids = lock(&self.uids);
+                if uids.len() >= UID_CACHE {
+                    uids.clear();
+                }
+                uids.insert(sender.to_string(), uid);
+                uid
+            }
+        };
+        caller_allowed(uid, self.own_uid)
+            .inspect_err(|_| warn!(caller_uid = uid, "refused a caller with another uid"))
+    }
+}
+
+/// The uid rule, on its own so that it can be tested without a second user.
+pub fn caller_allowed(caller: u32, own: u32) -> Result<(), Error> {
+    if caller == own {
+        Ok(())
+    } else {
+        Err(Error::AccessDenied(format!(
+            "tokd answers only its own user (uid {own}); uid {caller} must run its own tokd"
+        )))
+    }
+}
+
+/// The named D-Bus error for each broker error.
+fn wire_error(error: broker::Error) -> Error {
+    match error {
+        broker::Error::UnknownInstallation(m) => Error::UnknownInstallation(m),
+        broker::Error::NeedsLogin(m) => Error::NeedsLogin(m),
+        broker::Error::Misconfigured(m) => Error::Misconfigured(m),
+        broker::Error::ProviderUnavailable(m) => Error::ProviderUnavailable(m),
+        broker::Error::InvalidArgument(m) => Error::InvalidArgument(m),
+        broker::Error::Stopping(m) => Error::Stopping(m),
+    }
+}
+
+/// The wire form of a view: times in Unix seconds (0 for none), empty
+/// strings for nothing to say.
+fn wire_info(view: View) -> InstallationInfo {
+    let seconds = |time: Option<std::time::SystemTime>| time.map_or(0, unix_seconds);
+    InstallationInfo {
+        name: view.name,
+        consumer: view.consumer,
+        grant: view.grant.as_str().to_owned(),
+        state: view.state.as_str().to_owned(),
+        message: view.message,
+        scopes: view.scopes.join(" "),
+        expires_at: seconds(view.expires_at),
+        last_refresh: seconds(view.last_refresh),
+        next_refresh: seconds(view.next_refresh),
+        last_error: view.last_error.unwrap_or_default(),
+    }
+}
+
+#[interface(name = "org.tokd.tokd1.Manager")]
+impl Manager {
+    /// GetToken: a token valid for at least `min_valid_secs` seconds.
+    #[zbus(out_args("access_token", "expires_at", "token_type", "warning"))]
+    async fn get_token(
+        &self,
+        name: &str,
+        min_valid_secs: u32,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(String, i64, String, String), Error> {
+        self.check_caller(connection, &header).await?;
+        let token = self
+            .broker
+            .get_token(name, Duration::from_secs(min_valid_secs.into()))
+            .await
+            .map_err(wire_error)?;
+        Ok((
+            token.access_token.expose().to_owned(),
+            token.expires_at.map_or(0, unix_seconds),
+            token.token_type,
+            token.warning.unwrap_or_default(),
+        ))
+    }
+
+    /// List: every installation.
+    #[zbus(out_args("installations"))]
+    async fn list(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<InstallationInfo>, Error> {
+        self.check_caller(connection, &header).await?;
+        Ok(self.broker.list().into_iter().map(wire_info).collect())
+    }
+
+    /// Status: one installation.
+    #[zbus(out_args("installation"))]
+    async fn status(
+        &self,
+        name: &str,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<InstallationInfo, Error> {
+        self.check_caller(connection, &header).await?;
+        self.broker.status(name).map(wire_info).map_err(wire_error)
+    }
+
+    /// Refresh: a new token now; returns its expiry.
+    #[zbus(out_args("expires_at"))]
+    async fn refresh(
+        &self,
+        name: &str,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<i64, Error> {
+        self.check_caller(connection, &header).await?;
+        let expires_at = self.broker.refresh_now(name).await.map_err(wire_error)?;
+        Ok(expires_at.map_or(0, unix_seconds))
+    }
+
+    /// BeginLogin: the URL to open and whether tokd listens for the answer.
+    #[zbus(out_args("url", "listening"))]
+    async fn begin_login(
+        &self,
+        name: &str,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(String, bool), Error> {
+        self.check_caller(connection, &header).await?;
+        let (url, listening) = self.broker.begin_login(name).await.map_err(wire_error)?;
+        Ok((url.to_string(), listening))
+    }
+
+    /// CompleteLogin: exchanges a code obtained by hand.
+    #[zbus(out_args("expires_at"))]
+    async fn complete_login(
+        &self,
+        name: &str,
+        code: &str,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<i64, Error> {
+        self.check_caller(connection, &header).await?;
+        let expires_at = self
+            .broker
+            .complete_login(name, code)
+            .await
+            .map_err(wire_error)?;
+        Ok(expires_at.map_or(0, unix_seconds))
+    }
+
+    /// Revoke: revokes at the provider when possible and forgets the tokens.
+    #[zbus(out_args("message"))]
+    async fn revoke(
+        &self,
+        name: &str,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, Error> {
+        self.check_caller(connection, &header).await?;
+        self.broker.revoke(name).await.map_err(wire_error)
+    }
+
+    /// Reload: re-reads the config file.
+    #[zbus(out_args("summary"))]
+    async fn reload(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, Error> {
+        self.check_caller(connection, &header).await?;
+        self.broker.reload().await.map_err(wire_error)
+    }
+
+    #[zbus(signal)]
+    async fn token_refreshed(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        expires_at: i64,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn state_changed(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        state: &str,
+        message: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn login_finished(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        success: bool,
+        message: &str,
+    ) -> zbus::Result<()>;
+}
+
+/// Why the bus could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("another tokd already owns {BUS_NAME} on this session bus")]
+    NameTaken,
+    #[error("cannot serve on the session bus (is DBUS_SESSION_BUS_ADDRESS set?)")]
+    Bus(#[source] zbus::Error),
+    #[error("cannot tell this process's uid")]
+    Uid(#[source] std::io::Error),
+}
+
+/// Serves `broker` on the bus that `builder` connects to and forwards its
+/// events as signals (a task of `tasks`). Fails when the name is taken.
+pub async fn serve(
+    builder: zbus::connection::Builder<'static>,
+    broker: Arc<Broker>,
+    events: UnboundedReceiver<Event>,
+    tasks: &Tasks,
+) -> Result<Connection, ServeError> {
+    let own_uid = crate::os::current_uid().map_err(ServeError::Uid)?;
+    // The object first, then the name, without queueing: a second tokd
+    // must fail now, not wait in the queue (and never refresh anything).
+    let connection = builder
+        .serve_at(OBJECT_PATH, Manager::new(broker, own_uid))
+        .build()
+        .await
+        .map_err(ServeError::Bus)?;
+    let reply = connection
+        .request_name_with_flags(BUS_NAME, zbus::fdo::RequestNameFlags::DO_NOT_QUEUE)
+        .await
+        .map_err(|error| match error {
+            zbus::Error::NameTaken => ServeError::NameTaken,
+            other => ServeError::Bus(other),
+        })?;
+    match reply {
+        zbus::fdo::RequestNameReply::PrimaryOwner | zbus::fdo::RequestNameReply::AlreadyOwner => {}
+        zbus::fdo::RequestNameReply::Exists | zbus::fdo::RequestNameReply::InQueue => {
+            return Err(ServeError::NameTaken);
+        }
+    }
+    info!(name = BUS_NAME, "serving on the session bus");
+    let emitter = SignalEmitter::new(&connection, OBJECT_PATH)
+        .map_err(ServeError::Bus)?
+        .to_owned();
+    tasks.spawn_until_stopped(forward(emitter, events));
+    Ok(connection)
+}
+
+async fn forward(emitter: SignalEmitter<'static>, mut events: UnboundedReceiver<Event>) {
+    while let Some(event) = events.recv().await {
+        let sent = match &event {
+            Event::TokenRefreshed { name, expires_at } => {
+                Manager::token_refreshed(&emitter, name, expires_at.map_or(0, unix_seconds)).await
+            }
+            Event::StateChanged {
+                name,
+                state,
+                message,
+            } => Manager::state_changed(&emitter, name, state.as_str(), message).await,
+            Event::LoginFinished {
+                name,
+                success,
+                message,
+            } => Manager::login_finished(&emitter, name, *success, message).await,
+        };
+        if let Err(error) = sent {
+            warn!(%error, "cannot emit a signal");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_daemons_own_uid_is_answered() {
+        assert!(caller_allowed(1000, 1000).is_ok());
+        let refusal = caller_allowed(1001, 1000).expect_err("another uid");
+        assert!(
+            matches!(&refusal, Error::AccessDenied(sentence) if sentence.contains("uid 1000")),
+            "{refusal}"
+        );
+        assert!(caller_allowed(0, 1000).is_err(), "not even root");
+    }
+}

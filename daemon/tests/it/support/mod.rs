@@ -1,0 +1,74 @@
+//! Shared helpers of the integration tests: time bounds, polling, file
+//! modes, and the world of a test (`world.rs`).
+
+mod world;
+
+pub use world::{CLIENT_ID, SECRET, World, browse, browser, query_value, tokctl_bin, tokd_bin};
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// Every async test runs under this bound, so a hang fails instead of
+/// stalling CI.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub async fn within<T>(test: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("the test did not finish within its timeout")
+}
+
+/// As `within`, for the few tests that need longer.
+pub async fn within_for<T>(limit: Duration, test: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, test)
+        .await
+        .expect("the test did not finish within its timeout")
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The permission bits of `path` (not following a symlink).
+pub fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// This test process's uid.
+pub fn uid() -> u32 {
+    tokd::os::current_uid().expect("uid")
+}
+
+/// As root, permission bits do not stop tokd from writing unless it runs
+/// without CAP_DAC_OVERRIDE; setpriv drops it (and DAC_READ_SEARCH).
+pub fn without_override() -> Vec<&'static str> {
+    if uid() == 0 {
+        vec![
+            "setpriv",
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+        ]
+    } else {
+        Vec::new()
+    }
+}

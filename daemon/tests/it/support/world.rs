@@ -1,0 +1,269 @@
+//! One test's world: the provider emulator, a private bus, a throw-away
+//! home and the real `tokd`, with the helpers tests drive them by (tokctl
+//! runs, a browser that follows nothing, the state files).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use tokd_shared::ManagerProxy;
+use tokd_testkit::{Behaviour, Emulator, Home, PrivateBus, Tokd, free_port};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+pub const CLIENT_ID: &str = "client-1";
+pub const SECRET: &str = "e2e-client-secret-value";
+
+pub fn tokd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tokd"))
+}
+
+/// tokctl is built next to tokd by `cargo test --workspace` (its own
+/// package has integration tests, so cargo builds the binary).
+pub fn tokctl_bin() -> PathBuf {
+    let path = tokd_bin().with_file_name("tokctl");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// What a tokctl run printed.
+#[derive(Debug)]
+pub struct Out {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// One test's world: emulator, private bus, home and a running tokd.
+pub struct World {
+    pub emulator: Emulator,
+    pub bus: PrivateBus,
+    pub home: Home,
+    pub tokd: Option<Tokd>,
+    pub port: u16,
+    log_filter: &'static str,
+}
+
+impl World {
+    /// A config with a loopback consumer `acme` installed as `a` and `b`,
+    /// a consumer `manual` whose redirect is not on this machine, installed
+    /// as `m`, and a client-credentials installation `bot`.
+    pub async fn start(behaviour: Behaviour) -> Self {
+        Self::start_with_log(behaviour, "debug").await
+    }
+
+    /// As `start`, with tokd's `TOKD_LOG` set to `filter`.
+    pub async fn start_with_log(behaviour: Behaviour, filter: &'static str) -> Self {
+        let emulator = Emulator::start(behaviour).await;
+        emulator.register_client(CLIENT_ID, SECRET);
+        let bus = PrivateBus::start();
+        let home = Home::new();
+        let port = free_port();
+        let world = Self {
+            emulator,
+            bus,
+            home,
+            tokd: None,
+            port,
+            log_filter: filter,
+        };
+        world.home.write_config(&world.config(""));
+        let mut world = world;
+        world.start_tokd().await;
+        world
+    }
+
+    pub fn config(&self, extra: &str) -> String {
+        let secret = self.home.write_secret("acme.secret", SECRET);
+        let acme = self.emulator.consumer_table(
+            "acme",
+            CLIENT_ID,
+            &secret,
+            &format!("http://127.0.0.1:{}/callback", self.port),
+        );
+        let manual = self.emulator.consumer_table(
+            "manual",
+            CLIENT_ID,
+            &secret,
+            "https://app.example.com/callback",
+        );
+        format!(
+            r#"{acme}
+{manual}
+[installations.a]
+consumer = "acme"
+scopes = ["read"]
+
+[installations.b]
+consumer = "acme"
+scopes = ["read"]
+
+[installations.m]
+consumer = "manual"
+scopes = ["read"]
+
+[installations.bot]
+consumer = "acme"
+grant = "client_credentials"
+{extra}"#
+        )
+    }
+
+    pub async fn start_tokd(&mut self) {
+        self.tokd = Some(
+            Tokd::start_with_env(
+                &tokd_bin(),
+                &self.home,
+                &self.bus,
+                &[("TOKD_LOG", self.log_filter)],
+            )
+            .await,
+        );
+    }
+
+    /// Replaces the running tokd (killed) by one run through `wrapper`.
+    pub async fn restart_tokd_wrapped(&mut self, wrapper: &[&str]) {
+        self.tokd = None;
+        self.tokd = Some(
+            Tokd::start_wrapped(
+                wrapper,
+                &tokd_bin(),
+                &self.home,
+                &self.bus,
+                &[("TOKD_LOG", self.log_filter)],
+            )
+            .await,
+        );
+    }
+
+    pub fn tokd(&mut self) -> &mut Tokd {
+        self.tokd.as_mut().expect("tokd runs")
+    }
+
+    /// The JSON record of `name` in the state folder, if there is one.
+    pub fn stored(&self, name: &str) -> Option<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(self.home.state_dir().join(format!("{name}.json"))).ok()?;
+        Some(serde_json::from_str(&text).expect("a parseable state file"))
+    }
+
+    /// The refresh token in `name`'s state file.
+    pub fn stored_refresh_token(&self, name: &str) -> String {
+        self.stored(name)
+            .and_then(|record| record["refresh_token"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("{name} has a stored refresh token"))
+    }
+
+    /// `tokctl status NAME --json`, parsed.
+    pub async fn status(&self, name: &str) -> serde_json::Value {
+        let out = self.tokctl(&["status", name, "--json"]).await;
+        assert_eq!(out.status, 0, "{out:?}");
+        serde_json::from_str(&out.stdout).expect("status JSON")
+    }
+
+    pub fn log(&self) -> String {
+        self.tokd.as_ref().map(Tokd::log_text).unwrap_or_default()
+    }
+
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        self.home.tokctl(&tokctl_bin(), &self.bus, args)
+    }
+
+    pub async fn tokctl(&self, args: &[&str]) -> Out {
+        let output = self.command(args).output().await.expect("run tokctl");
+        Out {
+            status: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `tokctl get NAME`, which must succeed; returns the token.
+    pub async fn get(&self, name: &str) -> String {
+        self.get_with(name, &[]).await
+    }
+
+    /// `tokctl get NAME ARGS…`, which must succeed; returns the token.
+    pub async fn get_with(&self, name: &str, args: &[&str]) -> String {
+        let mut all = vec!["get", name];
+        all.extend_from_slice(args);
+        let out = self.tokctl(&all).await;
+        assert_eq!(out.status, 0, "get {name}: {out:?}\nlog:\n{}", self.log());
+        assert!(out.stderr.is_empty(), "{out:?}");
+        let token = out.stdout.strip_suffix('\n').expect("a newline").to_owned();
+        assert!(!token.is_empty() && !token.contains('\n'), "{out:?}");
+        token
+    }
+
+    /// Logs in through the daemon's loopback listener, playing the browser.
+    pub async fn login(&self, name: &str) {
+        let mut child = self
+            .command(&["login", name, "--no-browser"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tokctl login");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut url = String::new();
+        stdout.read_line(&mut url).await.expect("the login URL");
+        let url = url.trim();
+        assert!(url.starts_with(&self.emulator.auth_url()), "{url}");
+        assert!(url.contains("code_challenge_method=S256"), "{url}");
+        let location = browse(url).await;
+        let callback = format!("http://127.0.0.1:{}/callback?", self.port);
+        assert!(location.starts_with(&callback), "{location}");
+        let page = browser()
+            .get(&location)
+            .send()
+            .await
+            .expect("the daemon's listener answers")
+            .text()
+            .await
+            .expect("page");
+        assert!(page.contains("Logged in"), "{page}\nlog:\n{}", self.log());
+        let output = child.wait_with_output().await.expect("tokctl login ends");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(stderr.contains("logged in"), "{stderr}");
+    }
+
+    pub async fn proxy(&self) -> (zbus::Connection, ManagerProxy<'static>) {
+        let connection = self.bus.connect().await;
+        let proxy = ManagerProxy::new(&connection).await.expect("proxy");
+        (connection, proxy)
+    }
+}
+
+/// Plays the browser at the provider: opens `url`, follows nothing, and
+/// returns where the provider sends the browser back to.
+pub async fn browse(url: &str) -> String {
+    let response = browser().get(url).send().await.expect("authorize");
+    assert_eq!(
+        response.status().as_u16(),
+        302,
+        "the provider redirects back"
+    );
+    response.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .expect("location")
+        .to_owned()
+}
+
+/// An HTTP client that follows no redirect, as a browser seen step by step.
+pub fn browser() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("browser")
+}
+
+pub fn query_value(url: &str, key: &str) -> String {
+    url::Url::parse(url)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("{key} in {url}"))
+}
