@@ -235,6 +235,29 @@ impl Tokd {
         bus: &PrivateBus,
         extra: &[(&str, &str)],
     ) -> Self {
+        Self::start_inner(wrapper, binary, home, bus, extra, true).await
+    }
+
+    /// As `start_with_env`, for a tokd expected to serve the bus only (its
+    /// runtime folder is not one it will use): does not wait for the
+    /// private socket.
+    pub async fn start_without_socket(
+        binary: &Path,
+        home: &Home,
+        bus: &PrivateBus,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        Self::start_inner(&[], binary, home, bus, extra, false).await
+    }
+
+    async fn start_inner(
+        wrapper: &[&str],
+        binary: &Path,
+        home: &Home,
+        bus: &PrivateBus,
+        extra: &[(&str, &str)],
+        expect_socket: bool,
+    ) -> Self {
         let log = home.path().join(format!("tokd-{}.log", unique()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let connection = bus.connect().await;
@@ -290,6 +313,9 @@ impl Tokd {
             panic!("tokd did not take its name; log:\n{}", tokd.log_text());
         }
         tokd.ready_after = spawned.elapsed();
+        if !expect_socket {
+            return tokd;
+        }
         // The private socket is bound just after the name is taken (only
         // the name's owner may replace a stale one); tests that use it
         // need it answering.
@@ -355,6 +381,16 @@ impl Tokd {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGSTOP: tokd stands still (answers nothing) until `resume`.
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT, after `pause`.
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
     }
 
     /// SIGHUP (reload).

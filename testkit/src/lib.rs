@@ -70,6 +70,9 @@ pub struct Behaviour {
     pub dead_refresh: DeadRefreshAnswer,
     /// Whether `POST /revoke` exists.
     pub revocation: bool,
+    /// Sends this `expires_in` instead of the lifetime (a provider that
+    /// writes 0, say); the token still lives `access_lifetime`.
+    pub expires_in_sent: Option<i64>,
 }
 
 impl Behaviour {
@@ -88,6 +91,7 @@ impl Behaviour {
             non_form_status: 400,
             dead_refresh: DeadRefreshAnswer::BitbucketInvalidRequest,
             revocation: false,
+            expires_in_sent: None,
         }
     }
 
@@ -117,6 +121,7 @@ impl Behaviour {
             non_form_status: 400,
             dead_refresh: DeadRefreshAnswer::InvalidGrant,
             revocation: true,
+            expires_in_sent: None,
         }
     }
 
@@ -158,6 +163,24 @@ pub enum FaultBody {
     Json(String),
     /// An empty body with this `Location` header.
     Redirect(String),
+    /// An OAuth error whose description reflects the request as it came:
+    /// the raw form body and the `Authorization` header (a proxy or a
+    /// provider that echoes what it got).
+    Echo,
+}
+
+/// How a fault mangles the provider's real (successful) answer: the tokens
+/// in it are issued and, under rotation, the old refresh token is used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mangle {
+    /// A UTF-8 byte order mark before the JSON.
+    Bom,
+    /// Bytes after the JSON object.
+    TrailingBytes,
+    /// The JSON inside an HTML page.
+    HtmlWrapped,
+    /// `"access_token": 12345`, the rest (refresh token included) intact.
+    NumericAccessToken,
 }
 
 /// A fault injected into the next token (or revocation) request.
@@ -168,6 +191,8 @@ pub struct Fault {
     /// `None`: answer normally after the delay (a slow provider).
     pub answer: Option<(u16, FaultBody)>,
     pub retry_after: Option<String>,
+    /// With no `answer`: the normal answer, mangled.
+    pub mangle: Option<Mangle>,
 }
 
 impl Fault {
@@ -176,6 +201,17 @@ impl Fault {
             delay: Duration::ZERO,
             answer: Some((status, body)),
             retry_after: None,
+            mangle: None,
+        }
+    }
+
+    /// The real answer, with its tokens, mangled.
+    pub fn mangled(mangle: Mangle) -> Self {
+        Self {
+            delay: Duration::ZERO,
+            answer: None,
+            retry_after: None,
+            mangle: Some(mangle),
         }
     }
 
@@ -189,6 +225,7 @@ impl Fault {
             delay,
             answer: None,
             retry_after: None,
+            mangle: None,
         }
     }
 
@@ -229,6 +266,9 @@ pub struct RecordedRequest {
     /// Decoded `(client_id, client_secret)` from a Basic header.
     pub basic: Option<(String, String)>,
     pub form: Vec<(String, String)>,
+    /// The `Authorization` header and the body, as they came.
+    pub authorization: Option<String>,
+    pub raw_body: String,
 }
 
 impl RecordedRequest {

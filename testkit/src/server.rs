@@ -1,8 +1,8 @@
 //! The emulator's HTTP server and its state.
 
 use crate::{
-    AcceptedAuth, Behaviour, Counters, DeadRefreshAnswer, Fault, FaultBody, RecordedRequest,
-    Rotation,
+    AcceptedAuth, Behaviour, Counters, DeadRefreshAnswer, Fault, FaultBody, Mangle,
+    RecordedRequest, Rotation,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -71,6 +71,8 @@ struct State {
     holds: VecDeque<HeldGate>,
     counters: Counters,
     last_request: Option<RecordedRequest>,
+    /// Token and revocation requests being decided now.
+    deciding: usize,
 }
 
 #[derive(Debug)]
@@ -175,6 +177,7 @@ impl Emulator {
             holds: VecDeque::new(),
             counters: Counters::default(),
             last_request: None,
+            deciding: 0,
         }));
         let shared = Arc::clone(&state);
         let accept = tokio::spawn(async move {
@@ -317,6 +320,14 @@ impl Emulator {
         Hold {
             arrived: Some(arrived),
             release: Some(release),
+        }
+    }
+
+    /// Waits until no token or revocation request is being decided (one
+    /// whose client went away is still decided, as a real provider would).
+    pub async fn settled(&self) {
+        while self.lock().deciding > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 
@@ -482,34 +493,22 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> HttpRes
         }
         ("POST", "/token") | ("POST", "/revoke") => {
             let recorded = record(request).await;
-            let hold = lock().holds.pop_front();
-            if let Some(HeldGate { arrived, release }) = hold {
-                let _ = arrived.send(());
-                let _ = release.await;
-            }
-            let fault = {
-                let mut state = lock();
-                state.last_request = Some(recorded.clone());
+            // Decided in a task of its own: a client that gives up (a
+            // timeout) does not stop the provider from acting, as with a
+            // real one that rotates a refresh token nobody reads.
+            let (state, path) = (Arc::clone(&state), path.clone());
+            lock().deciding += 1;
+            let decided = tokio::spawn(async move {
+                let response = decide(Arc::clone(&state), &path, recorded).await;
                 state
-                    .faults
-                    .pop_front()
-                    .or_else(|| state.sticky_fault.clone())
-            };
-            if let Some(fault) = fault {
-                if !fault.delay.is_zero() {
-                    tokio::time::sleep(fault.delay).await;
-                }
-                if let Some((status, body)) = fault.answer {
-                    lock().counters.refused += 1;
-                    return fault_response(status, &body, fault.retry_after.as_deref());
-                }
-            }
-            let mut state = lock();
-            if path == "/token" {
-                token(&mut state, &recorded)
-            } else {
-                revoke(&mut state, &recorded)
-            }
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .deciding -= 1;
+                response
+            });
+            decided
+                .await
+                .unwrap_or_else(|_| respond(500, "text/plain", "the emulator failed"))
         }
         _ => respond(
             404,
@@ -519,7 +518,79 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> HttpRes
     }
 }
 
-fn fault_response(status: u16, body: &FaultBody, retry_after: Option<&str>) -> HttpResponse {
+async fn decide(state: Arc<Mutex<State>>, path: &str, recorded: RecordedRequest) -> HttpResponse {
+    let lock = || {
+        state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    let hold = lock().holds.pop_front();
+    if let Some(HeldGate { arrived, release }) = hold {
+        let _ = arrived.send(());
+        let _ = release.await;
+    }
+    let fault = {
+        let mut state = lock();
+        state.last_request = Some(recorded.clone());
+        state
+            .faults
+            .pop_front()
+            .or_else(|| state.sticky_fault.clone())
+    };
+    let mut mangle = None;
+    if let Some(fault) = fault {
+        if !fault.delay.is_zero() {
+            tokio::time::sleep(fault.delay).await;
+        }
+        if let Some((status, body)) = fault.answer {
+            lock().counters.refused += 1;
+            return fault_response(status, &body, fault.retry_after.as_deref(), &recorded);
+        }
+        mangle = fault.mangle;
+    }
+    let response = {
+        let mut state = lock();
+        if path == "/token" {
+            token(&mut state, &recorded)
+        } else {
+            revoke(&mut state, &recorded)
+        }
+    };
+    match mangle {
+        Some(mangle) => mangled(response, mangle).await,
+        None => response,
+    }
+}
+
+/// The real answer with its body changed as `mangle` says.
+async fn mangled(response: HttpResponse, mangle: Mangle) -> HttpResponse {
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes().to_vec())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let changed: Vec<u8> = match mangle {
+        Mangle::Bom => [b"\xEF\xBB\xBF".as_slice(), &body].concat(),
+        Mangle::TrailingBytes => format!("{text}garbage}}").into_bytes(),
+        Mangle::HtmlWrapped => format!("<html><body><pre>{text}</pre></body></html>").into_bytes(),
+        Mangle::NumericAccessToken => {
+            let mut value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            value["access_token"] = json!(12345);
+            value.to_string().into_bytes()
+        }
+    };
+    respond(status, "application/json", changed)
+}
+
+fn fault_response(
+    status: u16,
+    body: &FaultBody,
+    retry_after: Option<&str>,
+    request: &RecordedRequest,
+) -> HttpResponse {
     let mut response = match body {
         FaultBody::Html => respond(
             status,
@@ -535,6 +606,18 @@ fn fault_response(status: u16, body: &FaultBody, retry_after: Option<&str>) -> H
             Bytes::from_static(b"\x00\xff{{\"acc"),
         ),
         FaultBody::Json(text) => respond(status, "application/json", text.clone()),
+        FaultBody::Echo => oauth_error(
+            status,
+            "invalid_request",
+            &format!(
+                "could not use {} with {}",
+                request.raw_body,
+                request
+                    .authorization
+                    .as_deref()
+                    .unwrap_or("no authorization")
+            ),
+        ),
         FaultBody::Redirect(location) => {
             let mut response = respond(status, "text/html", "");
             response.headers_mut().insert(
@@ -563,6 +646,7 @@ async fn record(request: Request<Incoming>) -> RecordedRequest {
     };
     let content_type = header(hyper::header::CONTENT_TYPE);
     let accept = header(hyper::header::ACCEPT);
+    let authorization = header(hyper::header::AUTHORIZATION);
     let basic = header(hyper::header::AUTHORIZATION)
         .and_then(|value| value.strip_prefix("Basic ").map(str::to_owned))
         .and_then(|encoded| STANDARD.decode(encoded).ok())
@@ -596,6 +680,8 @@ async fn record(request: Request<Incoming>) -> RecordedRequest {
         accept,
         basic,
         form,
+        authorization,
+        raw_body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
 
@@ -909,7 +995,9 @@ fn token_body(
     body.insert("access_token".into(), json!(access));
     body.insert("token_type".into(), json!(behaviour.token_type));
     if !behaviour.omit_expires_in {
-        let seconds = behaviour.access_lifetime.as_secs();
+        let seconds = behaviour.expires_in_sent.unwrap_or_else(|| {
+            i64::try_from(behaviour.access_lifetime.as_secs()).unwrap_or(i64::MAX)
+        });
         let value = if behaviour.expires_in_as_string {
             json!(seconds.to_string())
         } else {
