@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use failure::{Failure, exit};
 use futures_util::StreamExt;
 use output::{JsonInstallation, details, expiry_phrase, format_token, one_line, table, to_json};
+use std::future::Future;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,7 +33,18 @@ Exit status:
 On failure stdout is empty and stderr has one line saying what to do.
 
 tokctl reaches tokd over its private socket, $XDG_RUNTIME_DIR/tokd/bus,
-when it answers, else over the session bus (which starts tokd if needed).";
+when it answers and belongs to this user, else over the session bus
+(which starts tokd if needed).";
+
+/// How long tokctl waits for tokd unless `--timeout` says otherwise:
+/// enough for a refresh at a slow provider.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `login` waits for the browser unless `--timeout` says
+/// otherwise.
+const DEFAULT_LOGIN_WAIT: Duration = Duration::from_secs(300);
+/// How long the private socket's handshake may take before tokctl uses
+/// the session bus instead (tokd answers it in well under a millisecond).
+const SOCKET_HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// tokctl: get fresh OAuth 2.0 access tokens from the tokd daemon.
 ///
@@ -40,6 +52,12 @@ when it answers, else over the session bus (which starts tokd if needed).";
 #[derive(Debug, Parser)]
 #[command(name = "tokctl", version, after_help = EXIT_HELP)]
 struct Cli {
+    /// Give up (exit 7) when tokd has not answered within DURATION
+    /// (default 60s: time for a refresh at a slow provider). For `login`,
+    /// how long to wait for the browser (default 5m).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -81,9 +99,6 @@ enum Command {
         /// Codes may start with `-`.
         #[arg(long, value_name = "CODE", allow_hyphen_values = true)]
         code: Option<String>,
-        /// How long to wait for the browser.
-        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
-        timeout: Duration,
     },
     /// Refresh now.
     Refresh { name: String },
@@ -116,7 +131,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(&Failure::new(exit::OTHER, error.to_string())),
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, cli.timeout)) {
         Ok(output) => {
             let mut stdout = std::io::stdout().lock();
             if stdout
@@ -138,16 +153,22 @@ fn fail(failure: &Failure) -> ExitCode {
     ExitCode::from(failure.status)
 }
 
-/// Runs one command; returns what goes to stdout.
-async fn run(command: Command) -> Result<String, Failure> {
+/// Runs one command; returns what goes to stdout. Every exchange with
+/// tokd must end within `timeout` (default [`DEFAULT_TIMEOUT`]); only
+/// `login`'s wait for the browser has its own.
+async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Failure> {
+    let deadline = Deadline::new(timeout.unwrap_or(DEFAULT_TIMEOUT));
     // Waiting for LoginFinished needs the bus: signals are not sent on
     // the private socket.
     let waits_for_a_signal = matches!(command, Command::Login { code: None, .. });
-    let connection = connect(waits_for_a_signal).await?;
-    let proxy = ManagerProxy::builder(&connection)
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await?;
+    let connection = deadline.bound(connect(waits_for_a_signal)).await??;
+    let proxy = deadline
+        .bound(
+            ManagerProxy::builder(&connection)
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build(),
+        )
+        .await??;
     match command {
         Command::Get {
             name,
@@ -155,14 +176,15 @@ async fn run(command: Command) -> Result<String, Failure> {
             format,
         } => {
             let secs = u32::try_from(min_valid.as_secs()).unwrap_or(u32::MAX);
-            let (token, expires_at, token_type, warning) = proxy.get_token(&name, secs).await?;
+            let (token, expires_at, token_type, warning) =
+                deadline.bound(proxy.get_token(&name, secs)).await??;
             if !warning.is_empty() {
                 eprintln!("tokctl: warning: {}", one_line(&warning));
             }
             Ok(format_token(&token, expires_at, &token_type, format, now()))
         }
         Command::List { json } => {
-            let list = proxy.list().await?;
+            let list = deadline.bound(proxy.list()).await??;
             Ok(if json {
                 to_json(&list.iter().map(JsonInstallation::from).collect::<Vec<_>>())
             } else {
@@ -171,8 +193,8 @@ async fn run(command: Command) -> Result<String, Failure> {
         }
         Command::Status { name, json } => {
             let list = match name {
-                Some(name) => vec![proxy.status(&name).await?],
-                None => proxy.list().await?,
+                Some(name) => vec![deadline.bound(proxy.status(&name)).await??],
+                None => deadline.bound(proxy.list()).await??,
             };
             Ok(match (json, list.as_slice()) {
                 (true, [one]) => to_json(&JsonInstallation::from(one)),
@@ -188,10 +210,12 @@ async fn run(command: Command) -> Result<String, Failure> {
             name,
             no_browser,
             code,
-            timeout,
-        } => login(&proxy, &name, no_browser, code, timeout).await,
+        } => {
+            let wait = timeout.unwrap_or(DEFAULT_LOGIN_WAIT);
+            login(&proxy, &deadline, &name, no_browser, code, wait).await
+        }
         Command::Refresh { name } => {
-            let expires_at = proxy.refresh(&name).await?;
+            let expires_at = deadline.bound(proxy.refresh(&name)).await??;
             eprintln!(
                 "tokctl: refreshed `{name}`; {}",
                 expiry_phrase(expires_at, now())
@@ -199,29 +223,61 @@ async fn run(command: Command) -> Result<String, Failure> {
             Ok(String::new())
         }
         Command::Revoke { name } => {
-            let message = proxy.revoke(&name).await?;
+            let message = deadline.bound(proxy.revoke(&name)).await??;
             eprintln!("tokctl: {message}");
             Ok(String::new())
         }
         Command::Reload => {
-            let summary = proxy.reload().await?;
+            let summary = deadline.bound(proxy.reload()).await??;
             eprintln!("tokctl: reloaded: {summary}");
             Ok(String::new())
         }
     }
 }
 
-/// tokd's private socket if it answers (one process hop fewer, no
-/// `Hello`), else the session bus, which also starts tokd on demand.
+/// When tokctl gives up on tokd.
+#[derive(Debug)]
+struct Deadline {
+    at: tokio::time::Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + timeout,
+            timeout,
+        }
+    }
+
+    /// `work`, or a failure (exit 7) if the deadline passes first.
+    async fn bound<T>(&self, work: impl Future<Output = T>) -> Result<T, Failure> {
+        tokio::time::timeout_at(self.at, work).await.map_err(|_| {
+            Failure::new(
+                exit::DAEMON_UNREACHABLE,
+                format!(
+                    "tokd did not answer within {}; it may be stopped or stuck (`systemctl --user status tokd`), or use --timeout to wait longer",
+                    humantime::format_duration(self.timeout)
+                ),
+            )
+        })
+    }
+}
+
+/// tokd's private socket if it answers and is this user's (one process
+/// hop fewer, no `Hello`), else the session bus, which also starts tokd on
+/// demand.
 async fn connect(needs_the_bus: bool) -> Result<zbus::Connection, Failure> {
     if !needs_the_bus
         && let Some(path) = tokd_shared::private_socket_path()
         // A missing or stale socket (tokd killed) fails here at once.
-        && let Ok(stream) = std::os::unix::net::UnixStream::connect(path)
-        && let Ok(connection) = zbus::connection::Builder::unix_stream(stream)
-            .p2p()
-            .build()
-            .await
+        && let Ok(stream) = std::os::unix::net::UnixStream::connect(&path)
+        && served_by_this_user(&stream, &path)
+        && let Ok(Ok(connection)) = tokio::time::timeout(
+            SOCKET_HANDSHAKE,
+            zbus::connection::Builder::unix_stream(stream).p2p().build(),
+        )
+        .await
     {
         return Ok(connection);
     }
@@ -236,8 +292,28 @@ async fn connect(needs_the_bus: bool) -> Result<zbus::Connection, Failure> {
         })
 }
 
+/// Whether the process at the other end of `stream` runs as this user:
+/// nothing is sent to a socket another user put in a runtime folder they
+/// could write to.
+fn served_by_this_user(stream: &std::os::unix::net::UnixStream, path: &std::path::Path) -> bool {
+    let own = rustix::process::getuid();
+    match rustix::net::sockopt::socket_peercred(stream) {
+        Ok(credentials) if credentials.uid == own => true,
+        Ok(credentials) => {
+            eprintln!(
+                "tokctl: warning: {} is served by uid {}, not by you; not using it (check that $XDG_RUNTIME_DIR is yours and mode 700)",
+                path.display(),
+                credentials.uid.as_raw()
+            );
+            false
+        }
+        Err(_) => false,
+    }
+}
+
 async fn login(
     proxy: &ManagerProxy<'_>,
+    deadline: &Deadline,
     name: &str,
     no_browser: bool,
     code: Option<String>,
@@ -253,7 +329,7 @@ async fn login(
         } else {
             code
         };
-        let expires_at = proxy.complete_login(name, &code).await?;
+        let expires_at = deadline.bound(proxy.complete_login(name, &code)).await??;
         eprintln!(
             "tokctl: logged in: `{name}` holds a token; {}",
             expiry_phrase(expires_at, now())
@@ -261,8 +337,8 @@ async fn login(
         return Ok(String::new());
     }
     // Subscribe before starting, so the answer cannot slip past.
-    let mut finished = proxy.receive_login_finished().await?;
-    let (url, listening) = proxy.begin_login(name).await?;
+    let mut finished = deadline.bound(proxy.receive_login_finished()).await??;
+    let (url, listening) = deadline.bound(proxy.begin_login(name)).await??;
     let opened = !no_browser && has_display() && open_in_browser(&url);
     if opened {
         eprintln!("tokctl: opened the login page of `{name}` in your browser");

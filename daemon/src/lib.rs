@@ -3,6 +3,7 @@
 //! The daemon is a library with one entry, [`run`], and a thin `main.rs`,
 //! so that tests drive it in-process. See ARCHITECTURE.md for the map.
 
+mod accept;
 pub mod broker;
 pub mod bus;
 pub mod config;

@@ -35,7 +35,7 @@ TOKD_LOG=debug or TOKD_LOG=tokd=trace. Tokens and secrets are never logged.
 Without --check-config, tokd serves org.tokd.tokd1 on the session bus
 (DBUS_SESSION_BUS_ADDRESS), and the same interface peer to peer on
 $XDG_RUNTIME_DIR/tokd/bus for this user, until SIGTERM or SIGINT, after which it starts
-no new request, waits (at most 35 s) for requests already sent to
+no new request, waits (at most 65 s) for requests already sent to
 providers so that their tokens are written, and exits. SIGHUP reloads
 the config. State is kept under $XDG_STATE_HOME/tokd/.
 
@@ -43,8 +43,16 @@ Exit status: 0 on success (and after SIGTERM), 1 when the config is
 invalid or unreadable or the bus cannot be served, 2 for bad usage.";
 
 fn main() -> ExitCode {
+    // Before any secret is read: no core dump of tokd's memory, and no
+    // ptrace or /proc/PID/mem by other processes of this user without
+    // CAP_SYS_PTRACE.
+    let not_dumpable =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let args = Args::parse();
     init_logging();
+    if let Err(error) = not_dumpable {
+        warn!(%error, "cannot make tokd's memory undumpable; a core dump could hold tokens");
+    }
     if let Some(path) = args.check_config {
         return check_config(path.or(args.config));
     }

@@ -32,11 +32,20 @@ pub enum FolderError {
     },
     #[error("{what} {} is not a folder", .path.display())]
     NotAFolder { what: &'static str, path: PathBuf },
+    #[error("{what} {} is a symlink, which tokd does not follow", .path.display())]
+    Symlink { what: &'static str, path: PathBuf },
+    #[error("{what} {} has mode {mode:o}: others may enter it; it must be 700", .path.display())]
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
 }
 
 /// Creates `dir` (mode 0700) if needed and checks that it is a folder of
 /// this user's with no access for anyone else: a looser mode is tightened
-/// with a warning, a folder owned by someone else is refused.
+/// with a warning, a folder owned by someone else or a symlink (which could
+/// lead anywhere, and whose target a chmod would change) is refused.
 pub fn private_folder(dir: &Path, what: &'static str) -> Result<(), FolderError> {
     let create_error = |source| FolderError::Create {
         what,
@@ -48,7 +57,13 @@ pub fn private_folder(dir: &Path, what: &'static str) -> Result<(), FolderError>
         .mode(0o700)
         .create(dir)
         .map_err(create_error)?;
-    let metadata = fs::metadata(dir).map_err(create_error)?;
+    let metadata = fs::symlink_metadata(dir).map_err(create_error)?;
+    if metadata.file_type().is_symlink() {
+        return Err(FolderError::Symlink {
+            what,
+            path: dir.to_owned(),
+        });
+    }
     if !metadata.is_dir() {
         return Err(FolderError::NotAFolder {
             what,
@@ -72,6 +87,48 @@ pub fn private_folder(dir: &Path, what: &'static str) -> Result<(), FolderError>
             "{what} had loose permissions; set them to 700"
         );
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(create_error)?;
+    }
+    Ok(())
+}
+
+/// Checks, without changing anything, that `dir` is this user's alone:
+/// a real folder (not a symlink), owned by this user, with no access for
+/// group or others. For `$XDG_RUNTIME_DIR`: a runtime folder that others
+/// can write to is no place for a socket that hands out tokens, since
+/// another user could put their own there first.
+pub fn check_private_folder(dir: &Path, what: &'static str) -> Result<(), FolderError> {
+    let metadata = fs::symlink_metadata(dir).map_err(|source| FolderError::Create {
+        what,
+        path: dir.to_owned(),
+        source,
+    })?;
+    let path = || dir.to_owned();
+    if metadata.file_type().is_symlink() {
+        return Err(FolderError::Symlink { what, path: path() });
+    }
+    if !metadata.is_dir() {
+        return Err(FolderError::NotAFolder { what, path: path() });
+    }
+    let me = current_uid().map_err(|source| FolderError::Create {
+        what,
+        path: path(),
+        source,
+    })?;
+    if metadata.uid() != me {
+        return Err(FolderError::Foreign {
+            what,
+            path: path(),
+            owner: metadata.uid(),
+            me,
+        });
+    }
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(FolderError::Open {
+            what,
+            path: path(),
+            mode,
+        });
     }
     Ok(())
 }

@@ -18,9 +18,9 @@
 
 use crate::sync::lock;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 /// The longest the scheduler sleeps before re-reading the wall clock.
@@ -89,25 +89,45 @@ pub fn random_fraction() -> f64 {
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The wall clock that expiry is judged by: the system clock, moved
-/// forward by whatever [`Clock::jump`] added. tokd never jumps it; tests do,
-/// to play a suspend or a clock change without waiting for one.
+/// The clocks expiry is judged by: the wall clock, moved by whatever
+/// [`Clock::jump`] or [`Clock::jump_back`] added, and the monotonic clock,
+/// which no jump moves. tokd never jumps it; tests do, to play a suspend or
+/// a clock set back without waiting for one.
 #[derive(Debug, Clone, Default)]
 pub struct Clock {
-    /// Milliseconds added to the system clock.
-    offset: Arc<AtomicU64>,
+    /// Milliseconds added to the system clock (negative: taken off).
+    offset: Arc<AtomicI64>,
 }
 
 impl Clock {
     pub fn now(&self) -> SystemTime {
-        SystemTime::now() + Duration::from_millis(self.offset.load(Ordering::Relaxed))
+        let offset = self.offset.load(Ordering::Relaxed);
+        let by = Duration::from_millis(offset.unsigned_abs());
+        if offset >= 0 {
+            SystemTime::now() + by
+        } else {
+            SystemTime::now() - by
+        }
     }
 
-    /// Moves this clock (and every clone of it) forward by `by`, as a
+    /// The monotonic clock: never jumps (but stands still in a suspend,
+    /// which the wall clock does not).
+    pub fn monotonic(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// Moves the wall clock (and every clone of it) forward by `by`, as a
     /// suspend of that length looks to a program that wakes up after it.
     pub fn jump(&self, by: Duration) {
-        let millis = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        let millis = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
         self.offset.fetch_add(millis, Ordering::Relaxed);
+    }
+
+    /// Sets the wall clock back by `by`, as an administrator or a bad NTP
+    /// answer might.
+    pub fn jump_back(&self, by: Duration) {
+        let millis = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.offset.fetch_sub(millis, Ordering::Relaxed);
     }
 }
 

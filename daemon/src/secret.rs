@@ -1,10 +1,11 @@
 //! Secret values and where the client secret comes from.
 //!
 //! Every secret the daemon handles is a newtype here whose `Debug` and
-//! `Display` print `[redacted]`; the raw value is reachable only through
-//! `expose()`, called where the value is sent or stored. This module never
-//! logs a value, and a failing secret command's output never reaches a
-//! message.
+//! `Display` print `[redacted]` and whose memory is zeroed when it is
+//! dropped (a rotated-out refresh token does not linger in the heap); the
+//! raw value is reachable only through `expose()`, called where the value
+//! is sent or stored. This module never logs a value, and a failing secret
+//! command's stdout never reaches a message.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
+use zeroize::{Zeroize, Zeroizing};
 
 macro_rules! secret_type {
     ($(#[$meta:meta])* $name:ident) => {
@@ -44,6 +46,12 @@ macro_rules! secret_type {
                 f.write_str("[redacted]")
             }
         }
+
+        impl Drop for $name {
+            fn drop(&mut self) {
+                self.0.zeroize();
+            }
+        }
     };
 }
 
@@ -70,6 +78,15 @@ secret_type!(
 
 /// How long a `client_secret_command` may run before it is killed.
 pub const SECRET_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a `client_secret_command` may print on stdout: a client secret
+/// is a line, and a runaway command must not fill tokd's memory.
+pub const MAX_SECRET_OUTPUT: usize = 64 * 1024;
+/// How much of a failing command's stderr is kept (its first line of it
+/// is shown).
+const MAX_STDERR: usize = 4096;
+/// After the command exits, how long to wait for output still on its way
+/// (a leftover child may hold stdout open; it is not waited for).
+const DRAIN: Duration = Duration::from_millis(50);
 
 /// Where a consumer's client secret comes from.
 #[derive(Clone, PartialEq, Eq)]
@@ -105,10 +122,17 @@ pub enum SecretError {
         program: String,
         source: std::io::Error,
     },
-    #[error("client secret command `{program}` did not finish within {}s and was killed", .timeout.as_secs())]
+    #[error("client secret command `{program}` did not finish within {}s and was killed with its process group", .timeout.as_secs())]
     Timeout { program: String, timeout: Duration },
-    #[error("client secret command `{program}` failed ({status}); run it by hand to see why")]
-    Failed { program: String, status: String },
+    #[error("client secret command `{program}` failed ({status}){}", stderr_suffix(.stderr))]
+    Failed {
+        program: String,
+        status: String,
+        /// The first line it printed on stderr, bounded and sanitized.
+        stderr: Option<String>,
+    },
+    #[error("client secret command `{program}` printed more than {} KiB on stdout and was killed; it should print the secret on one line", MAX_SECRET_OUTPUT / 1024)]
+    TooMuchOutput { program: String },
     #[error("client secret command `{program}` printed nothing on stdout")]
     EmptyCommand { program: String },
     #[error("client secret command `{program}` printed something that is not UTF-8")]
@@ -172,6 +196,21 @@ async fn read_secret_file(path: &Path) -> Result<ClientSecret, SecretError> {
     Ok(ClientSecret::new(secret))
 }
 
+fn stderr_suffix(stderr: &Option<String>) -> String {
+    match stderr {
+        Some(line) => format!(": {line}"),
+        None => "; run it by hand to see why".to_owned(),
+    }
+}
+
+/// Runs the command in a process group of its own, without a shell.
+///
+/// Its stdout is read up to [`MAX_SECRET_OUTPUT`]; the result is taken
+/// when the command exits (output still in the pipe is read, but a leftover
+/// child holding stdout open is not waited for). On a timeout, or too much
+/// output, the whole group is killed. Its stderr never reaches tokd's log
+/// whole: only its first line, bounded, sanitized and scrubbed of what the
+/// command printed on stdout, and only in the error of a failure.
 async fn run_secret_command(
     argv: &[String],
     timeout: Duration,
@@ -182,51 +221,134 @@ async fn run_secret_command(
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        // stderr goes where the daemon's goes: a password manager's prompt or
-        // complaint is for the human, and it is not the secret.
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| SecretError::Spawn {
             program: program.clone(),
             source,
         })?;
+    let group = child.id();
     let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let mut output = Zeroizing::new(Vec::new());
+    let mut errors = Vec::new();
     let run = async {
-        let mut output = Vec::new();
-        if let Some(stdout) = stdout.as_mut() {
-            // A read error here shows up as an empty or short secret, which
-            // the checks below report.
-            let _ = stdout.read_to_end(&mut output).await;
+        let mut chunk = Zeroizing::new([0u8; 4096]);
+        let mut stderr_chunk = [0u8; 512];
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                read = read_some(&mut stdout, &mut chunk[..]) => match read {
+                    Some(n) => {
+                        output.extend_from_slice(&chunk[..n]);
+                        if output.len() > MAX_SECRET_OUTPUT {
+                            return Err(SecretError::TooMuchOutput { program: program.clone() });
+                        }
+                    }
+                    None => stdout = None,
+                },
+                read = read_some(&mut stderr, &mut stderr_chunk), if errors.len() < MAX_STDERR => match read {
+                    Some(n) => errors.extend_from_slice(&stderr_chunk[..n]),
+                    None => stderr = None,
+                },
+            }
+        };
+        // What it wrote before it exited is in the pipe already.
+        while stdout.is_some()
+            && let Ok(Some(n)) =
+                tokio::time::timeout(DRAIN, read_some(&mut stdout, &mut chunk[..])).await
+        {
+            output.extend_from_slice(&chunk[..n]);
+            if output.len() > MAX_SECRET_OUTPUT {
+                return Err(SecretError::TooMuchOutput {
+                    program: program.clone(),
+                });
+            }
         }
-        let status = child.wait().await;
-        (output, status)
+        while stderr.is_some()
+            && errors.len() < MAX_STDERR
+            && let Ok(Some(n)) =
+                tokio::time::timeout(DRAIN, read_some(&mut stderr, &mut stderr_chunk)).await
+        {
+            errors.extend_from_slice(&stderr_chunk[..n]);
+        }
+        status.map_err(|source| SecretError::Spawn {
+            program: program.clone(),
+            source,
+        })
     };
-    let (output, status) = match tokio::time::timeout(timeout, run).await {
-        Ok(done) => done,
-        Err(_) => {
-            // kill_on_drop reaps it when `child` goes out of scope.
-            return Err(SecretError::Timeout { program, timeout });
+    let outcome = match tokio::time::timeout(timeout, run).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(SecretError::Timeout {
+            program: program.clone(),
+            timeout,
+        }),
+    };
+    let status = match outcome {
+        Ok(status) => status,
+        Err(error) => {
+            kill_group(group);
+            return Err(error);
         }
     };
-    let status = status.map_err(|source| SecretError::Spawn {
+    let text = std::str::from_utf8(&output).map_err(|_| SecretError::NotUtf8Command {
         program: program.clone(),
-        source,
     })?;
+    let secret = trim_line_ending(text);
     if !status.success() {
+        let line = String::from_utf8_lossy(&errors)
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty())
+            .map(|line| {
+                let line = crate::oauth::sanitize(line, 200);
+                if secret.len() >= 4 {
+                    line.replace(secret, "[redacted]")
+                } else {
+                    line
+                }
+            });
+        errors.zeroize();
         return Err(SecretError::Failed {
             program,
             status: status.to_string(),
+            stderr: line,
         });
     }
-    let text = String::from_utf8(output).map_err(|_| SecretError::NotUtf8Command {
-        program: program.clone(),
-    })?;
-    let secret = trim_line_ending(&text);
+    errors.zeroize();
     if secret.is_empty() {
         return Err(SecretError::EmptyCommand { program });
     }
     Ok(ClientSecret::new(secret))
+}
+
+/// One read from an optional pipe: `None` once it is closed (or absent, in
+/// which case it never resolves, leaving the other branches to run).
+async fn read_some<R: tokio::io::AsyncRead + Unpin>(
+    pipe: &mut Option<R>,
+    buffer: &mut [u8],
+) -> Option<usize> {
+    match pipe {
+        Some(pipe) => match pipe.read(buffer).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Kills every process of the command's group (the command and anything
+/// it started that stayed in its group).
+fn kill_group(group: Option<u32>) {
+    let Some(pid) = group
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
 }
 
 /// Logs a warning when `mode` lets the group or others read the file.
@@ -346,6 +468,73 @@ mod tests {
         assert!(matches!(error, SecretError::Timeout { .. }), "{error}");
         // Not a speed check: it proves we did not wait for `sleep 30`.
         assert!(started.elapsed() < Duration::from_secs(25));
+    }
+
+    #[tokio::test]
+    async fn a_flood_on_stdout_is_cut_off_at_the_cap() {
+        let source = SecretSource::Command(argv(&["yes", "x"]));
+        let error = source.resolve().await.expect_err("too much");
+        assert!(
+            matches!(error, SecretError::TooMuchOutput { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("more than 64 KiB"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_result_is_taken_when_the_command_exits() {
+        // A background child keeps stdout open long after the command
+        // itself has printed the secret and exited.
+        let source = SecretSource::Command(argv(&[
+            "sh",
+            "-c",
+            &format!("printf '%s\\n' {RAW}; sleep 30 &"),
+        ]));
+        let secret = source
+            .resolve_with_timeout(Duration::from_secs(10))
+            .await
+            .expect("not waiting for the background child")
+            .expect("some");
+        assert_eq!(secret.expose(), RAW);
+    }
+
+    #[tokio::test]
+    async fn at_the_timeout_the_whole_process_group_is_killed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("child");
+        let script = format!("sleep 1000 & echo $! > {}; wait", pid_file.display());
+        let source = SecretSource::Command(argv(&["sh", "-c", &script]));
+        let error = source
+            .resolve_with_timeout(Duration::from_millis(500))
+            .await
+            .expect_err("timed out");
+        assert!(matches!(error, SecretError::Timeout { .. }), "{error}");
+        let pid = std::fs::read_to_string(&pid_file).expect("the child's pid");
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let dead = async {
+            // Gone, or a zombie waiting for its new parent to reap it.
+            while std::fs::read_to_string(&stat)
+                .is_ok_and(|text| text.split_whitespace().nth(2).is_none_or(|s| s != "Z"))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), dead)
+            .await
+            .expect("the background child was killed with its group");
+    }
+
+    #[tokio::test]
+    async fn a_failure_says_the_first_line_of_stderr_scrubbed() {
+        let source = SecretSource::Command(argv(&[
+            "sh",
+            "-c",
+            &format!("echo {RAW}; echo 'gpg: no key for {RAW}' >&2; echo second >&2; exit 2"),
+        ]));
+        let error = source.resolve().await.expect_err("fails");
+        let text = error.to_string();
+        assert!(text.contains("gpg: no key for [redacted]"), "{text}");
+        assert!(!text.contains("second") && !text.contains(RAW), "{text}");
     }
 
     #[tokio::test]

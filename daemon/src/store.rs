@@ -12,15 +12,16 @@
 //! them on the blocking pool. This module never speaks HTTP and never decides
 //! when to refresh.
 
-use crate::os::{FolderError, private_folder};
+use crate::os::{FolderError, current_uid, private_folder};
 use crate::secret::{AccessToken, RefreshToken};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
 
 /// The version written in every record. A file with a higher version was
 /// written by a newer tokd and is left untouched.
@@ -117,6 +118,12 @@ pub enum StoreError {
     Read { path: PathBuf, source: io::Error },
     #[error("{} was written by a newer tokd (format {found}, this one reads {FORMAT_VERSION}); it was left untouched, upgrade tokd", .path.display())]
     NewerFormat { path: PathBuf, found: u32 },
+    #[error("{} is readable by others (mode {mode:o}) and cannot be set to 600: {source}", .path.display())]
+    Permissions {
+        path: PathBuf,
+        mode: u32,
+        source: io::Error,
+    },
     /// The blocking task that wrote or read was cut short (it panicked).
     #[error("the state file operation was interrupted: {0}")]
     Interrupted(String),
@@ -126,6 +133,8 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// This user: the owner every state file must have.
+    uid: u32,
 }
 
 /// Distinguishes temporary files written concurrently by one process.
@@ -138,7 +147,11 @@ impl Store {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
         private_folder(&dir, "state folder")?;
-        let store = Self { dir };
+        let uid = current_uid().map_err(|source| StoreError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        let store = Self { dir, uid };
         store.remove_stale_temporaries();
         Ok(store)
     }
@@ -186,31 +199,62 @@ impl Store {
         name: &str,
     ) -> Result<Loaded, StoreError> {
         let path = self.path_of(name);
+        // Never through a symlink (one planted in the folder would have
+        // tokd read, and chmod, a file elsewhere), and never blocking on a
+        // FIFO planted in its place.
+        let flags = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::CLOEXEC
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::NONBLOCK;
         let opened = match folder {
             Some(folder) => rustix::fs::openat(
                 folder,
                 format!("{name}.json"),
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                flags,
                 rustix::fs::Mode::empty(),
-            )
-            .map(File::from)
-            .map_err(io::Error::from),
-            None => File::open(&path),
-        };
-        // One open: the size, the mode and the bytes all come through the
-        // descriptor.
+            ),
+            None => rustix::fs::open(&path, flags, rustix::fs::Mode::empty()),
+        }
+        .map(File::from)
+        .map_err(io::Error::from);
+        // One open: the owner, the size, the mode and the bytes all come
+        // through the descriptor.
         let mut file = match opened {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+            Err(error) if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                return self.move_aside(
+                    name,
+                    &path,
+                    "a symlink, which tokd does not follow".into(),
+                );
+            }
             Err(error) => return self.move_aside(name, &path, format!("unreadable: {error}")),
         };
-        let metadata = file.metadata().ok();
-        if let Some(metadata) = &metadata {
-            tighten_file(&file, &path, metadata);
+        let metadata = file.metadata().map_err(|source| StoreError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if !metadata.is_file() {
+            return self.move_aside(name, &path, "not a regular file".into());
         }
-        let size = metadata.map_or(0, |m| usize::try_from(m.len()).unwrap_or(0));
+        if metadata.uid() != self.uid {
+            // Planted while the folder was loose, perhaps: its tokens are
+            // not this user's to serve.
+            return self.move_aside(
+                name,
+                &path,
+                format!(
+                    "owned by uid {}, not by this user (uid {})",
+                    metadata.uid(),
+                    self.uid
+                ),
+            );
+        }
+        tighten_file(&file, &path, &metadata)?;
+        let size = usize::try_from(metadata.len()).unwrap_or(0);
         let bytes = match read_all(&mut file, size) {
-            Ok(bytes) => bytes,
+            Ok(bytes) => Zeroizing::new(bytes),
             Err(error) => return self.move_aside(name, &path, format!("unreadable: {error}")),
         };
         drop(file);
@@ -249,10 +293,12 @@ impl Store {
     /// previous record is still in place.
     pub fn save(&self, name: &str, record: &Record) -> Result<(), StoreError> {
         let path = self.path_of(name);
-        let mut bytes = serde_json::to_vec_pretty(record).map_err(|error| StoreError::Write {
-            path: path.clone(),
-            source: io::Error::other(error),
-        })?;
+        let mut bytes = Zeroizing::new(serde_json::to_vec_pretty(record).map_err(|error| {
+            StoreError::Write {
+                path: path.clone(),
+                source: io::Error::other(error),
+            }
+        })?);
         bytes.push(b'\n');
         self.write_atomically(&path, name, &bytes)
             .map_err(|source| StoreError::Write { path, source })
@@ -306,7 +352,7 @@ impl Store {
             .map_or(0, |since| since.as_secs());
         let mut moved_to = self.dir.join(format!("{name}.json.corrupt-{stamp}"));
         let mut attempt = 1;
-        while moved_to.exists() {
+        while fs::symlink_metadata(&moved_to).is_ok() {
             moved_to = self
                 .dir
                 .join(format!("{name}.json.corrupt-{stamp}-{attempt}"));
@@ -324,7 +370,7 @@ impl Store {
         Ok(Loaded::MovedAside { moved_to, reason })
     }
 
-    /// A token file readable by others is set back to 0600.
+    /// Removes temporary files a crash left behind.
     fn remove_stale_temporaries(&self) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
@@ -373,16 +419,35 @@ fn read_all(file: &mut File, size: usize) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Sets a token file that others can read or write back to 0600.
-fn tighten_file(file: &File, path: &Path, metadata: &fs::Metadata) {
+/// Sets a token file that others can read or write back to 0600; a file
+/// that cannot be tightened is not used.
+fn tighten_file(file: &File, path: &Path, metadata: &fs::Metadata) -> Result<(), StoreError> {
     let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        tracing::warn!(
-            path = %path.display(),
-            mode = format_args!("{mode:o}"),
-            "token file had loose permissions; set them to 600"
-        );
-        let _ = file.set_permissions(fs::Permissions::from_mode(0o600));
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    match file.set_permissions(fs::Permissions::from_mode(0o600)) {
+        Ok(()) => {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format_args!("{mode:o}"),
+                "token file had loose permissions; set them to 600"
+            );
+            Ok(())
+        }
+        Err(source) => {
+            tracing::error!(
+                path = %path.display(),
+                mode = format_args!("{mode:o}"),
+                error = %source,
+                "token file has loose permissions and they cannot be set to 600; not using it"
+            );
+            Err(StoreError::Permissions {
+                path: path.to_owned(),
+                mode,
+                source,
+            })
+        }
     }
 }
 

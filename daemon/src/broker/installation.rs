@@ -15,7 +15,7 @@ use crate::secret::AccessToken;
 use crate::store::{Loaded, Record, StoreError};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokd_shared::InstallationState;
 
 /// What an installation is configured as; replaced on reload.
@@ -52,6 +52,12 @@ impl Spec {
     }
 }
 
+/// After a caller's refresh gave a token shorter than it asked for, how
+/// long further callers asking as much get the held token (with a
+/// warning) instead of another refresh: the provider's tokens do not live
+/// longer, and each refresh may rotate the grant.
+pub const FELL_SHORT_PAUSE: Duration = Duration::from_secs(30);
+
 /// Where an installation stands, with what each state needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
@@ -63,11 +69,14 @@ pub enum State {
     /// failures came before it.
     Refreshing { failures: u32 },
     /// The last `failures` requests failed transiently; the next try is
-    /// not before `retry_at`.
+    /// not before `retry_at`. `grant_at_risk`: the last one was a refresh
+    /// whose outcome at the provider is unknown, which a rotating provider
+    /// may have taken as the refresh token's one use.
     Failing {
         failures: u32,
         retry_at: SystemTime,
         reason: String,
+        grant_at_risk: bool,
     },
     /// A human must log in.
     NeedsLogin(LoginNeeded),
@@ -161,6 +170,13 @@ pub struct Installation {
     /// Set while the record in memory is newer than the file: why the
     /// write failed. The write is being retried.
     pub unsaved: Option<String>,
+    /// When the held token expires by the monotonic clock, if it was
+    /// obtained since tokd started: a wall clock set back must not make an
+    /// expired token look valid.
+    pub deadline: Option<Instant>,
+    /// When a caller's refresh last gave a token shorter than it asked for
+    /// (see [`FELL_SHORT_PAUSE`]).
+    pub fell_short_at: Option<Instant>,
 }
 
 impl Installation {
@@ -192,10 +208,16 @@ impl Installation {
                 }),
             ),
         };
+        Self::with(record, state)
+    }
+
+    fn with(record: Record, state: State) -> Self {
         Self {
             record,
             state,
             unsaved: None,
+            deadline: None,
+            fell_short_at: None,
         }
     }
 
@@ -206,11 +228,7 @@ impl Installation {
             Grant::AuthorizationCode => State::NeedsLogin(LoginNeeded::IdentityChanged),
             Grant::ClientCredentials => State::Empty(Empty::Never),
         };
-        Self {
-            record: Record::default(),
-            state,
-            unsaved: None,
-        }
+        Self::with(Record::default(), state)
     }
 
     /// The sentence for humans about the state, as of `now`.
@@ -219,15 +237,22 @@ impl Installation {
         match &self.state {
             State::Empty(Empty::Never) => not_logged_in(spec),
             State::Empty(Empty::MovedAside { moved_to, reason }) => format!(
-                "the state file was unreadable ({reason}) and was moved to {}; {}",
+                "the state file could not be used ({reason}) and was moved to {}; {}",
                 moved_to.display(),
                 not_logged_in(spec)
             ),
             State::Valid => self.unsaved.as_deref().map(unsaved).unwrap_or_default(),
             State::Refreshing { .. } => String::new(),
             State::Failing {
-                retry_at, reason, ..
-            } => failing(reason, retry_at.duration_since(now).unwrap_or_default()),
+                retry_at,
+                reason,
+                grant_at_risk,
+                ..
+            } => failing(
+                reason,
+                *grant_at_risk,
+                retry_at.duration_since(now).unwrap_or_default(),
+            ),
             State::NeedsLogin(LoginNeeded::NoToken) => {
                 format!("`{name}` has no token yet; run `tokctl login {name}`")
             }
@@ -247,14 +272,31 @@ impl Installation {
         }
     }
 
-    /// The held token if it is valid for at least `min_valid` from `now`.
-    pub fn token_valid_for(&self, now: SystemTime, min_valid: Duration) -> Option<Token> {
-        let access_token = self.record.access_token.clone()?;
+    /// The held token if it is valid for at least `min_valid` from `now`
+    /// (`monotonic`: the same moment by the monotonic clock), by the wall
+    /// clock and by the monotonic deadline alike.
+    pub fn token_valid_for(
+        &self,
+        now: SystemTime,
+        monotonic: Instant,
+        min_valid: Duration,
+    ) -> Option<Token> {
         if let Some(expires_at) = self.record.expires_at
             && expires_at < now + min_valid
         {
             return None;
         }
+        if let Some(deadline) = self.deadline
+            && deadline < monotonic + min_valid
+        {
+            return None;
+        }
+        self.held_token()
+    }
+
+    /// The held token, whatever its expiry.
+    pub fn held_token(&self) -> Option<Token> {
+        let access_token = self.record.access_token.clone()?;
         Some(Token {
             access_token,
             expires_at: self.record.expires_at,
@@ -316,13 +358,35 @@ impl Installation {
         no_token(spec)
     }
 
-    /// The provider answered with tokens, which became `record`; `unsaved`
+    /// The provider answered with tokens, which became `record` at `now`
+    /// (`monotonic`: the same moment by the monotonic clock); `unsaved`
     /// says why they could not be written, if they could not.
-    pub fn succeeded(&mut self, record: Record, unsaved: Option<String>) {
+    pub fn succeeded(
+        &mut self,
+        record: Record,
+        unsaved: Option<String>,
+        now: SystemTime,
+        monotonic: Instant,
+    ) {
+        self.deadline = record
+            .expires_at
+            .map(|at| monotonic + at.duration_since(now).unwrap_or_default());
         self.record = record;
         self.record.last_error = unsaved.as_deref().map(self::unsaved);
         self.state = State::Valid;
         self.unsaved = unsaved;
+    }
+
+    /// A caller asked for more validity than a refresh just gave.
+    pub fn fell_short(&mut self, monotonic: Instant) {
+        self.fell_short_at = Some(monotonic);
+    }
+
+    /// Whether a caller asking for more than the held token gives should
+    /// get it anyway, rather than cause another refresh.
+    pub fn fell_short_recently(&self, monotonic: Instant) -> bool {
+        self.fell_short_at
+            .is_some_and(|at| monotonic.saturating_duration_since(at) < FELL_SHORT_PAUSE)
     }
 
     /// The request failed at `now` with `error`; `jitter` in [0, 1)
@@ -346,6 +410,7 @@ impl Installation {
                     failures,
                     retry_at: now + delay,
                     reason: detail,
+                    grant_at_risk: error.grant_at_risk,
                 }
             }
         };
@@ -372,30 +437,30 @@ impl Installation {
 
     /// The tokens were revoked and forgotten.
     pub fn revoked(&mut self) {
-        *self = Self {
-            record: Record::default(),
-            state: State::Empty(Empty::Never),
-            unsaved: None,
-        };
+        *self = Self::with(Record::default(), State::Empty(Empty::Never));
     }
 
-    /// When the installation should next be refreshed, as of `now`: the
-    /// one rule for expiry, backoff and cron, which all share one queue.
+    /// When the installation should next be refreshed, as of `now`
+    /// (`monotonic`: the same moment by the monotonic clock): the one rule
+    /// for expiry, backoff and cron, which all share one queue.
     ///
     /// - failing: the retry time;
-    /// - holding an expiring token: [`schedule::refresh_due`]; when that is
-    ///   already past (a restart or a suspend), soon, spread over 5 s by
-    ///   `spread`;
+    /// - holding an expiring token: [`schedule::refresh_due`], moved earlier
+    ///   if the monotonic deadline says it expires sooner than the wall
+    ///   clock does (the clock was set back); when that is already past (a
+    ///   restart or a suspend), soon, spread over 5 s by `spread`;
     /// - with a cron `schedule`: its next time, when earlier;
     /// - nothing while a human or a config change must act first.
     ///
     /// `margin` is the configured `refresh_margin`; `jitter` and `spread`
     /// are random fractions in [0, 1).
+    #[allow(clippy::too_many_arguments)] // each is one input of the rule
     pub fn next_due(
         &self,
         spec: &Spec,
         margin: Option<Duration>,
         now: SystemTime,
+        monotonic: Instant,
         jitter: f64,
         spread: f64,
     ) -> Option<SystemTime> {
@@ -407,6 +472,13 @@ impl Installation {
             State::Valid | State::Refreshing { .. } => self.record.expires_at.map(|expires_at| {
                 let obtained = self.record.last_refresh.unwrap_or(now).min(expires_at);
                 let due = schedule::refresh_due(obtained, expires_at, margin, jitter);
+                // How much sooner the token really expires than the wall
+                // clock says (the clock was set back since it was issued).
+                let early = self.deadline.map_or(Duration::ZERO, |deadline| {
+                    let by_wall = expires_at.duration_since(now).unwrap_or_default();
+                    by_wall.saturating_sub(deadline.saturating_duration_since(monotonic))
+                });
+                let due = due.checked_sub(early).unwrap_or(now);
                 if due <= now {
                     now + schedule::OVERDUE_SPREAD.mul_f64(spread.clamp(0.0, 1.0))
                 } else {
@@ -471,9 +543,14 @@ fn not_logged_in(spec: &Spec) -> String {
     }
 }
 
-fn failing(reason: &str, wait: Duration) -> String {
+fn failing(reason: &str, grant_at_risk: bool, wait: Duration) -> String {
+    let risk = if grant_at_risk {
+        "; the provider may have used up the refresh token without tokd reading the new one, so the authorization may be lost (if the next try is refused, log in again)"
+    } else {
+        ""
+    };
     format!(
-        "the provider is failing ({reason}); tokd tries again in {}",
+        "the provider is failing ({reason}){risk}; tokd tries again in {}",
         humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
     )
 }

@@ -49,25 +49,23 @@ impl Broker {
         let loopback = redirect_uri
             .as_ref()
             .filter(|uri| uri.scheme() == "http" && config::is_loopback(uri));
-        let listen_addr = match loopback {
-            Some(uri) => Some(
-                login::ensure_listener(&self.logins, &self.tasks, uri, self.answer_handler())
-                    .await
-                    .map_err(|error| {
-                        Error::Misconfigured(format!(
-                            "{error}; free that port, or open the URL anyway and finish with `tokctl login {name} --code CODE`"
-                        ))
-                    })?,
-            ),
-            None => None,
+        let listen_addrs = match loopback {
+            Some(uri) => login::ensure_listener(&self.logins, &self.tasks, uri, self.answer_handler())
+                .await
+                .map_err(|error| {
+                    Error::Misconfigured(format!(
+                        "{error}; free that port, or open the URL anyway and finish with `tokctl login {name} --code CODE`"
+                    ))
+                })?,
+            None => Vec::new(),
         };
-        let listening = listen_addr.is_some();
+        let listening = !listen_addrs.is_empty();
         self.logins.add(Pending {
             name: name.to_owned(),
             state,
             verifier: pkce.verifier,
             redirect_uri,
-            listen_addr,
+            listen_addrs,
         });
         info!(installation = %name, listening, "login started");
         Ok((url, listening))
@@ -88,8 +86,12 @@ impl Broker {
     }
 
     /// What the provider sent the browser back with: a pending login is
-    /// taken only with its own `state`, and used once.
+    /// taken only with its own `state` and with a code or an error, and
+    /// used once.
     async fn take_answer(&self, answer: Answer) -> Page {
+        if answer.code.is_none() && answer.error.is_none() {
+            return Page::new(400, "The answer has no code.");
+        }
         let Some(pending) = answer
             .state
             .as_deref()

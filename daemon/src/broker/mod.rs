@@ -49,9 +49,11 @@ use tracing::{error, info};
 /// The largest `min_valid` a caller may ask for.
 pub const MAX_MIN_VALID: Duration = Duration::from_secs(24 * 3600);
 /// How long stop waits for requests already sent to a provider. Longer
-/// than a request's own timeout, so that one always finishes and its
-/// rotated refresh token is written.
-pub const STOP_BOUND: Duration = Duration::from_secs(35);
+/// than a refresh's own timeout (60 s, see `oauth::Timeouts`), so that one
+/// always finishes and its rotated refresh token is written.
+pub const STOP_BOUND: Duration = Duration::from_secs(65);
+/// Why a token shorter than asked is served after a refresh.
+const SHORT_LIVED: &str = "the provider's tokens do not live that long, and this one is the newest";
 
 /// Something clients may want to hear about; the bus adapter emits each as
 /// a signal.
@@ -328,8 +330,11 @@ impl Broker {
     }
 
     /// A token for `name` valid for at least `min_valid`, refreshing first
-    /// when the held one expires sooner. After a refresh the newest token
-    /// is returned even if its whole lifetime is shorter than `min_valid`.
+    /// when the held one expires sooner. When even a fresh token lives less
+    /// than `min_valid`, the fresh one is returned with a warning, and
+    /// callers asking as much get it (still with the warning) for
+    /// [`installation::FELL_SHORT_PAUSE`] rather than causing a refresh
+    /// each.
     pub async fn get_token(&self, name: &str, min_valid: Duration) -> Result<Token, Error> {
         if min_valid > MAX_MIN_VALID {
             return Err(Error::InvalidArgument(format!(
@@ -338,7 +343,7 @@ impl Broker {
             )));
         }
         let slot = self.slot(name)?;
-        let now = self.clock.now();
+        let (now, monotonic) = (self.clock.now(), self.clock.monotonic());
         // The fast path, a held token that lasts: one lock, nothing cloned
         // but the token.
         let spec = {
@@ -348,7 +353,7 @@ impl Broker {
             // (revocation, Bitbucket's scope change): say so at once rather
             // than hand out a token that will be refused.
             if !matches!(installation.state, State::NeedsLogin(_))
-                && let Some(token) = installation.token_valid_for(now, min_valid)
+                && let Some(token) = installation.token_valid_for(now, monotonic, min_valid)
             {
                 return Ok(token);
             }
@@ -361,15 +366,18 @@ impl Broker {
             if let State::NeedsLogin(_) = installation.state {
                 return Err(Error::NeedsLogin(installation.message(&spec, now)));
             }
-            if let Some(token) = installation.token_valid_for(now, min_valid) {
-                return Ok(token);
+            let held = installation.token_valid_for(now, monotonic, Duration::ZERO);
+            if let Some(token) = held.clone()
+                && installation.fell_short_recently(monotonic)
+            {
+                return Ok(token.with_warning(now, min_valid, SHORT_LIVED));
             }
             match installation.refusal(&spec, now) {
                 Ok(()) => {}
                 // Backing off after a transient failure: the held token,
                 // if it is valid at all, beats no token.
                 Err(Error::ProviderUnavailable(message)) => {
-                    return match installation.token_valid_for(now, Duration::ZERO) {
+                    return match held {
                         Some(token) => Ok(token.with_warning(now, min_valid, &message)),
                         None => Err(Error::ProviderUnavailable(message)),
                     };
@@ -379,20 +387,36 @@ impl Broker {
             inner.attempts
         };
         let outcome = self.attempt_shared(&slot, seen).await;
-        let now = self.clock.now();
-        let inner = lock(&slot.inner);
+        let (now, monotonic) = (self.clock.now(), self.clock.monotonic());
+        let mut inner = lock(&slot.inner);
+        let installation = &mut inner.installation;
         match (
-            inner.installation.token_valid_for(now, Duration::ZERO),
+            installation.token_valid_for(now, monotonic, Duration::ZERO),
             outcome,
         ) {
-            (Some(token), Ok(())) => Ok(token),
+            (Some(token), Ok(())) => {
+                if installation
+                    .token_valid_for(now, monotonic, min_valid)
+                    .is_some()
+                {
+                    Ok(token)
+                } else {
+                    installation.fell_short(monotonic);
+                    Ok(token.with_warning(now, min_valid, SHORT_LIVED))
+                }
+            }
             // A transient failure (or a stop) with a token still valid:
             // serve it, saying why it is short.
             (Some(token), Err(Error::ProviderUnavailable(message) | Error::Stopping(message))) => {
                 Ok(token.with_warning(now, min_valid, &message))
             }
             (_, Err(error)) => Err(error),
-            (None, Ok(())) => Err(installation::no_token(&spec)),
+            // Fresh, and expired already: the provider's lifetime is
+            // shorter than the way here. It is still the newest there is.
+            (None, Ok(())) => match installation.held_token() {
+                Some(token) => Ok(token.with_warning(now, min_valid, SHORT_LIVED)),
+                None => Err(installation::no_token(&spec)),
+            },
         }
     }
 

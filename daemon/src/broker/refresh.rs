@@ -73,6 +73,7 @@ impl Broker {
             &slot.spec(),
             self.margin(),
             self.clock.now(),
+            self.clock.monotonic(),
             schedule::random_fraction(),
             schedule::random_fraction(),
         );
@@ -216,7 +217,7 @@ impl Broker {
     /// Stores a token response durably, then makes it visible. The caller
     /// holds `flight`.
     pub(crate) async fn accept(&self, slot: &Slot, spec: &Spec, response: TokenResponse) {
-        let now = self.clock.now();
+        let (now, monotonic) = (self.clock.now(), self.clock.monotonic());
         let record =
             installation::renewed(&lock(&slot.inner).installation.record, response, spec, now);
         let unsaved = match self.save(&slot.name, &record).await {
@@ -234,7 +235,7 @@ impl Broker {
         {
             let mut inner = lock(&slot.inner);
             self.change(slot, &mut inner, |installation, _| {
-                installation.succeeded(record, unsaved);
+                installation.succeeded(record, unsaved, now, monotonic);
             });
             inner.attempts += 1;
             inner.last_outcome = Ok(());

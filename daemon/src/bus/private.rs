@@ -6,10 +6,11 @@
 //! client that waits for one, `tokctl login`, uses it).
 
 use super::{Manager, caller_allowed};
+use crate::accept::AcceptErrors;
 use crate::broker::Broker;
 use crate::os::FolderError;
 use crate::tasks::Tasks;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub enum PrivateSocketError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{} is there and is not a socket; tokd leaves it alone", .0.display())]
+    NotASocket(PathBuf),
     #[error("cannot listen on {}", .path.display())]
     Listen {
         path: PathBuf,
@@ -74,10 +77,27 @@ pub fn serve_private(
 ) -> Result<PrivateSocket, PrivateSocketError> {
     let own_uid = crate::os::current_uid().map_err(PrivateSocketError::Uid)?;
     if let Some(folder) = path.parent() {
+        // $XDG_RUNTIME_DIR must be this user's alone; it is not changed.
+        if let Some(runtime) = folder.parent() {
+            if std::fs::symlink_metadata(runtime)
+                .is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound)
+            {
+                crate::os::private_folder(runtime, "XDG_RUNTIME_DIR")?;
+            }
+            crate::os::check_private_folder(runtime, "XDG_RUNTIME_DIR")?;
+        }
         crate::os::private_folder(folder, "runtime folder")?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => debug!(path = %path.display(), "replaced a stale private socket"),
+    // Only a socket (a stale one, the name being ours) is replaced.
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|source| PrivateSocketError::Replace {
+                path: path.to_owned(),
+                source,
+            })?;
+            debug!(path = %path.display(), "replaced a stale private socket");
+        }
+        Ok(_) => return Err(PrivateSocketError::NotASocket(path.to_owned())),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {
             return Err(PrivateSocketError::Replace {
@@ -119,13 +139,15 @@ async fn accept_peers(
     guid: String,
     tasks: Tasks,
 ) {
+    let mut errors = AcceptErrors::new("the private socket");
     loop {
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                errors.succeeded();
+                stream
+            }
             Err(error) => {
-                // Out of file descriptors, say: wait rather than spin.
-                warn!(%error, "cannot accept on the private socket");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                errors.failed(&error).await;
                 continue;
             }
         };

@@ -1,13 +1,24 @@
 //! The loopback listener on a consumer's `redirect_uri`.
 //!
-//! A request is answered only on the redirect path and only with GET; its
-//! query (`state`, `code`, `error`, `error_description`) is handed to the
-//! [`Handler`] the broker gave, whose [`Page`] is shown in the browser.
-//! The listener closes when no pending login waits on its address any
-//! more, or [`super::LOGIN_TIMEOUT`] after the last login started there, or
-//! when tokd stops.
+//! Only connections from sockets of tokd's own user are answered (the
+//! kernel's socket tables say whose, see `peer.rs`): the `state` in the URL
+//! is visible to other users (in `xdg-open`'s arguments), so another user
+//! must not be able to answer in the browser's place. At most
+//! [`MAX_CONNECTIONS`] are served at once (more are closed at once), and a
+//! request's header must arrive within [`HEADER_TIMEOUT`]: a flood cannot
+//! use up tokd's descriptors. A request is answered only on the redirect
+//! path and only with GET; its query (`state`, `code`, `error`,
+//! `error_description`) is handed to the [`Handler`] the broker gave, whose
+//! [`Page`] is shown in the browser. The listener closes when no pending
+//! login waits on its address any more, or [`super::LOGIN_TIMEOUT`] after
+//! the last login started there, or when tokd stops.
+//!
+//! `localhost` is listened on at both 127.0.0.1 and ::1, whatever the
+//! resolver says: a browser may send the answer to either, and another
+//! user must not hold the one tokd left free.
 
-use super::Logins;
+use super::{Logins, peer};
+use crate::accept::AcceptErrors;
 use crate::secret::AuthorizationCode;
 use crate::sync::lock;
 use crate::tasks::Tasks;
@@ -15,17 +26,23 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use url::Url;
 
-/// How long one callback connection may take.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one callback connection may take (the code exchange happens
+/// while the browser waits).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a request's header may take to arrive.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Callback connections served at once per address; more are closed at
+/// once. A browser opens one or two.
+pub const MAX_CONNECTIONS: usize = 8;
 
 /// What the provider sent the browser back with.
 #[derive(Debug, Default)]
@@ -77,65 +94,80 @@ impl Listener {
 }
 
 /// Makes sure something listens on `uri` (a loopback http URL) and hands
-/// answers to `handler`; returns the address.
+/// answers to `handler`; returns the addresses listened on.
 pub async fn ensure_listener(
     logins: &Arc<Logins>,
     tasks: &Tasks,
     uri: &Url,
     handler: Handler,
-) -> Result<SocketAddr, ListenError> {
+) -> Result<Vec<SocketAddr>, ListenError> {
     let cannot = |detail: String| ListenError {
         uri: uri.clone(),
         detail,
     };
-    let host = uri.host_str().unwrap_or("localhost");
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_or_known_default().unwrap_or(80);
-    // `localhost` takes a resolver call: tokio's, off the runtime thread.
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|error| cannot(error.to_string()))?
-        .collect();
+    let addrs: Vec<SocketAddr> = match uri.host() {
+        Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
+        Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
+        // `localhost` (the only name the config lets through here).
+        _ => vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+        ],
+    };
+    let localhost = addrs.len() > 1;
     // Looked up and bound under one lock, so that a listener deciding to
     // close cannot slip between the lookup and the bind.
     let mut listeners = lock(&logins.listeners);
-    if let Some((addr, listener)) = addrs
-        .iter()
-        .find_map(|addr| Some((*addr, listeners.get(addr)?.clone())))
-    {
-        *lock(&listener.deadline) = Instant::now() + logins.timeout;
-        return Ok(addr);
-    }
-    let mut last_error = String::from("no address");
+    let mut bound = Vec::new();
+    let mut listening = Vec::new();
     for addr in addrs {
-        let bound = std::net::TcpListener::bind(addr)
+        if let Some(listener) = listeners.get(&addr) {
+            *lock(&listener.deadline) = Instant::now() + logins.timeout;
+            listening.push(addr);
+            continue;
+        }
+        let socket = std::net::TcpListener::bind(addr)
             .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
             .and_then(tokio::net::TcpListener::from_std);
-        match bound {
-            Ok(socket) => {
-                let listener = Arc::new(Listener {
-                    deadline: Mutex::new(Instant::now() + logins.timeout),
-                    wake: Notify::new(),
-                });
-                listeners.insert(addr, listener.clone());
-                let path = uri.path().to_owned();
-                let serving = serve(
-                    logins.clone(),
-                    tasks.clone(),
-                    socket,
-                    addr,
-                    path,
-                    listener,
-                    handler,
-                );
-                tasks.spawn_until_stopped(serving);
-                info!(%addr, "listening for a login answer");
-                return Ok(addr);
+        match socket {
+            Ok(socket) => bound.push((addr, socket)),
+            // No IPv6 on this machine: nobody can take ::1 either.
+            Err(error) if localhost && error.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                debug!(%addr, "no such loopback address here");
             }
-            Err(error) => last_error = error.to_string(),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(cannot(format!(
+                    "{addr} is taken by another program, perhaps another user's"
+                )));
+            }
+            Err(error) => return Err(cannot(format!("{addr}: {error}"))),
         }
     }
-    Err(cannot(last_error))
+    for (addr, socket) in bound {
+        let listener = Arc::new(Listener {
+            deadline: Mutex::new(Instant::now() + logins.timeout),
+            wake: Notify::new(),
+        });
+        listeners.insert(addr, listener.clone());
+        let path = uri.path().to_owned();
+        let serving = serve(
+            logins.clone(),
+            tasks.clone(),
+            socket,
+            addr,
+            path,
+            listener,
+            handler.clone(),
+        );
+        tasks.spawn_until_stopped(serving);
+        info!(%addr, "listening for a login answer");
+        listening.push(addr);
+    }
+    if listening.is_empty() {
+        return Err(cannot("no loopback address".to_owned()));
+    }
+    Ok(listening)
 }
 
 async fn serve(
@@ -147,14 +179,37 @@ async fn serve(
     listener: Arc<Listener>,
     handler: Handler,
 ) {
+    let own_uid = crate::os::current_uid().ok();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut errors = AcceptErrors::new("the login listener");
+    let mut refused = 0u64;
     loop {
         let deadline = *lock(&listener.deadline);
         tokio::select! {
-            accepted = socket.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let (logins, path, handler) = (logins.clone(), path.clone(), handler.clone());
-                tasks.spawn_until_stopped(connection(stream, logins, addr, path, handler));
-            }
+            accepted = socket.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    errors.succeeded();
+                    let owner = peer::uid_of_peer(addr, peer).ok().flatten();
+                    if owner.is_none() || owner != own_uid {
+                        // Closed without a word; said once per listener.
+                        if refused == 0 {
+                            warn!(%addr, caller_uid = ?owner, "refused a login answer from another user's connection");
+                        }
+                        refused += 1;
+                        continue;
+                    }
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        debug!(%addr, "too many login callback connections; closed one");
+                        continue;
+                    };
+                    let (logins, path, handler) = (logins.clone(), path.clone(), handler.clone());
+                    tasks.spawn_until_stopped(async move {
+                        let _slot = slot;
+                        connection(stream, logins, addr, path, handler).await;
+                    });
+                }
+                Err(error) => errors.failed(&error).await,
+            },
             () = tokio::time::sleep_until(deadline) => {}
             () = listener.wake.notified() => {}
         }
@@ -168,6 +223,9 @@ async fn serve(
             drop(socket);
             break;
         }
+    }
+    if refused > 0 {
+        warn!(%addr, refused, "connections from other users were refused while listening");
     }
     info!(%addr, "login listener closed");
 }
@@ -190,6 +248,8 @@ async fn connection(
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     if tokio::time::timeout(CONNECTION_TIMEOUT, connection)
         .await

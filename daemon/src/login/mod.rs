@@ -11,8 +11,12 @@
 //! returns the page to show.
 
 mod listener;
+mod peer;
 
-pub use listener::{Answer, Handler, ListenError, Page, ensure_listener};
+pub use listener::{
+    Answer, HEADER_TIMEOUT, Handler, ListenError, MAX_CONNECTIONS, Page, ensure_listener,
+};
+pub use peer::uid_of_peer;
 
 use crate::secret::PkceVerifier;
 use crate::sync::lock;
@@ -34,8 +38,8 @@ pub struct Pending {
     pub state: String,
     pub verifier: PkceVerifier,
     pub redirect_uri: Option<Url>,
-    /// The loopback address listened on for the answer, if any.
-    pub listen_addr: Option<SocketAddr>,
+    /// The loopback addresses listened on for the answer, if any.
+    pub listen_addrs: Vec<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -92,8 +96,8 @@ impl Logins {
             let index = entries.iter().position(|e| matches(&e.pending))?;
             entries.swap_remove(index).pending
         };
-        if let Some(addr) = taken.listen_addr {
-            self.wake(addr);
+        for addr in &taken.listen_addrs {
+            self.wake(*addr);
         }
         Some(taken)
     }
@@ -109,6 +113,6 @@ impl Logins {
     fn any_waiting_on(&self, addr: SocketAddr) -> bool {
         lock(&self.pending)
             .iter()
-            .any(|e| e.started.elapsed() < self.timeout && e.pending.listen_addr == Some(addr))
+            .any(|e| e.started.elapsed() < self.timeout && e.pending.listen_addrs.contains(&addr))
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 /// What the daemon does about a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,9 +14,10 @@ pub enum ErrorKind {
     NeedsLogin,
     /// The consumer's configuration is wrong (`invalid_client`,
     /// `unauthorized_client`, `unsupported_grant_type`, `invalid_scope`, any
-    /// other 4xx). Not retried until the config changes.
+    /// other OAuth `error`). Not retried until the config changes.
     Misconfigured,
-    /// Connect errors, timeouts, 5xx, 429, unreadable 2xx bodies: retry with
+    /// Connect errors, timeouts, 5xx, 429, unreadable 2xx bodies, and 3xx or
+    /// 4xx answers that carry no OAuth `error` (a proxy's page): retry with
     /// backoff, keep serving the held token.
     Transient,
 }
@@ -24,7 +26,10 @@ pub enum ErrorKind {
 ///
 /// Server trouble wins over the error code: a 503 that says `invalid_grant`
 /// is not proof that the grant is gone, and declaring a grant dead wrongly
-/// costs a human login, while retrying wrongly costs a request.
+/// costs a human login, while retrying wrongly costs a request. For the
+/// same reason only an OAuth `error` makes a failure permanent: a 403 page
+/// from a CDN or a captive portal's redirect is retried (slowly, see
+/// `post.rs`).
 pub fn classify(status: u16, error: Option<&str>, description: Option<&str>) -> ErrorKind {
     if status >= 500 || status == 429 || status == 408 {
         return ErrorKind::Transient;
@@ -35,11 +40,13 @@ pub fn classify(status: u16, error: Option<&str>, description: Option<&str>) -> 
             ErrorKind::NeedsLogin
         }
         Some("temporarily_unavailable" | "server_error" | "slow_down") => ErrorKind::Transient,
+        // No OAuth answer at all: not proof of anything.
+        None => ErrorKind::Transient,
         // invalid_client, unauthorized_client, unsupported_grant_type,
         // invalid_scope, invalid_request, access_denied, anything unknown:
         // retrying the same request will not help.
-        _ if (200..300).contains(&status) => ErrorKind::Transient,
-        _ => ErrorKind::Misconfigured,
+        Some(_) if (200..300).contains(&status) => ErrorKind::Transient,
+        Some(_) => ErrorKind::Misconfigured,
     }
 }
 
@@ -60,10 +67,18 @@ pub struct OAuthError {
     pub error: Option<String>,
     /// The provider's `error_description`, sanitized.
     pub description: Option<String>,
-    /// From a `Retry-After` header.
+    /// From a `Retry-After` header, or the least wait tokd chose (after an
+    /// answer that is not OAuth's).
     pub retry_after: Option<Duration>,
     /// One sentence saying what failed, scrubbed of secrets.
     pub message: String,
+    /// The request may have reached the provider and been acted on, but no
+    /// usable answer came back (a timeout after sending, a cut or
+    /// unreadable answer).
+    pub outcome_unknown: bool,
+    /// Set on a refresh whose outcome is unknown: a provider that rotates
+    /// refresh tokens may have used this one up, so the grant may be lost.
+    pub grant_at_risk: bool,
 }
 
 impl fmt::Display for OAuthError {
@@ -83,6 +98,8 @@ impl OAuthError {
             description: None,
             retry_after: None,
             message,
+            outcome_unknown: false,
+            grant_at_risk: false,
         }
     }
 
@@ -129,16 +146,69 @@ pub fn sanitize(text: &str, limit: usize) -> String {
     }
 }
 
-/// Replaces every occurrence of the given secrets with `[redacted]`.
-pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut text = text.to_owned();
-    for secret in secrets {
-        // Very short values would redact ordinary words; real secrets are long.
-        if secret.len() >= 4 && text.contains(secret) {
-            text = text.replace(secret, "[redacted]");
+/// Every form in which a request's secrets could come back in an answer
+/// (a provider or proxy that reflects the request): as sent, form- and
+/// percent-encoded, JSON-escaped, and the `Authorization: Basic` value.
+/// Holds secrets, so it zeroizes them when dropped and never prints them.
+#[derive(Default)]
+pub(crate) struct Scrubber {
+    forms: Vec<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Scrubber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Scrubber({} forms)", self.forms.len())
+    }
+}
+
+impl Scrubber {
+    /// Adds `secret` in every form. Very short values would redact ordinary
+    /// words; real secrets are long.
+    pub fn add(&mut self, secret: &str) {
+        if secret.len() < 4 {
+            return;
+        }
+        let forms = [
+            secret.to_owned(),
+            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
+            percent_encoded(secret, false),
+            percent_encoded(secret, true),
+            secret.replace('/', "\\/"),
+        ];
+        for form in forms {
+            if !self.forms.iter().any(|known| **known == form) {
+                self.forms.push(Zeroizing::new(form));
+            }
+        }
+        // Longest first, so that a form containing another is replaced whole.
+        self.forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+    }
+
+    /// `text` with every form of every secret replaced by `[redacted]`.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for form in &self.forms {
+            if text.contains(form.as_str()) {
+                text = text.replace(form.as_str(), "[redacted]");
+            }
+        }
+        text
+    }
+}
+
+/// RFC 3986 percent-encoding of everything but unreserved characters.
+fn percent_encoded(text: &str, lowercase: bool) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else if lowercase {
+            out.push_str(&format!("%{byte:02x}"));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
         }
     }
-    text
+    out
 }
 
 #[cfg(test)]
@@ -182,10 +252,13 @@ mod tests {
             (400, Some("unauthorized_client"), None, Misconfigured),
             (400, Some("unsupported_grant_type"), None, Misconfigured),
             (400, Some("invalid_scope"), None, Misconfigured),
-            (401, None, None, Misconfigured),
-            (403, None, None, Misconfigured),
-            (404, None, None, Misconfigured),
-            (302, None, None, Misconfigured),
+            (403, Some("access_denied"), None, Misconfigured),
+            // No OAuth error: a proxy's or CDN's page, a captive portal.
+            (401, None, None, Transient),
+            (403, None, None, Transient),
+            (404, None, None, Transient),
+            (302, None, None, Transient),
+            (400, None, Some("something"), Transient),
             // Server trouble, whatever the body says.
             (500, None, None, Transient),
             (502, None, None, Transient),
@@ -231,11 +304,19 @@ mod tests {
     }
 
     #[test]
-    fn scrub_removes_secrets() {
-        assert_eq!(
-            scrub("bad token abcdef123 here", &["abcdef123", "zz"]),
-            "bad token [redacted] here"
-        );
-        assert_eq!(scrub("a b", &["a"]), "a b");
+    fn every_form_of_a_secret_is_scrubbed() {
+        let mut scrubber = Scrubber::default();
+        scrubber.add("s3cr/t+value=");
+        scrubber.add("zz");
+        for (text, shown) in [
+            ("raw s3cr/t+value= here", "raw [redacted] here"),
+            ("form s3cr%2Ft%2Bvalue%3D here", "form [redacted] here"),
+            ("lower s3cr%2ft%2bvalue%3d here", "lower [redacted] here"),
+            ("json s3cr\\/t+value= here", "json [redacted] here"),
+            ("short zz stays", "short zz stays"),
+        ] {
+            assert_eq!(scrubber.scrub(text), shown, "{text}");
+        }
+        assert!(!format!("{scrubber:?}").contains("s3cr"));
     }
 }

@@ -5,7 +5,9 @@
 //! HTTP Basic (id and secret form-urlencoded first, RFC 6749 §2.3.1) or in
 //! the body. Bodies are form-urlencoded, `Accept: application/json`, with
 //! connect and total timeouts, and redirects are never followed (a redirect
-//! would resend credentials somewhere else).
+//! would resend credentials somewhere else). `post.rs` sends one request
+//! and classifies its answer; `response.rs` parses answers; `error.rs`
+//! sorts failures and scrubs secrets from what they say.
 //!
 //! Written on reqwest rather than the `oauth2` crate: that crate's error type
 //! drops the HTTP status and `Retry-After` of 5xx/429 answers and cannot read
@@ -15,32 +17,48 @@
 //! This module never stores anything and never decides when to refresh.
 
 mod error;
+mod post;
 mod response;
 
 pub use error::{ErrorKind, OAuthError, classify, sanitize};
+pub use post::parse_retry_after;
 pub use response::{
     DEFAULT_LIFETIME, ErrorResponse, MAX_LIFETIME, ParseError, TokenResponse, parse_error_response,
     parse_token_response,
 };
 
-use crate::config::{ClientAuth, Consumer};
-use crate::secret::{
-    AccessToken, AuthorizationCode, ClientSecret, PkceVerifier, RefreshToken, SecretError,
-};
+use crate::config::Consumer;
+use crate::secret::{AccessToken, AuthorizationCode, PkceVerifier, RefreshToken};
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use post::Request;
 use ring::rand::SecureRandom as _;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use url::Url;
 
-/// Connect timeout for every request to a provider.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Total timeout for every request to a provider.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bodies larger than this are cut off: no token response is this big.
-const MAX_BODY: usize = 1024 * 1024;
-/// How much of an unusable body is quoted in a message.
-const EXCERPT: usize = 120;
+/// How long requests to providers may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To connect, for every request.
+    pub connect: Duration,
+    /// The whole of a request that does not use a refresh token.
+    pub total: Duration,
+    /// The whole of a request that uses a refresh token. Longer: with a
+    /// provider that rotates refresh tokens, giving up on a request the
+    /// provider is still working on can cost the grant (the provider
+    /// rotates, the answer is never read).
+    pub refresh: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            total: Duration::from_secs(30),
+            refresh: Duration::from_secs(60),
+        }
+    }
+}
 
 /// A PKCE pair (RFC 7636, method S256).
 #[derive(Debug, Clone)]
@@ -114,32 +132,36 @@ pub enum RevocableToken<'a> {
 #[derive(Debug, Clone)]
 pub struct OAuthClient {
     http: reqwest::Client,
+    timeouts: Timeouts,
 }
 
 impl OAuthClient {
     /// A client with the default timeouts.
     pub fn new() -> Result<Self, OAuthError> {
-        Self::with_timeouts(CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+        Self::with_timeouts(Timeouts::default())
     }
 
-    pub fn with_timeouts(connect: Duration, total: Duration) -> Result<Self, OAuthError> {
+    pub fn with_timeouts(timeouts: Timeouts) -> Result<Self, OAuthError> {
         // reqwest is built without a TLS crypto provider of its own (that
         // would pull aws-lc-sys); ring is the process default. A second
         // install attempt fails harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
-            .connect_timeout(connect)
-            .timeout(total)
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.total)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("tokd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| {
                 OAuthError::new(
                     ErrorKind::Misconfigured,
-                    format!("cannot build the HTTP client: {}", error_chain(&error)),
+                    format!(
+                        "cannot build the HTTP client: {}",
+                        post::error_chain(&error)
+                    ),
                 )
             })?;
-        Ok(Self { http })
+        Ok(Self { http, timeouts })
     }
 
     /// Exchanges an authorization code (once: codes are one-use).
@@ -150,34 +172,36 @@ impl OAuthClient {
         verifier: Option<&PkceVerifier>,
         redirect_uri: Option<&Url>,
     ) -> Result<TokenResponse, OAuthError> {
-        let mut form = vec![
-            ("grant_type", "authorization_code".to_owned()),
-            ("code", code.expose().to_owned()),
-        ];
+        let mut request = Request::token(consumer, "authorization_code");
+        request.secret_field("code", code.expose());
         if let Some(redirect_uri) = redirect_uri {
-            form.push(("redirect_uri", redirect_uri.to_string()));
+            request.field("redirect_uri", redirect_uri.as_str());
         }
         if let Some(verifier) = verifier {
-            form.push(("code_verifier", verifier.expose().to_owned()));
+            request.secret_field("code_verifier", verifier.expose());
         }
-        let mut sensitive = vec![code.expose()];
-        sensitive.extend(verifier.map(PkceVerifier::expose));
-        self.token_request(consumer, form, &sensitive).await
+        self.token_request(consumer, request).await
     }
 
     /// Uses a refresh token. The response may carry a new refresh token
-    /// (rotation) or none (keep the old one).
+    /// (rotation) or none (keep the old one). A failure whose outcome at the
+    /// provider is unknown (a timeout after the request went out, an
+    /// unreadable 2xx) is marked [`OAuthError::grant_at_risk`]: a provider
+    /// that rotates may have used the refresh token up.
     pub async fn refresh(
         &self,
         consumer: &Consumer,
         refresh_token: &RefreshToken,
     ) -> Result<TokenResponse, OAuthError> {
-        let form = vec![
-            ("grant_type", "refresh_token".to_owned()),
-            ("refresh_token", refresh_token.expose().to_owned()),
-        ];
-        self.token_request(consumer, form, &[refresh_token.expose()])
+        let mut request = Request::token(consumer, "refresh_token");
+        request.secret_field("refresh_token", refresh_token.expose());
+        request.timeout(self.timeouts.refresh);
+        self.token_request(consumer, request)
             .await
+            .map_err(|mut error| {
+                error.grant_at_risk = error.outcome_unknown;
+                error
+            })
     }
 
     /// Requests a token with the consumer's own credentials.
@@ -186,11 +210,11 @@ impl OAuthClient {
         consumer: &Consumer,
         scopes: &[String],
     ) -> Result<TokenResponse, OAuthError> {
-        let mut form = vec![("grant_type", "client_credentials".to_owned())];
+        let mut request = Request::token(consumer, "client_credentials");
         if !scopes.is_empty() {
-            form.push(("scope", scopes.join(" ")));
+            request.field("scope", &scopes.join(" "));
         }
-        self.token_request(consumer, form, &[]).await
+        self.token_request(consumer, request).await
     }
 
     /// Revokes a token (RFC 7009). Fails with `Misconfigured` when the
@@ -213,239 +237,45 @@ impl OAuthClient {
             RevocableToken::Access(token) => (token.expose(), "access_token"),
             RevocableToken::Refresh(token) => (token.expose(), "refresh_token"),
         };
-        let form = vec![
-            ("token", value.to_owned()),
-            ("token_type_hint", hint.to_owned()),
-        ];
+        let mut request = Request::new(url, "revocation endpoint");
+        request.secret_field("token", value);
+        request.field("token_type_hint", hint);
         // RFC 7009 §2.2: 200 whether or not the token was valid; `post`
         // returns Ok only for 2xx.
-        self.post(consumer, &url, "revocation endpoint", form, &[value])
-            .await?;
+        self.post(consumer, request).await?;
         Ok(())
     }
 
+    /// A request to the token endpoint, its 2xx body parsed. A body that
+    /// is not a usable token answer is never quoted: it may hold tokens the
+    /// provider has just issued.
     async fn token_request(
         &self,
         consumer: &Consumer,
-        form: Vec<(&'static str, String)>,
-        sensitive: &[&str],
+        request: Request,
     ) -> Result<TokenResponse, OAuthError> {
-        let url = consumer.token_url.clone();
-        let (status, body, secret) = self
-            .post(consumer, &url, "token endpoint", form, sensitive)
-            .await?;
-        parse_token_response(&body).map_err(|error| {
-            let mut all: Vec<&str> = sensitive.to_vec();
-            all.extend(secret.as_ref().map(ClientSecret::expose));
+        let answer = self.post(consumer, request).await?;
+        parse_token_response(answer.body()).map_err(|error| {
+            // A token tokd cannot use will not become usable by asking
+            // again; anything else may be a passing fault.
+            let kind = match error {
+                ParseError::UnsupportedTokenType(_) => ErrorKind::Misconfigured,
+                _ => ErrorKind::Transient,
+            };
             let mut failure = OAuthError::new(
-                ErrorKind::Transient,
-                error::scrub(
-                    &format!(
-                        "token endpoint {} answered {status} but {error}{}",
-                        describe(&url),
-                        excerpt_suffix(&body)
-                    ),
-                    &all,
-                ),
+                kind,
+                answer.scrub(&format!(
+                    "token endpoint {} answered {} but {error}; the answer is not shown, since it may hold tokens",
+                    post::describe(&consumer.token_url),
+                    answer.status,
+                )),
             );
-            failure.status = Some(status);
+            failure.status = Some(answer.status);
+            // The provider answered "yes": it may have rotated.
+            failure.outcome_unknown = true;
             failure
         })
     }
-
-    /// Sends one form POST with client authentication. Returns the status,
-    /// the body and the client secret it used (for scrubbing), or the
-    /// classified failure.
-    async fn post(
-        &self,
-        consumer: &Consumer,
-        url: &Url,
-        what: &str,
-        mut form: Vec<(&'static str, String)>,
-        sensitive: &[&str],
-    ) -> Result<(u16, Vec<u8>, Option<ClientSecret>), OAuthError> {
-        let secret = consumer.secret.resolve().await.map_err(secret_failure)?;
-        let mut request = self
-            .http
-            .post(url.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            );
-        match (consumer.client_auth, &secret) {
-            (ClientAuth::Basic, Some(secret)) => {
-                request = request.header(
-                    reqwest::header::AUTHORIZATION,
-                    basic_authorization(&consumer.client_id, secret),
-                );
-            }
-            (ClientAuth::Post, Some(secret)) => {
-                form.push(("client_id", consumer.client_id.clone()));
-                form.push(("client_secret", secret.expose().to_owned()));
-            }
-            // A public client identifies itself in the body.
-            (_, None) => form.push(("client_id", consumer.client_id.clone())),
-        }
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form.iter().map(|(key, value)| (*key, value.as_str())))
-            .finish();
-
-        let mut all: Vec<&str> = sensitive.to_vec();
-        all.extend(secret.as_ref().map(ClientSecret::expose));
-
-        let mut response = request.body(body).send().await.map_err(|error| {
-            OAuthError::new(
-                ErrorKind::Transient,
-                error::scrub(
-                    &format!(
-                        "cannot reach {what} {}: {}",
-                        describe(url),
-                        error_chain(&error)
-                    ),
-                    &all,
-                ),
-            )
-        })?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| parse_retry_after(value, SystemTime::now()));
-        let location = response
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|value| value.to_str().ok())
-            .map(|value| sanitize(value, EXCERPT));
-
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    let room = MAX_BODY.saturating_sub(body.len());
-                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    if room <= chunk.len() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    let mut failure = OAuthError::new(
-                        ErrorKind::Transient,
-                        error::scrub(
-                            &format!(
-                                "{what} {} answered {status} but the body could not be read: {}",
-                                describe(url),
-                                error_chain(&error)
-                            ),
-                            &all,
-                        ),
-                    );
-                    failure.status = Some(status);
-                    return Err(failure);
-                }
-            }
-        }
-
-        if (200..300).contains(&status) {
-            return Ok((status, body, secret));
-        }
-
-        let parsed = parse_error_response(&body);
-        let code = parsed.as_ref().and_then(|parsed| parsed.error.clone());
-        let description = parsed
-            .as_ref()
-            .and_then(|parsed| parsed.error_description.as_deref())
-            .map(|text| error::scrub(&sanitize(text, 200), &all));
-        let kind = classify(status, code.as_deref(), description.as_deref());
-        let detail = match (&code, &description) {
-            (Some(code), Some(description)) => format!(": {} ({description})", sanitize(code, 60)),
-            (Some(code), None) => format!(": {}", sanitize(code, 60)),
-            (None, Some(description)) => format!(": {description}"),
-            (None, None) => match &location {
-                Some(location) if (300..400).contains(&status) => {
-                    format!(", a redirect to {location}; check the URL")
-                }
-                _ => excerpt_suffix(&body),
-            },
-        };
-        let mut message = format!("{what} {} answered {status}{detail}", describe(url));
-        if let Some(retry_after) = retry_after {
-            message.push_str(&format!("; retry after {}s", retry_after.as_secs()));
-        }
-        Err(OAuthError {
-            kind,
-            status: Some(status),
-            error: code.map(|code| sanitize(&code, 60)),
-            description,
-            retry_after,
-            message: error::scrub(&message, &all),
-        })
-    }
-}
-
-/// `Basic base64(urlencode(id) ":" urlencode(secret))`, RFC 6749 §2.3.1.
-fn basic_authorization(client_id: &str, secret: &ClientSecret) -> String {
-    let encode =
-        |text: &str| url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
-    let credentials = format!("{}:{}", encode(client_id), encode(secret.expose()));
-    format!("Basic {}", STANDARD.encode(credentials))
-}
-
-/// A secret that could not be had. A failing or slow command may be a locked
-/// password store that will open later, so those are transient; a missing
-/// program or file will not fix itself.
-fn secret_failure(error: SecretError) -> OAuthError {
-    let kind = match error {
-        SecretError::Timeout { .. } | SecretError::Failed { .. } => ErrorKind::Transient,
-        _ => ErrorKind::Misconfigured,
-    };
-    OAuthError::new(kind, error.to_string())
-}
-
-/// `(host)` for messages: enough to tell endpoints apart, no query string.
-fn describe(url: &Url) -> String {
-    let host = url.host_str().unwrap_or("?");
-    match url.port() {
-        Some(port) => format!("({host}:{port})"),
-        None => format!("({host})"),
-    }
-}
-
-fn excerpt_suffix(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
-    let excerpt = sanitize(&text, EXCERPT);
-    if excerpt.is_empty() {
-        " with an empty body".to_owned()
-    } else {
-        format!(" with a body that is not an OAuth answer: \"{excerpt}\"")
-    }
-}
-
-/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// An error and its sources on one line (reqwest nests the useful part).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -466,32 +296,5 @@ mod tests {
             generated.verifier.expose(),
             Pkce::generate().verifier.expose()
         );
-    }
-
-    #[test]
-    fn basic_credentials_are_form_urlencoded_first() {
-        let header = basic_authorization("id with:colon", &ClientSecret::new("s&e=c/r+t"));
-        let encoded = header.strip_prefix("Basic ").expect("prefix");
-        let decoded = String::from_utf8(STANDARD.decode(encoded).expect("base64")).expect("utf8");
-        assert_eq!(decoded, "id+with%3Acolon:s%26e%3Dc%2Fr%2Bt");
-    }
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:29:00 GMT", now),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-1", now), None);
     }
 }

@@ -67,6 +67,8 @@ pub enum ParseError {
     NotJson(String),
     #[error("the response has no access_token")]
     NoAccessToken,
+    #[error("the token type is {0:?}, and tokd serves only bearer tokens")]
+    UnsupportedTokenType(String),
 }
 
 #[derive(Deserialize, Default)]
@@ -86,7 +88,9 @@ fn as_text(value: Option<Value>) -> Option<String> {
     }
 }
 
-/// `3600`, `3600.0`, `"3600"`; anything else (negative, garbage) is `None`.
+/// `3600`, `3600.0`, `"3600"`; anything else (negative, garbage) is `None`,
+/// and so is `0`: a token that expires as it is issued cannot be served,
+/// and some servers write 0 for "no lifetime given".
 fn parse_expires_in(value: Option<&Value>) -> Option<Duration> {
     let seconds = match value? {
         Value::Number(number) => number.as_u64().or_else(|| {
@@ -98,7 +102,7 @@ fn parse_expires_in(value: Option<&Value>) -> Option<Duration> {
         Value::String(text) => text.trim().parse::<u64>().ok()?,
         _ => return None,
     };
-    Some(Duration::from_secs(seconds).min(MAX_LIFETIME))
+    (seconds > 0).then(|| Duration::from_secs(seconds).min(MAX_LIFETIME))
 }
 
 fn parse_scopes(value: Option<&Value>) -> Option<Vec<String>> {
@@ -123,6 +127,8 @@ fn parse_scopes(value: Option<&Value>) -> Option<Vec<String>> {
 
 /// Reads a JSON object, or a form-encoded body, into string-keyed values.
 fn parse_object<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, ParseError> {
+    // Some servers put a UTF-8 byte order mark before the JSON.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
         return Err(ParseError::Empty);
@@ -154,9 +160,18 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, ParseError> {
     let expires_in = parse_expires_in(raw.expires_in.as_ref());
     let scopes = parse_scopes(raw.scope.as_ref()).or_else(|| parse_scopes(raw.scopes.as_ref()));
     let access_token = as_text(raw.access_token).ok_or(ParseError::NoAccessToken)?;
-    let token_type = as_text(raw.token_type)
-        .map(|text| text.to_ascii_lowercase())
-        .unwrap_or_else(|| "bearer".to_owned());
+    // RFC 6750: `bearer` in any case; missing means bearer too. Anything
+    // else (a MAC or DPoP token, a provider's "N/A") cannot be sent as
+    // `Authorization: Bearer`.
+    let token_type = match as_text(raw.token_type) {
+        None => "bearer".to_owned(),
+        Some(text) if text.eq_ignore_ascii_case("bearer") => "bearer".to_owned(),
+        Some(text) => {
+            return Err(ParseError::UnsupportedTokenType(crate::oauth::sanitize(
+                &text, 40,
+            )));
+        }
+    };
     Ok(TokenResponse {
         access_token: AccessToken::new(access_token),
         token_type,
@@ -277,7 +292,8 @@ mod tests {
             ("\"3600\"", Some(3600)),
             ("\" 60 \"", Some(60)),
             ("3600.7", Some(3600)),
-            ("0", Some(0)),
+            ("0", None),
+            ("\"0\"", None),
             ("-5", None),
             ("\"soon\"", None),
             ("null", None),
@@ -311,16 +327,26 @@ mod tests {
     }
 
     #[test]
-    fn token_type_any_case_or_missing() {
-        for (given, expected) in [
-            ("\"BEARER\"", "bearer"),
-            ("\"Bearer\"", "bearer"),
-            ("\"mac\"", "mac"),
-        ] {
+    fn token_type_bearer_in_any_case_or_missing_and_nothing_else() {
+        for given in ["\"BEARER\"", "\"Bearer\"", "\"bearer\""] {
             let response = parse(&format!(r#"{{"access_token":"A","token_type":{given}}}"#));
-            assert_eq!(response.token_type, expected);
+            assert_eq!(response.token_type, "bearer");
         }
         assert_eq!(parse(r#"{"access_token":"A"}"#).token_type, "bearer");
+        for (given, shown) in [("\"N/A\"", "N/A"), ("\"mac\"", "mac"), ("\"DPoP\"", "DPoP")] {
+            let body = format!(r#"{{"access_token":"A","token_type":{given}}}"#);
+            assert_eq!(
+                parse_token_response(body.as_bytes()),
+                Err(ParseError::UnsupportedTokenType(shown.to_owned()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_json_is_skipped() {
+        let response = parse("\u{feff}{\"access_token\":\"A\",\"expires_in\":60}");
+        assert_eq!(response.access_token.expose(), "A");
+        assert_eq!(response.expires_in, Some(Duration::from_secs(60)));
     }
 
     #[test]

@@ -110,6 +110,62 @@ grant = "client_credentials"
     .await;
 }
 
+/// The wall clock set back an hour: the provider expires a token on its
+/// own clock, and tokd, by the monotonic deadline it keeps beside the
+/// wall-clock expiry, does not serve it although the wall clock says it
+/// has an hour left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_clock_is_set_back_an_expired_token_is_not_served() {
+    within(async {
+        let mut behaviour = Behaviour::wso2();
+        behaviour.access_lifetime = Duration::from_secs(3);
+        let emulator = Emulator::start(behaviour).await;
+        emulator.register_client("clock-client", "clock-secret");
+        let home = Home::new();
+        let secret = home.write_secret("secret", "clock-secret");
+        let consumer =
+            emulator.consumer_table("p", "clock-client", &secret, "http://127.0.0.1:9/callback");
+        let config = Config::from_str(&format!(
+            "{consumer}\n[installations.used]\nconsumer = \"p\"\ngrant = \"client_credentials\"\n"
+        ))
+        .expect("config");
+        let clock = Clock::default();
+        let (events, _heard) = tokio::sync::mpsc::unbounded_channel();
+        let broker = Broker::start(
+            config,
+            None,
+            Store::open(home.state_dir()).expect("store"),
+            OAuthClient::new().expect("client"),
+            events,
+            Options {
+                clock: clock.clone(),
+                ..Options::default()
+            },
+        );
+        let first = broker
+            .get_token("used", Duration::ZERO)
+            .await
+            .expect("a token");
+        clock.jump_back(HOUR);
+        let expired = async {
+            while emulator.access_token_is_valid(first.access_token.expose()) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), expired)
+            .await
+            .expect("the provider expires it");
+        let fresh = broker
+            .get_token("used", Duration::ZERO)
+            .await
+            .expect("a token");
+        assert_ne!(fresh.access_token.expose(), first.access_token.expose());
+        assert!(emulator.access_token_is_valid(fresh.access_token.expose()));
+        broker.stop(Duration::from_secs(5)).await;
+    })
+    .await;
+}
+
 /// A login nobody finishes: its listener stops listening after the login
 /// timeout (ten minutes in tokd, shortened here), and its state no longer
 /// works.

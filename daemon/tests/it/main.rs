@@ -4,6 +4,7 @@ mod check_config;
 mod clock;
 mod e2e;
 mod failures;
+mod hardening;
 mod oauth;
 mod private;
 mod security;

@@ -5,9 +5,11 @@ use crate::support::within;
 use std::sync::Arc;
 use std::time::Duration;
 use tokd::config::{Config, Consumer};
-use tokd::oauth::{self, ErrorKind, OAuthClient, OAuthError, Pkce, RevocableToken, TokenResponse};
+use tokd::oauth::{
+    self, ErrorKind, OAuthClient, OAuthError, Pkce, RevocableToken, Timeouts, TokenResponse,
+};
 use tokd::secret::{AuthorizationCode, RefreshToken};
-use tokd_testkit::{Behaviour, Emulator, Fault, FaultBody};
+use tokd_testkit::{Behaviour, Emulator, Fault, FaultBody, Mangle};
 use url::Url;
 
 const CLIENT_ID: &str = "client-1";
@@ -516,22 +518,26 @@ async fn a_redirect_is_not_followed() {
             .client_credentials(&consumer, &[])
             .await
             .expect_err("redirected");
-        assert_eq!(error.kind, ErrorKind::Misconfigured);
+        // Not an OAuth answer (a captive portal, a moved endpoint): not
+        // permanent, retried slowly.
+        assert_eq!(error.kind, ErrorKind::Transient);
         assert_eq!(error.status, Some(302), "the redirect itself is the answer");
         assert!(
             error.message.contains("a redirect to http://127.0.0.1"),
             "{error}"
         );
+        assert!(error.message.contains("/elsewhere"), "{error}");
+        assert!(error.message.contains("check the URL"), "{error}");
         assert!(
-            error.message.contains("/elsewhere; check the URL"),
-            "{error}"
+            error.retry_after >= Some(Duration::from_secs(15 * 60)),
+            "{error:?}"
         );
     })
     .await;
 }
 
 #[tokio::test]
-async fn a_path_that_is_not_a_token_endpoint_is_misconfiguration() {
+async fn a_path_that_is_not_a_token_endpoint_is_retried_slowly() {
     within(async {
         let (emulator, _, client) = setup(Behaviour::wso2(), "basic").await;
         let text = format!(
@@ -543,9 +549,16 @@ async fn a_path_that_is_not_a_token_endpoint_is_misconfiguration() {
             .client_credentials(&config.consumers["c"], &[])
             .await
             .expect_err("not a token endpoint");
-        assert_eq!(error.kind, ErrorKind::Misconfigured);
+        // A 404 page is no OAuth answer: a wrong URL, or a proxy in the way
+        // for a while. It is said, and retried slowly rather than never.
+        assert_eq!(error.kind, ErrorKind::Transient);
         assert_eq!(error.status, Some(404));
         assert!(error.message.contains("404 Not Found"), "{error}");
+        assert!(error.message.contains("check the URL"), "{error}");
+        assert!(
+            error.retry_after >= Some(Duration::from_secs(15 * 60)),
+            "{error:?}"
+        );
     })
     .await;
 }
@@ -567,8 +580,12 @@ async fn a_slow_provider_within_the_timeout_answers() {
 async fn a_provider_slower_than_the_timeout_is_transient() {
     within(async {
         let (emulator, consumer, _) = setup(Behaviour::wso2(), "basic").await;
-        let client = OAuthClient::with_timeouts(Duration::from_secs(5), Duration::from_millis(300))
-            .expect("client");
+        let client = OAuthClient::with_timeouts(Timeouts {
+            connect: Duration::from_secs(5),
+            total: Duration::from_millis(300),
+            refresh: Duration::from_secs(10),
+        })
+        .expect("client");
         emulator.fail_next(1, Fault::slow(Duration::from_secs(20)));
         let error = client
             .client_credentials(&consumer, &[])
@@ -580,6 +597,56 @@ async fn a_provider_slower_than_the_timeout_is_transient() {
             "{error}"
         );
         assert!(error.message.contains("timed out"), "{error}");
+        assert!(error.outcome_unknown, "the request went out: {error:?}");
+        assert!(!error.grant_at_risk, "no refresh token was used");
+    })
+    .await;
+}
+
+/// A refresh may take longer than other requests: under strict rotation a
+/// refresh given up while the provider works on it costs the grant. Past
+/// its own, longer timeout it says the grant may be lost.
+#[tokio::test]
+async fn a_refresh_gets_a_longer_timeout_and_says_when_the_grant_is_at_risk() {
+    within(async {
+        let (emulator, consumer, client) = setup(Behaviour::wso2(), "basic").await;
+        let first = login(&emulator, &consumer, &client).await;
+        let client = OAuthClient::with_timeouts(Timeouts {
+            connect: Duration::from_secs(5),
+            total: Duration::from_millis(300),
+            refresh: Duration::from_secs(5),
+        })
+        .expect("client");
+        // Slower than the total timeout, within the refresh timeout.
+        emulator.fail_next(1, Fault::slow(Duration::from_millis(1500)));
+        let second = client
+            .refresh(&consumer, &refresh_of(&first))
+            .await
+            .expect("a refresh waits longer");
+        // Slower than the refresh timeout: the provider rotates anyway.
+        emulator.fail_next(1, Fault::slow(Duration::from_secs(8)));
+        let error = client
+            .refresh(&consumer, &refresh_of(&second))
+            .await
+            .expect_err("timed out");
+        assert_eq!(error.kind, ErrorKind::Transient);
+        assert!(error.grant_at_risk, "{error:?}");
+        let rotated = async {
+            while emulator
+                .successor_of(refresh_of(&second).expose())
+                .is_none()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), rotated)
+            .await
+            .expect("the provider rotated after tokd gave up");
+        let lost = client
+            .refresh(&consumer, &refresh_of(&second))
+            .await
+            .expect_err("used up");
+        assert_eq!(lost.kind, ErrorKind::NeedsLogin);
     })
     .await;
 }
@@ -630,6 +697,104 @@ async fn a_provider_echoing_secrets_is_scrubbed() {
     .await;
 }
 
+/// A proxy or provider that reflects the request: the refresh token as
+/// the form carried it (percent-encoded) and the `Authorization: Basic`
+/// value (the client secret, base64) come back in the error.
+#[tokio::test]
+async fn a_provider_echoing_the_request_is_scrubbed_of_every_encoded_form() {
+    within(async {
+        let (emulator, consumer, client) = setup(Behaviour::wso2(), "basic").await;
+        let first = login(&emulator, &consumer, &client).await;
+        // A refresh token with characters that form-encoding changes.
+        let refresh = RefreshToken::new(format!("{}/+=é x", refresh_of(&first).expose()));
+        emulator.fail_next(1, Fault::status(400, FaultBody::Echo));
+        let error = client.refresh(&consumer, &refresh).await.expect_err("echo");
+        let request = emulator.last_request().expect("recorded");
+        let authorization = request.authorization.expect("Basic");
+        let basic = authorization.strip_prefix("Basic ").expect("Basic");
+        let encoded_refresh = request
+            .raw_body
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("refresh_token="))
+            .expect("the form carried it")
+            .to_owned();
+        assert_ne!(encoded_refresh, refresh.expose(), "it was encoded");
+        for shown in [error.message.clone(), format!("{error:?}")] {
+            for secret in [refresh.expose(), &encoded_refresh, basic, SECRET] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
+        assert!(error.message.contains("[redacted]"), "{error}");
+    })
+    .await;
+}
+
+/// A 2xx the client cannot use is never quoted: the tokens the provider
+/// has just issued are in it. A leading byte order mark is fine.
+#[tokio::test]
+async fn an_unusable_2xx_is_not_quoted_and_a_byte_order_mark_is_read() {
+    within(async {
+        let (emulator, consumer, client) = setup(Behaviour::wso2(), "basic").await;
+        let first = login(&emulator, &consumer, &client).await;
+        emulator.fail_next(1, Fault::mangled(Mangle::Bom));
+        let second = client
+            .refresh(&consumer, &refresh_of(&first))
+            .await
+            .expect("a BOM is skipped");
+        assert!(emulator.access_token_is_valid(second.access_token.expose()));
+        let mut held = refresh_of(&second);
+        for mangle in [
+            Mangle::TrailingBytes,
+            Mangle::HtmlWrapped,
+            Mangle::NumericAccessToken,
+        ] {
+            emulator.fail_next(1, Fault::mangled(mangle));
+            let error = client
+                .refresh(&consumer, &held)
+                .await
+                .expect_err("unusable");
+            assert_eq!(error.kind, ErrorKind::Transient, "{mangle:?}");
+            assert!(error.grant_at_risk, "{mangle:?}: the provider rotated");
+            // The provider issued a new pair, which only the body held.
+            let issued = emulator
+                .successor_of(held.expose())
+                .expect("rotated at the provider");
+            assert!(!error.message.contains(&issued), "{mangle:?}: {error}");
+            assert!(
+                !error.message.contains(held.expose()),
+                "{mangle:?}: {error}"
+            );
+            assert!(
+                error.message.contains("the answer is not shown"),
+                "{mangle:?}: {error}"
+            );
+            held = RefreshToken::new(issued);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_token_type_other_than_bearer_is_refused_with_a_sentence() {
+    within(async {
+        let mut behaviour = Behaviour::wso2();
+        behaviour.token_type = "N/A";
+        let (_emulator, consumer, client) = setup(behaviour, "basic").await;
+        let error = client
+            .client_credentials(&consumer, &[])
+            .await
+            .expect_err("not bearer");
+        assert_eq!(error.kind, ErrorKind::Misconfigured);
+        assert!(
+            error
+                .message
+                .contains("the token type is \"N/A\", and tokd serves only bearer tokens"),
+            "{error}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn revocation_ends_the_grant() {
     within(async {
@@ -676,13 +841,13 @@ async fn revocation_needs_an_endpoint() {
         assert_eq!(error.kind, ErrorKind::Misconfigured);
         assert!(error.message.contains("has no revoke_url"), "{error}");
 
-        // A provider without the endpoint answers 404.
+        // A provider without the endpoint answers 404: not an OAuth answer.
         let consumer = consumer_with(&emulator, "basic", &format!("client_secret = \"{SECRET}\""));
         let error = client
             .revoke(&consumer, RevocableToken::Refresh(&token))
             .await
             .expect_err("404");
-        assert_eq!(error.kind, ErrorKind::Misconfigured);
+        assert_eq!(error.kind, ErrorKind::Transient);
         assert_eq!(error.status, Some(404));
     })
     .await;

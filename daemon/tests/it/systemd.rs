@@ -51,6 +51,8 @@ fn the_unit_and_the_activation_file_name_the_bus_name_and_each_other() {
         "ReadWritePaths=%S/tokd",
         "RuntimeDirectory=tokd",
         "RuntimeDirectoryMode=0700",
+        "LimitCORE=0",
+        "TimeoutStopSec=80s",
         "ExecStart=@BINDIR@/tokd",
     ] {
         assert!(unit.lines().any(|l| l == line), "tokd.service lacks {line}");

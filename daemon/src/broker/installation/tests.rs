@@ -58,7 +58,15 @@ fn valid(obtained: SystemTime, lifetime: Duration) -> Installation {
         record: holding(obtained, lifetime),
         state: State::Valid,
         unsaved: None,
+        deadline: None,
+        fell_short_at: None,
     }
+}
+
+/// One fixed monotonic moment for the tests that do not move it.
+fn mono() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
 }
 
 fn failure(kind: ErrorKind, message: &str, retry_after: Option<Duration>) -> OAuthError {
@@ -90,7 +98,7 @@ fn loading_sorts_what_the_state_file_held() {
     );
     assert_eq!(
         moved.message(&a, at(0)),
-        "the state file was unreadable (truncated) and was moved to /state/a.json.corrupt-1; `a` is not logged in; run `tokctl login a`"
+        "the state file could not be used (truncated) and was moved to /state/a.json.corrupt-1; `a` is not logged in; run `tokctl login a`"
     );
     let newer = Installation::loaded(
         &a,
@@ -157,6 +165,7 @@ fn a_transient_failure_backs_off_and_the_count_survives_the_next_request() {
             failures: 1,
             retry_at: at(100) + schedule::MIN_INTERVAL,
             reason: "token endpoint answered 503".into(),
+            grant_at_risk: false,
         }
     );
     assert_eq!(
@@ -184,7 +193,7 @@ fn a_transient_failure_backs_off_and_the_count_survives_the_next_request() {
     );
     // Success ends the streak and the error.
     installation.begin_request();
-    installation.succeeded(holding(at(400), HOUR), None);
+    installation.succeeded(holding(at(400), HOUR), None, at(400), mono());
     assert_eq!(installation.state, State::Valid);
     assert_eq!(installation.record.last_error, None);
     installation.begin_request();
@@ -199,6 +208,7 @@ fn the_failing_sentence_counts_down_when_it_is_read() {
         failures: 1,
         retry_at: at(40),
         reason: "503".into(),
+        grant_at_risk: false,
     };
     let said = |now| installation.message(&a, now);
     assert!(
@@ -274,6 +284,7 @@ fn what_may_ask_the_provider_now() {
         failures: 1,
         retry_at: at(60),
         reason: "503".into(),
+        grant_at_risk: false,
     };
     assert!(matches!(
         failing.refusal(&a, at(10)),
@@ -290,7 +301,12 @@ fn what_may_ask_the_provider_now() {
 fn an_unsaved_record_says_so_until_a_write_succeeds() {
     let a = spec("a", None);
     let mut installation = valid(at(0), HOUR);
-    installation.succeeded(holding(at(10), HOUR), Some("disk full".into()));
+    installation.succeeded(
+        holding(at(10), HOUR),
+        Some("disk full".into()),
+        at(10),
+        mono(),
+    );
     let said = installation.message(&a, at(10));
     assert!(
         said.starts_with(
@@ -313,17 +329,17 @@ fn an_unsaved_record_says_so_until_a_write_succeeds() {
 fn a_token_is_served_only_while_it_lasts_long_enough() {
     let installation = valid(at(0), HOUR);
     let token = installation
-        .token_valid_for(at(0), Duration::from_secs(60))
+        .token_valid_for(at(0), mono(), Duration::from_secs(60))
         .expect("valid for a minute");
     assert_eq!(token.access_token.expose(), "access");
     assert!(
         installation
-            .token_valid_for(at(3590), Duration::from_secs(60))
+            .token_valid_for(at(3590), mono(), Duration::from_secs(60))
             .is_none()
     );
     assert!(
         installation
-            .token_valid_for(at(3590), Duration::ZERO)
+            .token_valid_for(at(3590), mono(), Duration::ZERO)
             .is_some()
     );
     let warned = token.with_warning(
@@ -380,25 +396,32 @@ fn an_expiring_token_is_due_a_margin_before_expiry() {
     let a = spec("a", None);
     // A two-hour token: ten minutes early, without jitter.
     assert_eq!(
-        valid(at(0), 2 * HOUR).next_due(&a, None, at(1), 0.0, 0.0),
+        valid(at(0), 2 * HOUR).next_due(&a, None, at(1), mono(), 0.0, 0.0),
         Some(at(6600))
     );
     // The configured margin wins.
     assert_eq!(
-        valid(at(0), 2 * HOUR).next_due(&a, Some(Duration::from_secs(300)), at(1), 0.0, 0.0),
+        valid(at(0), 2 * HOUR).next_due(
+            &a,
+            Some(Duration::from_secs(300)),
+            at(1),
+            mono(),
+            0.0,
+            0.0
+        ),
         Some(at(6900))
     );
     // Refreshing keeps the schedule of the token held.
     let mut refreshing = valid(at(0), 2 * HOUR);
     refreshing.begin_request();
     assert_eq!(
-        refreshing.next_due(&a, None, at(1), 0.0, 0.0),
+        refreshing.next_due(&a, None, at(1), mono(), 0.0, 0.0),
         Some(at(6600))
     );
     // A token that does not expire needs no refresh.
     let mut forever = valid(at(0), HOUR);
     forever.record.expires_at = None;
-    assert_eq!(forever.next_due(&a, None, at(1), 0.0, 0.0), None);
+    assert_eq!(forever.next_due(&a, None, at(1), mono(), 0.0, 0.0), None);
 }
 
 #[test]
@@ -406,11 +429,11 @@ fn an_overdue_token_is_due_at_once_spread_over_a_few_seconds() {
     let a = spec("a", None);
     let overdue = valid(at(0), HOUR);
     assert_eq!(
-        overdue.next_due(&a, None, at(7200), 0.0, 0.0),
+        overdue.next_due(&a, None, at(7200), mono(), 0.0, 0.0),
         Some(at(7200))
     );
     assert_eq!(
-        overdue.next_due(&a, None, at(7200), 0.0, 0.5),
+        overdue.next_due(&a, None, at(7200), mono(), 0.0, 0.5),
         Some(at(7200) + Duration::from_millis(2500))
     );
 }
@@ -426,7 +449,7 @@ fn a_failing_installation_is_due_at_its_retry_time_and_a_lost_one_never() {
         0.0,
     );
     assert_eq!(
-        installation.next_due(&a, None, at(100), 0.0, 0.0),
+        installation.next_due(&a, None, at(100), mono(), 0.0, 0.0),
         Some(at(130))
     );
     installation.failed(
@@ -436,7 +459,7 @@ fn a_failing_installation_is_due_at_its_retry_time_and_a_lost_one_never() {
         0.0,
     );
     assert_eq!(
-        installation.next_due(&a, None, at(200), 0.0, 0.0),
+        installation.next_due(&a, None, at(200), mono(), 0.0, 0.0),
         None,
         "not even the cron schedule: a human must log in first"
     );
@@ -446,7 +469,10 @@ fn a_failing_installation_is_due_at_its_retry_time_and_a_lost_one_never() {
         at(200),
         0.0,
     );
-    assert_eq!(installation.next_due(&a, None, at(200), 0.0, 0.0), None);
+    assert_eq!(
+        installation.next_due(&a, None, at(200), mono(), 0.0, 0.0),
+        None
+    );
 }
 
 #[test]
@@ -456,22 +482,84 @@ fn cron_times_share_the_queue_with_expiry() {
     let a = spec("a", Some("0 0 * * * *"));
     // A day-long token is due long after the next full hour.
     assert_eq!(
-        valid(at(0), 24 * HOUR).next_due(&a, None, at(0), 0.0, 0.0),
+        valid(at(0), 24 * HOUR).next_due(&a, None, at(0), mono(), 0.0, 0.0),
         Some(next_hour)
     );
     // A ten-minute token is due before it.
     let short = valid(at(0), Duration::from_secs(600));
-    assert_eq!(short.next_due(&a, None, at(0), 0.0, 0.0), Some(at(540)));
+    assert_eq!(
+        short.next_due(&a, None, at(0), mono(), 0.0, 0.0),
+        Some(at(540))
+    );
     // A client-credentials installation with no token yet is due at its
     // cron time; an authorization-code one cannot ask without a login.
     let bot = spec("bot", Some("0 0 * * * *"));
     let empty = |spec: &Spec| Installation::loaded(spec, Ok(Loaded::Missing));
     assert_eq!(
-        empty(&bot).next_due(&bot, None, at(0), 0.0, 0.0),
+        empty(&bot).next_due(&bot, None, at(0), mono(), 0.0, 0.0),
         Some(next_hour)
     );
-    assert_eq!(empty(&a).next_due(&a, None, at(0), 0.0, 0.0), None);
+    assert_eq!(empty(&a).next_due(&a, None, at(0), mono(), 0.0, 0.0), None);
     // Without a schedule nothing is due for an empty installation.
     let plain = spec("bot", None);
-    assert_eq!(empty(&plain).next_due(&plain, None, at(0), 0.0, 0.0), None);
+    assert_eq!(
+        empty(&plain).next_due(&plain, None, at(0), mono(), 0.0, 0.0),
+        None
+    );
+}
+
+#[test]
+fn a_refresh_whose_outcome_is_unknown_says_the_grant_may_be_lost() {
+    let a = spec("a", None);
+    let mut installation = valid(at(0), HOUR);
+    let mut error = failure(ErrorKind::Transient, "timed out", None);
+    error.grant_at_risk = true;
+    let said = installation.failed(&a, &error, at(0), 0.0).to_string();
+    assert!(
+        said.starts_with(
+            "the provider is failing (timed out); the provider may have used up the refresh token"
+        ),
+        "{said}"
+    );
+    assert!(said.contains("the authorization may be lost"), "{said}");
+    assert!(said.ends_with("tokd tries again in 5s"), "{said}");
+}
+
+#[test]
+fn the_monotonic_deadline_wins_when_the_wall_clock_is_set_back() {
+    let a = spec("a", None);
+    let mut installation = valid(at(0), HOUR);
+    installation.succeeded(holding(at(0), HOUR), None, at(0), mono());
+    assert_eq!(installation.deadline, Some(mono() + HOUR));
+    // An hour and a minute later the clock reads an hour earlier than it
+    // should: by the wall the token has an hour left, in truth it is gone.
+    let later = mono() + HOUR + Duration::from_secs(60);
+    let wall = at(60);
+    assert!(
+        installation
+            .token_valid_for(wall, mono() + Duration::from_secs(60), Duration::ZERO)
+            .is_some()
+    );
+    assert!(
+        installation
+            .token_valid_for(wall, later, Duration::ZERO)
+            .is_none()
+    );
+    // The due time follows the deadline, not the wall.
+    let set_back = UNIX_EPOCH + Duration::from_secs(1_700_000_000 - 3600);
+    let due = installation
+        .next_due(&a, None, set_back, mono(), 0.0, 0.0)
+        .expect("due");
+    // Ten percent of the lifetime (six minutes) before the real expiry,
+    // which is an hour from now by either reckoning of elapsed time.
+    assert_eq!(due, set_back + HOUR - Duration::from_secs(360));
+}
+
+#[test]
+fn a_caller_that_got_less_than_it_asked_pauses_further_refreshes() {
+    let mut installation = valid(at(0), HOUR);
+    assert!(!installation.fell_short_recently(mono()));
+    installation.fell_short(mono());
+    assert!(installation.fell_short_recently(mono() + Duration::from_secs(29)));
+    assert!(!installation.fell_short_recently(mono() + FELL_SHORT_PAUSE));
 }

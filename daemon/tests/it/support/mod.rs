@@ -72,3 +72,37 @@ pub fn without_override() -> Vec<&'static str> {
         Vec::new()
     }
 }
+
+/// `setpriv` arguments that run a program as `nobody` (65534), another
+/// local user. The tests run as root in CI; run elsewhere, they need it.
+pub fn as_nobody() -> [&'static str; 4] {
+    assert_eq!(
+        uid(),
+        0,
+        "this test plays another local user with setpriv and must run as root"
+    );
+    [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ]
+}
+
+/// A shell script run as `nobody` (bash, for its `/dev/tcp`).
+pub fn bash_as_nobody(script: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("setpriv");
+    command
+        .args(&as_nobody()[1..])
+        .args(["bash", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// How many descriptors process `pid` has open.
+pub fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count()
+}

@@ -196,8 +196,9 @@ grant = "client_credentials"
         token
     }
 
-    /// Logs in through the daemon's loopback listener, playing the browser.
-    pub async fn login(&self, name: &str) {
+    /// Starts `tokctl login NAME --no-browser` and returns it with the URL
+    /// it printed.
+    pub async fn begin_login(&self, name: &str) -> (tokio::process::Child, String) {
         let mut child = self
             .command(&["login", name, "--no-browser"])
             .stdout(Stdio::piped())
@@ -207,9 +208,21 @@ grant = "client_credentials"
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut url = String::new();
         stdout.read_line(&mut url).await.expect("the login URL");
-        let url = url.trim();
+        let url = url.trim().to_owned();
         assert!(url.starts_with(&self.emulator.auth_url()), "{url}");
         assert!(url.contains("code_challenge_method=S256"), "{url}");
+        (child, url)
+    }
+
+    /// Logs in through the daemon's loopback listener, playing the browser.
+    pub async fn login(&self, name: &str) {
+        let (child, url) = self.begin_login(name).await;
+        self.finish_login(child, &url).await;
+    }
+
+    /// Plays the browser for a login `begin_login` started, and checks
+    /// that tokctl says it is done.
+    pub async fn finish_login(&self, child: tokio::process::Child, url: &str) {
         let location = browse(url).await;
         let callback = format!("http://127.0.0.1:{}/callback?", self.port);
         assert!(location.starts_with(&callback), "{location}");
