@@ -7,11 +7,11 @@
 //! kind of failure it was (see [`EXIT_HELP`]).
 
 mod failure;
+mod login;
 mod output;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use failure::{Failure, exit};
-use futures_util::StreamExt;
 use output::{JsonInstallation, details, expiry_phrase, format_token, one_line, table, to_json};
 use std::future::Future;
 use std::io::Write;
@@ -41,7 +41,7 @@ when it answers and belongs to this user, else over the session bus
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `login` waits for the browser unless `--timeout` says
 /// otherwise.
-const DEFAULT_LOGIN_WAIT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_LOGIN_WAIT: Duration = Duration::from_secs(300);
 /// How long the private socket's handshake may take before tokctl uses
 /// the session bus instead (tokd answers it in well under a millisecond).
 const SOCKET_HANDSHAKE: Duration = Duration::from_secs(2);
@@ -88,16 +88,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Authorize an installation in the browser (authorization code + PKCE).
+    /// Authorize an installation: in the browser (authorization code +
+    /// PKCE), or with a code entered on another device (--device). Without
+    /// a display and without --no-browser or --code, the device flow is
+    /// used when the consumer has one.
     Login {
         name: String,
-        /// Print the URL instead of opening a browser.
-        #[arg(long)]
+        /// Print the URL instead of opening a browser (and keep to the
+        /// browser flow).
+        #[arg(long, conflicts_with = "device")]
         no_browser: bool,
+        /// Log in with a code entered on any device (RFC 8628): for SSH
+        /// sessions and machines without a browser. The URL goes to stdout
+        /// (for a QR code, say), the code to stderr.
+        #[arg(long)]
+        device: bool,
         /// Finish with a code copied by hand from the address the browser
         /// landed on (`-` reads it from stdin, keeping it out of `ps`).
         /// Codes may start with `-`.
-        #[arg(long, value_name = "CODE", allow_hyphen_values = true)]
+        #[arg(
+            long,
+            value_name = "CODE",
+            allow_hyphen_values = true,
+            conflicts_with = "device"
+        )]
         code: Option<String>,
     },
     /// Refresh now.
@@ -209,10 +223,17 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
         Command::Login {
             name,
             no_browser,
+            device,
             code,
         } => {
-            let wait = timeout.unwrap_or(DEFAULT_LOGIN_WAIT);
-            login(&proxy, &deadline, &name, no_browser, code, wait).await
+            let flow = match (code, device, no_browser) {
+                (Some(code), _, _) => login::Flow::Code(code),
+                (None, true, _) => login::Flow::Device,
+                (None, false, true) => login::Flow::Browser { open: false },
+                (None, false, false) if login::has_display() => login::Flow::Browser { open: true },
+                (None, false, false) => login::Flow::DeviceIfOffered,
+            };
+            login::login(&proxy, &deadline, &name, flow, timeout).await
         }
         Command::Refresh { name } => {
             let expires_at = deadline.bound(proxy.refresh(&name)).await??;
@@ -237,7 +258,7 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
 
 /// When tokctl gives up on tokd.
 #[derive(Debug)]
-struct Deadline {
+pub(crate) struct Deadline {
     at: tokio::time::Instant,
     timeout: Duration,
 }
@@ -251,7 +272,7 @@ impl Deadline {
     }
 
     /// `work`, or a failure (exit 7) if the deadline passes first.
-    async fn bound<T>(&self, work: impl Future<Output = T>) -> Result<T, Failure> {
+    pub(crate) async fn bound<T>(&self, work: impl Future<Output = T>) -> Result<T, Failure> {
         tokio::time::timeout_at(self.at, work).await.map_err(|_| {
             Failure::new(
                 exit::DAEMON_UNREACHABLE,
@@ -311,105 +332,6 @@ fn served_by_this_user(stream: &std::os::unix::net::UnixStream, path: &std::path
     }
 }
 
-async fn login(
-    proxy: &ManagerProxy<'_>,
-    deadline: &Deadline,
-    name: &str,
-    no_browser: bool,
-    code: Option<String>,
-    timeout: Duration,
-) -> Result<String, Failure> {
-    if let Some(code) = code {
-        let code = if code == "-" {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).map_err(|e| {
-                Failure::new(exit::USAGE, format!("cannot read the code from stdin: {e}"))
-            })?;
-            line.trim().to_owned()
-        } else {
-            code
-        };
-        let expires_at = deadline.bound(proxy.complete_login(name, &code)).await??;
-        eprintln!(
-            "tokctl: logged in: `{name}` holds a token; {}",
-            expiry_phrase(expires_at, now())
-        );
-        return Ok(String::new());
-    }
-    // Subscribe before starting, so the answer cannot slip past.
-    let mut finished = deadline.bound(proxy.receive_login_finished()).await??;
-    let (url, listening) = deadline.bound(proxy.begin_login(name)).await??;
-    let opened = !no_browser && has_display() && open_in_browser(&url);
-    if opened {
-        eprintln!("tokctl: opened the login page of `{name}` in your browser");
-    } else {
-        // The URL is the result a human without a browser needs: stdout,
-        // at once, since the wait follows.
-        print_now(&format!("{url}\n"));
-        eprintln!("tokctl: open the URL above in a browser to log in to `{name}`");
-    }
-    if !listening {
-        eprintln!(
-            "tokctl: then run `tokctl login {name} --code CODE` with the `code` from the address the browser lands on"
-        );
-        return Ok(String::new());
-    }
-    eprintln!(
-        "tokctl: waiting up to {} for the browser…",
-        humantime::format_duration(timeout)
-    );
-    let wait = async {
-        while let Some(signal) = finished.next().await {
-            let Ok(args) = signal.args() else { continue };
-            if args.name == name {
-                return Some((args.success, args.message));
-            }
-        }
-        None
-    };
-    match tokio::time::timeout(timeout, wait).await {
-        Ok(Some((true, message))) => {
-            eprintln!("tokctl: {message}");
-            Ok(String::new())
-        }
-        Ok(Some((false, message))) => Err(Failure::new(exit::NEEDS_LOGIN, message)),
-        Ok(None) => Err(Failure::new(
-            exit::DAEMON_UNREACHABLE,
-            "tokd went away during the login; run `tokctl login` again",
-        )),
-        Err(_) => Err(Failure::new(
-            exit::OTHER,
-            format!(
-                "no answer from the browser within {}; run `tokctl login {name}` again",
-                humantime::format_duration(timeout)
-            ),
-        )),
-    }
-}
-
-fn print_now(text: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush());
-}
-
-fn has_display() -> bool {
-    ["DISPLAY", "WAYLAND_DISPLAY"]
-        .iter()
-        .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
-}
-
-fn open_in_browser(url: &str) -> bool {
-    std::process::Command::new("xdg-open")
-        .arg(url)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .is_ok()
-}
-
 /// `90`, `90s`, `5m`, `1h 30m`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -419,7 +341,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 90s, 5m or 1h)"))
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

@@ -5,13 +5,17 @@
 //! warns about loose permissions. Every error names the line and column.
 //! This module never touches the network, the state folder or the bus.
 
+mod consumer;
 mod presets;
 mod values;
 
+pub use consumer::{ClientAuth, Consumer};
 pub use presets::{Preset, PresetEndpoints};
 pub use values::{CronSchedule, InvalidValue, is_loopback, parse_duration};
 
-use crate::secret::{ClientSecret, SecretSource, warn_if_readable_by_others};
+use consumer::{RawConsumer, build_consumer};
+
+use crate::secret::{SecretSource, warn_if_readable_by_others};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,8 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
-use url::Url;
-use values::{ConfigDuration, HttpUrl};
+use values::ConfigDuration;
 
 /// A parsed, validated configuration.
 #[derive(Debug, Clone)]
@@ -38,20 +41,6 @@ pub struct Config {
 pub struct DaemonConfig {
     /// Refresh this long before expiry; `None` derives it from the lifetime.
     pub refresh_margin: Option<Duration>,
-}
-
-/// One `[consumers.NAME]` table with its preset applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Consumer {
-    pub name: String,
-    pub provider: Option<Preset>,
-    pub token_url: Url,
-    pub auth_url: Option<Url>,
-    pub revoke_url: Option<Url>,
-    pub client_id: String,
-    pub secret: SecretSource,
-    pub redirect_uri: Option<Url>,
-    pub client_auth: ClientAuth,
 }
 
 /// One `[installations.NAME]` table.
@@ -83,16 +72,6 @@ impl Grant {
     }
 }
 
-/// How the client authenticates to the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuth {
-    /// HTTP Basic with the form-urlencoded id and secret (RFC 6749 §2.3.1).
-    Basic,
-    /// `client_id` and `client_secret` in the form body.
-    Post,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -108,21 +87,6 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
     refresh_margin: Option<ConfigDuration>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConsumer {
-    provider: Option<Preset>,
-    token_url: Option<Spanned<HttpUrl>>,
-    auth_url: Option<Spanned<HttpUrl>>,
-    revoke_url: Option<Spanned<HttpUrl>>,
-    client_id: Spanned<String>,
-    client_secret: Option<Spanned<String>>,
-    client_secret_file: Option<Spanned<String>>,
-    client_secret_command: Option<Spanned<Vec<String>>>,
-    redirect_uri: Option<HttpUrl>,
-    client_auth: Option<ClientAuth>,
 }
 
 #[derive(Deserialize)]
@@ -351,123 +315,6 @@ fn name_error(what: &str, name: &str) -> String {
     )
 }
 
-fn build_consumer(
-    source: &Source<'_>,
-    name: &str,
-    name_span: Range<usize>,
-    raw: RawConsumer,
-    base: Option<&Path>,
-) -> Result<Consumer, ConfigError> {
-    let preset = raw.provider.map(Preset::endpoints);
-    let preset_url = |text: &str| Url::parse(text).expect("preset URLs are valid");
-
-    let mut sources = Vec::new();
-    if let Some(secret) = &raw.client_secret {
-        sources.push(("client_secret", secret.span()));
-    }
-    if let Some(file) = &raw.client_secret_file {
-        sources.push(("client_secret_file", file.span()));
-    }
-    if let Some(command) = &raw.client_secret_command {
-        sources.push(("client_secret_command", command.span()));
-    }
-    if let [(first, _), (second, span), ..] = sources.as_slice() {
-        return Err(source.error(
-            Some(span.clone()),
-            format!("consumer `{name}` has both `{first}` and `{second}`; keep exactly one secret source"),
-        ));
-    }
-    let secret = if let Some(secret) = raw.client_secret {
-        SecretSource::Inline(ClientSecret::new(secret.into_inner()))
-    } else if let Some(file) = raw.client_secret_file {
-        let span = file.span();
-        let path = expand_path(file.get_ref(), base)
-            .map_err(|message| source.error(Some(span), message))?;
-        SecretSource::File(path)
-    } else if let Some(command) = raw.client_secret_command {
-        let span = command.span();
-        let argv = command.into_inner();
-        if argv.first().is_none_or(|program| program.is_empty()) {
-            return Err(source.error(
-                Some(span),
-                format!("consumer `{name}`: `client_secret_command` needs a program, e.g. [\"pass\", \"show\", \"{name}\"]"),
-            ));
-        }
-        SecretSource::Command(argv)
-    } else {
-        SecretSource::None
-    };
-
-    let client_id = raw.client_id;
-    if client_id.get_ref().trim().is_empty() {
-        return Err(source.error(
-            Some(client_id.span()),
-            format!("consumer `{name}` has an empty `client_id`"),
-        ));
-    }
-
-    let token_url = match (raw.token_url, preset) {
-        (Some(url), _) => checked_endpoint(source, name, "token_url", url)?,
-        (None, Some(preset)) => preset_url(preset.token_url),
-        (None, None) => {
-            return Err(source.error(
-                Some(name_span),
-                format!(
-                    "consumer `{name}` has no `provider` preset, so it needs `token_url` \
-                     (presets: bitbucket, github, smartthings)"
-                ),
-            ));
-        }
-    };
-    let auth_url = match (raw.auth_url, preset) {
-        (Some(url), _) => Some(checked_endpoint(source, name, "auth_url", url)?),
-        (None, Some(preset)) => Some(preset_url(preset.auth_url)),
-        (None, None) => None,
-    };
-    let revoke_url = match (raw.revoke_url, preset) {
-        (Some(url), _) => Some(checked_endpoint(source, name, "revoke_url", url)?),
-        (None, Some(preset)) => preset.revoke_url.map(preset_url),
-        (None, None) => None,
-    };
-    let client_auth = raw
-        .client_auth
-        .or(preset.map(|preset| preset.client_auth))
-        .unwrap_or(ClientAuth::Basic);
-
-    Ok(Consumer {
-        name: name.to_owned(),
-        provider: raw.provider,
-        token_url,
-        auth_url,
-        revoke_url,
-        client_id: client_id.into_inner(),
-        secret,
-        redirect_uri: raw.redirect_uri.map(|url| url.0),
-        client_auth,
-    })
-}
-
-/// Endpoints carry secrets, so plain http is refused except on loopback.
-fn checked_endpoint(
-    source: &Source<'_>,
-    consumer: &str,
-    key: &str,
-    url: Spanned<HttpUrl>,
-) -> Result<Url, ConfigError> {
-    let span = url.span();
-    let url = url.into_inner().0;
-    if url.scheme() == "http" && !is_loopback(&url) {
-        return Err(source.error(
-            Some(span),
-            format!(
-                "consumer `{consumer}`: `{key}` must use https (plain http is allowed only for \
-                 127.0.0.1, ::1 and localhost, since it carries secrets)"
-            ),
-        ));
-    }
-    Ok(url)
-}
-
 fn build_installation(
     source: &Source<'_>,
     name: &str,
@@ -493,12 +340,17 @@ fn build_installation(
     let grant = raw.grant.unwrap_or(Grant::AuthorizationCode);
     let span = raw.consumer.span();
     match grant {
-        Grant::AuthorizationCode if consumer.auth_url.is_none() => {
+        Grant::AuthorizationCode
+            if consumer.auth_url.is_none()
+                && consumer.device_url.is_none()
+                && consumer.issuer.is_none() =>
+        {
             return Err(source.error(
                 Some(span),
                 format!(
                     "installation `{name}` uses the authorization_code grant, but consumer \
-                     `{consumer_name}` has no `auth_url` (and no provider preset)"
+                     `{consumer_name}` has no `auth_url` or `device_url` (and no provider preset \
+                     or `issuer`)"
                 ),
             ));
         }

@@ -11,6 +11,13 @@ use tokd::store::Store;
 use tokd::{broker, paths};
 use tracing::{error, info, warn};
 
+/// Every block tokd frees is zeroed first: tokens pass through buffers
+/// tokd does not own (the HTTP client's, the JSON parser's), and a
+/// rotated-out refresh token must not linger in freed memory.
+#[global_allocator]
+static ALLOCATOR: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 /// tokd: a per-user OAuth 2.0 token broker. It keeps the access tokens of
 /// your OAuth installations fresh and serves them over D-Bus to `tokctl`
 /// and desktop programs.
@@ -24,8 +31,14 @@ struct Args {
 
     /// Check a config file (PATH, or the one tokd would read) and exit:
     /// prints the first problem with its file and line, or a one-line summary.
+    /// Nothing is fetched from the network.
     #[arg(long, value_name = "PATH", num_args = 0..=1)]
     check_config: Option<Option<PathBuf>>,
+
+    /// With --check-config: also fetch the discovery document of every
+    /// consumer with an `issuer`, check it, and print its endpoints.
+    #[arg(long, requires = "check_config")]
+    online: bool,
 }
 
 const AFTER_HELP: &str = "\
@@ -54,7 +67,7 @@ fn main() -> ExitCode {
         warn!(%error, "cannot make tokd's memory undumpable; a core dump could hold tokens");
     }
     if let Some(path) = args.check_config {
-        return check_config(path.or(args.config));
+        return check_config(path.or(args.config), args.online);
     }
     // One thread is plenty: the daemon waits on the network and the bus;
     // store writes go to tokio's blocking pool.
@@ -164,26 +177,64 @@ impl Signals {
     }
 }
 
-fn check_config(explicit: Option<PathBuf>) -> ExitCode {
+#[allow(clippy::print_stdout)] // the result of --check-config
+fn check_config(explicit: Option<PathBuf>, online: bool) -> ExitCode {
     let checked = paths::config_path(explicit)
         .map_err(Failure::of)
         .and_then(|path| {
             let config = Config::from_path(&path).map_err(Failure::of)?;
             Ok((path, config))
         });
-    match checked {
-        Ok((path, config)) => {
-            #[allow(clippy::print_stdout)] // the one result of --check-config
-            {
-                println!("{}: ok: {}", path.display(), config.summary());
-            }
-            ExitCode::SUCCESS
-        }
+    let (path, config) = match checked {
+        Ok(checked) => checked,
         Err(failure) => {
             eprintln!("tokd: {failure}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+    };
+    if online {
+        let discovered = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| Failure::new("cannot start the async runtime", error))
+            .and_then(|runtime| runtime.block_on(discover_all(&config)));
+        match discovered {
+            Ok(lines) => lines.iter().for_each(|line| println!("{line}")),
+            Err(failure) => {
+                eprintln!("tokd: {failure}");
+                return ExitCode::FAILURE;
+            }
         }
     }
+    println!("{}: ok: {}", path.display(), config.summary());
+    ExitCode::SUCCESS
+}
+
+/// Each consumer with an `issuer`: its endpoints as discovered now.
+async fn discover_all(config: &Config) -> Result<Vec<String>, Failure> {
+    let http = OAuthClient::new().map_err(Failure::of)?;
+    let mut lines = Vec::new();
+    for consumer in config.consumers.values() {
+        let Some(issuer) = &consumer.issuer else {
+            continue;
+        };
+        let document = http
+            .discover(issuer)
+            .await
+            .map_err(|error| Failure(format!("consumer `{}`: {}", consumer.name, error.message)))?;
+        let endpoints =
+            tokd::oauth::Endpoints::of(consumer, Some(&document)).map_err(Failure::of)?;
+        let show = |url: &Option<url::Url>| url.as_ref().map_or("-".to_owned(), |u| u.to_string());
+        lines.push(format!(
+            "consumer `{}`: discovered from {issuer}: token {}, authorize {}, device {}, revoke {}",
+            consumer.name,
+            endpoints.token_url,
+            show(&endpoints.auth_url),
+            show(&endpoints.device_url),
+            show(&endpoints.revoke_url),
+        ));
+    }
+    Ok(lines)
 }
 
 fn init_logging() {

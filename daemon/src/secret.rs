@@ -75,6 +75,11 @@ secret_type!(
     /// A PKCE code verifier (RFC 7636).
     PkceVerifier
 );
+secret_type!(
+    /// A device code (RFC 8628): whoever holds it can collect the tokens
+    /// once the user approves.
+    DeviceCode
+);
 
 /// How long a `client_secret_command` may run before it is killed.
 pub const SECRET_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);

@@ -300,8 +300,54 @@ impl Store {
             }
         })?);
         bytes.push(b'\n');
-        self.write_atomically(&path, name, &bytes)
+        write_atomically(&self.dir, &path, name, &bytes)
             .map_err(|source| StoreError::Write { path, source })
+    }
+
+    /// Writes a document tokd keeps beside the records, `KIND/NAME.json`
+    /// (a consumer's discovered endpoints): not secret, but written the
+    /// same way, atomically and durably, in a 0700 folder.
+    pub fn save_document<T: Serialize>(
+        &self,
+        kind: &str,
+        name: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let folder = self.dir.join(kind);
+        private_folder(&folder, "state folder")?;
+        let path = folder.join(format!("{name}.json"));
+        let mut bytes = serde_json::to_vec_pretty(value).map_err(|error| StoreError::Write {
+            path: path.clone(),
+            source: io::Error::other(error),
+        })?;
+        bytes.push(b'\n');
+        write_atomically(&folder, &path, name, &bytes)
+            .map_err(|source| StoreError::Write { path, source })
+    }
+
+    /// Reads a document [`Store::save_document`] wrote. It is a cache: one
+    /// that is missing, unreadable, not this user's or not what is
+    /// expected is `None` (and is written anew).
+    pub fn load_document<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> Option<T> {
+        let path = self.dir.join(kind).join(format!("{name}.json"));
+        let flags = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::CLOEXEC
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::NONBLOCK;
+        let mut file = File::from(rustix::fs::open(&path, flags, rustix::fs::Mode::empty()).ok()?);
+        let metadata = file.metadata().ok()?;
+        if !metadata.is_file() || metadata.uid() != self.uid {
+            tracing::warn!(path = %path.display(), "not using a document that is not this user's regular file");
+            return None;
+        }
+        let bytes = read_all(&mut file, usize::try_from(metadata.len()).unwrap_or(0)).ok()?;
+        serde_json::from_slice(&bytes)
+            .inspect_err(|error| tracing::warn!(path = %path.display(), %error, "not using an unreadable document"))
+            .ok()
     }
 
     /// Deletes `name`'s record (after a revocation). Missing is fine.
@@ -315,35 +361,39 @@ impl Store {
             Err(source) => Err(StoreError::Write { path, source }),
         }
     }
+}
 
-    fn write_atomically(&self, path: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-        let temporary = self.dir.join(format!(
-            ".{name}.json.tmp-{}-{}",
-            std::process::id(),
-            TEMPORARY_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&temporary)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&temporary, path)
-        })();
-        if let Err(error) = written {
-            // The old file is untouched; do not leave a half-written copy of
-            // a token lying around either.
-            let _ = fs::remove_file(&temporary);
-            return Err(error);
-        }
-        self.sync_folder()
+/// Writes `bytes` to `path` in `folder` atomically and durably: a
+/// temporary file in the same folder, fsync, rename, fsync of the folder.
+fn write_atomically(folder: &Path, path: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let temporary = folder.join(format!(
+        ".{name}.json.tmp-{}-{}",
+        std::process::id(),
+        TEMPORARY_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temporary, path)
+    })();
+    if let Err(error) = written {
+        // The old file is untouched; do not leave a half-written copy of
+        // a token lying around either.
+        let _ = fs::remove_file(&temporary);
+        return Err(error);
     }
+    sync_folder(folder)
+}
 
+impl Store {
     fn sync_folder(&self) -> io::Result<()> {
-        File::open(&self.dir)?.sync_all()
+        sync_folder(&self.dir)
     }
 
     fn move_aside(&self, name: &str, path: &Path, reason: String) -> Result<Loaded, StoreError> {
@@ -394,6 +444,10 @@ impl Store {
             }
         }
     }
+}
+
+fn sync_folder(folder: &Path) -> io::Result<()> {
+    File::open(folder)?.sync_all()
 }
 
 /// The whole of `file`, whose size was `size` a moment ago: a buffer of

@@ -168,6 +168,11 @@ pub trait Manager {
     /// Finishes a login with a code obtained by hand; returns the expiry.
     fn complete_login(&self, name: &str, code: &str) -> Result<i64>;
 
+    /// Starts a device login (RFC 8628): (where to go, the same with the
+    /// code in it or empty, the code to enter, when it expires in Unix
+    /// seconds). tokd polls; the outcome comes as `LoginFinished`.
+    fn begin_device_login(&self, name: &str) -> Result<(String, String, String, i64)>;
+
     /// Revokes the grant at the provider (when it has a revocation endpoint)
     /// and forgets the tokens; returns a sentence saying what was done.
     fn revoke(&self, name: &str) -> Result<String>;

@@ -73,6 +73,16 @@ pub struct Behaviour {
     /// Sends this `expires_in` instead of the lifetime (a provider that
     /// writes 0, say); the token still lives `access_lifetime`.
     pub expires_in_sent: Option<i64>,
+    /// What the authorization request must carry for the code to bring a
+    /// refresh token: `(param, value)`, `("scope", s)` meaning the scopes
+    /// include `s` (Google: access_type=offline and prompt=consent).
+    pub offline_needs: &'static [(&'static str, &'static str)],
+    /// What the authorization request must carry at all (Atlassian:
+    /// audience=api.atlassian.com).
+    pub required_auth_params: &'static [(&'static str, &'static str)],
+    /// Device codes: the polling interval announced, and their life.
+    pub device_interval: Duration,
+    pub device_expires_in: Duration,
 }
 
 impl Behaviour {
@@ -92,6 +102,10 @@ impl Behaviour {
             dead_refresh: DeadRefreshAnswer::BitbucketInvalidRequest,
             revocation: false,
             expires_in_sent: None,
+            offline_needs: &[],
+            required_auth_params: &[],
+            device_interval: Duration::from_secs(5),
+            device_expires_in: Duration::from_secs(600),
         }
     }
 
@@ -122,6 +136,10 @@ impl Behaviour {
             dead_refresh: DeadRefreshAnswer::InvalidGrant,
             revocation: true,
             expires_in_sent: None,
+            offline_needs: &[],
+            required_auth_params: &[],
+            device_interval: Duration::from_secs(5),
+            device_expires_in: Duration::from_secs(600),
         }
     }
 
@@ -135,6 +153,33 @@ impl Behaviour {
             access_lifetime: Duration::from_secs(86_400),
             non_form_status: 401,
             token_length: 36,
+            revocation: false,
+            ..Self::wso2()
+        }
+    }
+
+    /// Google: a refresh token only for an authorization with
+    /// `access_type=offline` and `prompt=consent`; not rotated.
+    pub fn google() -> Self {
+        Self {
+            name: "google",
+            rotation: Rotation::Never,
+            accepted_auth: AcceptedAuth::Either,
+            access_lifetime: Duration::from_secs(3599),
+            offline_needs: &[("access_type", "offline"), ("prompt", "consent")],
+            ..Self::wso2()
+        }
+    }
+
+    /// Atlassian Cloud 3LO: `audience` required, a refresh token only with
+    /// the `offline_access` scope, rotated at every refresh.
+    pub fn atlassian() -> Self {
+        Self {
+            name: "atlassian",
+            rotation: Rotation::Strict,
+            accepted_auth: AcceptedAuth::Either,
+            offline_needs: &[("scope", "offline_access")],
+            required_auth_params: &[("audience", "api.atlassian.com")],
             revocation: false,
             ..Self::wso2()
         }
@@ -250,11 +295,43 @@ pub struct Counters {
     /// Token requests refused before the grant was looked at (faults, bad
     /// client authentication, bad bodies).
     pub refused: u64,
+    /// Device codes handed out, and token requests polling for one.
+    pub device_codes: u64,
+    pub device_polls: u64,
+    /// Polls that came sooner than the interval asked for.
+    pub device_polls_too_soon: u64,
+    /// Discovery documents served.
+    pub discovery: u64,
 }
 
 impl Counters {
     pub fn token_requests(&self) -> u64 {
-        self.authorization_code + self.refresh_token + self.client_credentials + self.refused
+        self.authorization_code
+            + self.refresh_token
+            + self.client_credentials
+            + self.refused
+            + self.device_polls
+    }
+}
+
+/// Which discovery documents the emulator serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WellKnown {
+    /// `/.well-known/oauth-authorization-server` (RFC 8414).
+    pub rfc8414: bool,
+    /// `/.well-known/openid-configuration`.
+    pub openid: bool,
+    /// An `issuer` other than the emulator's own address (a mismatch).
+    pub issuer: Option<String>,
+}
+
+impl Default for WellKnown {
+    fn default() -> Self {
+        Self {
+            rfc8414: true,
+            openid: true,
+            issuer: None,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::{
     AcceptedAuth, Behaviour, Counters, DeadRefreshAnswer, Fault, FaultBody, Mangle,
-    RecordedRequest, Rotation,
+    RecordedRequest, Rotation, WellKnown,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -18,7 +18,21 @@ use std::time::Instant;
 
 #[derive(Debug, Clone)]
 struct Client {
-    secret: String,
+    /// `None`: a public client (identified by `client_id` alone).
+    secret: Option<String>,
+}
+
+/// A device code and what the user did with it.
+#[derive(Debug)]
+struct DeviceGrant {
+    client_id: String,
+    scopes: Vec<String>,
+    user_code: String,
+    decision: Option<bool>,
+    expires: Instant,
+    interval: std::time::Duration,
+    last_poll: Option<Instant>,
+    used: bool,
 }
 
 #[derive(Debug)]
@@ -28,6 +42,8 @@ struct IssuedCode {
     scopes: Vec<String>,
     challenge: Option<String>,
     used: bool,
+    /// Whether the authorization asked for what a refresh token needs.
+    offline: bool,
 }
 
 #[derive(Debug)]
@@ -73,6 +89,14 @@ struct State {
     last_request: Option<RecordedRequest>,
     /// Token and revocation requests being decided now.
     deciding: usize,
+    devices: HashMap<String, DeviceGrant>,
+    /// Answer the next polls with `slow_down`, whatever their timing.
+    slow_downs: usize,
+    well_known: WellKnown,
+    /// Where the token endpoint is (it can move).
+    token_path: String,
+    /// Our own address, for discovery documents.
+    base: String,
 }
 
 #[derive(Debug)]
@@ -178,6 +202,11 @@ impl Emulator {
             counters: Counters::default(),
             last_request: None,
             deciding: 0,
+            devices: HashMap::new(),
+            slow_downs: 0,
+            well_known: WellKnown::default(),
+            token_path: "/token".to_owned(),
+            base: format!("http://{address}"),
         }));
         let shared = Arc::clone(&state);
         let accept = tokio::spawn(async move {
@@ -219,7 +248,57 @@ impl Emulator {
     }
 
     pub fn token_url(&self) -> String {
-        format!("{}/token", self.base_url())
+        format!("{}{}", self.base_url(), self.lock().token_path)
+    }
+
+    /// The device authorization endpoint.
+    pub fn device_url(&self) -> String {
+        format!("{}/device", self.base_url())
+    }
+
+    /// The issuer its discovery documents name (unless told otherwise).
+    pub fn issuer(&self) -> String {
+        self.base_url()
+    }
+
+    /// Which discovery documents to serve, with which issuer.
+    pub fn set_well_known(&self, well_known: WellKnown) {
+        self.lock().well_known = well_known;
+    }
+
+    /// Moves the token endpoint to `path`: the old one answers 404, and
+    /// the discovery documents name the new one.
+    pub fn move_token_endpoint(&self, path: &str) {
+        self.lock().token_path = path.to_owned();
+    }
+
+    /// Registers a public client: no secret, `client_id` in the body.
+    pub fn register_public_client(&self, client_id: &str) {
+        self.lock()
+            .clients
+            .insert(client_id.to_owned(), Client { secret: None });
+    }
+
+    /// The user entered `user_code` and approved (or, with `approve`
+    /// false, refused). Returns whether such a code is waiting.
+    pub fn decide_device(&self, user_code: &str, approve: bool) -> bool {
+        let mut state = self.lock();
+        match state
+            .devices
+            .values_mut()
+            .find(|device| device.user_code == user_code)
+        {
+            Some(device) => {
+                device.decision = Some(approve);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Answers the next `count` device polls with `slow_down`.
+    pub fn slow_down_next(&self, count: usize) {
+        self.lock().slow_downs += count;
     }
 
     pub fn auth_url(&self) -> String {
@@ -257,7 +336,7 @@ impl Emulator {
         self.lock().clients.insert(
             client_id.to_owned(),
             Client {
-                secret: secret.to_owned(),
+                secret: Some(secret.to_owned()),
             },
         );
     }
@@ -289,6 +368,7 @@ impl Emulator {
                 scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
                 challenge: challenge.map(str::to_owned),
                 used: false,
+                offline: true,
             },
         );
         code
@@ -491,7 +571,13 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> HttpRes
                 _ => oauth_error(401, "invalid_token", "Access token expired or revoked"),
             }
         }
-        ("POST", "/token") | ("POST", "/revoke") => {
+        ("GET", "/.well-known/oauth-authorization-server")
+        | ("GET", "/.well-known/openid-configuration") => discovery_document(&mut lock(), &path),
+        ("POST", _) if path == "/device" => {
+            let recorded = record(request).await;
+            device_authorization(&mut lock(), &recorded)
+        }
+        ("POST", _) if path == lock().token_path || path == "/revoke" => {
             let recorded = record(request).await;
             // Decided in a task of its own: a client that gives up (a
             // timeout) does not stop the provider from acting, as with a
@@ -550,10 +636,10 @@ async fn decide(state: Arc<Mutex<State>>, path: &str, recorded: RecordedRequest)
     }
     let response = {
         let mut state = lock();
-        if path == "/token" {
-            token(&mut state, &recorded)
-        } else {
+        if path == "/revoke" {
             revoke(&mut state, &recorded)
+        } else {
+            token(&mut state, &recorded)
         }
     };
     match mangle {
@@ -718,6 +804,28 @@ fn authorize(state: &mut State, query: &str) -> HttpResponse {
             "<html><body>only S256 is supported</body></html>",
         );
     }
+    let scopes: Vec<String> = get("scope")
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let has = |(key, value): &(&str, &str)| match *key {
+        "scope" => scopes.iter().any(|scope| scope == value),
+        key => get(key) == Some(*value),
+    };
+    if let Some((key, value)) = state
+        .behaviour
+        .required_auth_params
+        .iter()
+        .find(|needed| !has(needed))
+    {
+        return respond(
+            400,
+            "text/html",
+            format!("<html><body>{key}={value} is required</body></html>"),
+        );
+    }
+    let offline = state.behaviour.offline_needs.iter().all(has);
     let code = random_text(24);
     state.codes.insert(
         code.clone(),
@@ -731,6 +839,7 @@ fn authorize(state: &mut State, query: &str) -> HttpResponse {
                 .collect(),
             challenge: get("code_challenge").map(str::to_owned),
             used: false,
+            offline,
         },
     );
     let mut location = match url::Url::parse(redirect_uri) {
@@ -785,12 +894,173 @@ fn authenticate(state: &State, request: &RecordedRequest) -> Result<String, Box<
         )));
     };
     match state.clients.get(&client_id) {
-        Some(client) if client.secret == secret => Ok(client_id),
+        Some(client) if client.secret.as_deref() == Some(secret.as_str()) => Ok(client_id),
         _ => Err(Box::new(oauth_error(
             401,
             "invalid_client",
             "Client authentication failed",
         ))),
+    }
+}
+
+/// A public client names itself in the body and has no secret; anything
+/// else authenticates as usual.
+fn identify(state: &State, request: &RecordedRequest) -> Result<String, Box<HttpResponse>> {
+    if request.basic.is_none()
+        && request.form_value("client_secret").is_none()
+        && let Some(client_id) = request.form_value("client_id")
+        && state
+            .clients
+            .get(client_id)
+            .is_some_and(|client| client.secret.is_none())
+    {
+        return Ok(client_id.to_owned());
+    }
+    authenticate(state, request)
+}
+
+fn discovery_document(state: &mut State, path: &str) -> HttpResponse {
+    let served = match path {
+        "/.well-known/oauth-authorization-server" => state.well_known.rfc8414,
+        _ => state.well_known.openid,
+    };
+    if !served {
+        return respond(404, "text/html", "<html><body>404</body></html>");
+    }
+    state.counters.discovery += 1;
+    let base = &state.base;
+    let issuer = state
+        .well_known
+        .issuer
+        .clone()
+        .unwrap_or_else(|| base.clone());
+    let mut document = json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{base}/authorize"),
+        "token_endpoint": format!("{base}{}", state.token_path),
+        "device_authorization_endpoint": format!("{base}/device"),
+        "response_types_supported": ["code"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials",
+            "urn:ietf:params:oauth:grant-type:device_code"],
+        "code_challenge_methods_supported": ["S256"],
+    });
+    let methods = match state.behaviour.accepted_auth {
+        AcceptedAuth::Basic => json!(["client_secret_basic"]),
+        AcceptedAuth::Post => json!(["client_secret_post"]),
+        AcceptedAuth::Either => json!(["client_secret_basic", "client_secret_post"]),
+    };
+    document["token_endpoint_auth_methods_supported"] = methods;
+    if state.behaviour.revocation {
+        document["revocation_endpoint"] = json!(format!("{base}/revoke"));
+    }
+    json_response(200, document)
+}
+
+fn device_authorization(state: &mut State, request: &RecordedRequest) -> HttpResponse {
+    let client_id = match identify(state, request) {
+        Ok(client_id) => client_id,
+        Err(refusal) => return *refusal,
+    };
+    state.counters.device_codes += 1;
+    let device_code = random_text(32);
+    let letters: String = random_text(16)
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_uppercase())
+        .take(8)
+        .collect();
+    let user_code = format!(
+        "{}-{}",
+        &letters[..4.min(letters.len())],
+        &letters[4.min(letters.len())..]
+    );
+    let scopes: Vec<String> = request
+        .form_value("scope")
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let behaviour = &state.behaviour;
+    let (interval, expires_in) = (behaviour.device_interval, behaviour.device_expires_in);
+    state.devices.insert(
+        device_code.clone(),
+        DeviceGrant {
+            client_id,
+            scopes,
+            user_code: user_code.clone(),
+            decision: None,
+            expires: Instant::now() + expires_in,
+            interval,
+            last_poll: None,
+            used: false,
+        },
+    );
+    let verification = format!("{}/activate", state.base);
+    json_response(
+        200,
+        json!({
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": verification,
+            "verification_uri_complete": format!("{verification}?user_code={user_code}"),
+            "expires_in": expires_in.as_secs(),
+            "interval": interval.as_secs(),
+        }),
+    )
+}
+
+fn poll_device(state: &mut State, request: &RecordedRequest, client_id: &str) -> HttpResponse {
+    state.counters.device_polls += 1;
+    let Some(code) = request.form_value("device_code") else {
+        return oauth_error(400, "invalid_request", "Missing device_code");
+    };
+    let slow_down = state.slow_downs > 0;
+    if slow_down {
+        state.slow_downs -= 1;
+    }
+    let now = Instant::now();
+    let Some(device) = state.devices.get_mut(code) else {
+        return oauth_error(400, "invalid_grant", "Unknown device_code");
+    };
+    if device.client_id != client_id || device.used {
+        return oauth_error(400, "invalid_grant", "Unknown device_code");
+    }
+    if now >= device.expires {
+        return oauth_error(400, "expired_token", "The device code has expired");
+    }
+    // RFC 8628 §3.5: polling faster than asked gets slow_down, and the
+    // interval grows by 5 s (a little slack for the client's timers).
+    let too_soon = device.last_poll.is_some_and(|last| {
+        now.duration_since(last) + std::time::Duration::from_millis(500) < device.interval
+    });
+    device.last_poll = Some(now);
+    if too_soon || slow_down {
+        device.interval += std::time::Duration::from_secs(5);
+        if too_soon {
+            state.counters.device_polls_too_soon += 1;
+        }
+        return oauth_error(400, "slow_down", "Polling too fast");
+    }
+    match device.decision {
+        None => oauth_error(
+            400,
+            "authorization_pending",
+            "The user has not answered yet",
+        ),
+        Some(false) => oauth_error(400, "access_denied", "The user refused"),
+        Some(true) => {
+            device.used = true;
+            let scopes = device.scopes.clone();
+            state.grants.push(Grant {
+                client_id: client_id.to_owned(),
+                scopes: scopes.clone(),
+                revoked: false,
+            });
+            let grant = state.grants.len() as u64 - 1;
+            let refresh = issue_refresh(state, grant);
+            let access = issue_access(state, Some(grant), client_id);
+            token_body(state, &access, Some(&refresh), &scopes)
+        }
     }
 }
 
@@ -808,7 +1078,7 @@ fn token(state: &mut State, request: &RecordedRequest) -> HttpResponse {
             "The request body must be application/x-www-form-urlencoded",
         );
     }
-    let client_id = match authenticate(state, request) {
+    let client_id = match identify(state, request) {
         Ok(client_id) => client_id,
         Err(refusal) => {
             state.counters.refused += 1;
@@ -816,6 +1086,9 @@ fn token(state: &mut State, request: &RecordedRequest) -> HttpResponse {
         }
     };
     match request.form_value("grant_type") {
+        Some("urn:ietf:params:oauth:grant-type:device_code") => {
+            poll_device(state, request, &client_id)
+        }
         Some("authorization_code") => {
             state.counters.authorization_code += 1;
             exchange_code(state, request, &client_id)
@@ -873,15 +1146,16 @@ fn exchange_code(state: &mut State, request: &RecordedRequest, client_id: &str) 
         }
     }
     let scopes = issued.scopes.clone();
+    let offline = issued.offline;
     state.grants.push(Grant {
         client_id: client_id.to_owned(),
         scopes: scopes.clone(),
         revoked: false,
     });
     let grant = state.grants.len() as u64 - 1;
-    let refresh = issue_refresh(state, grant);
+    let refresh = offline.then(|| issue_refresh(state, grant));
     let access = issue_access(state, Some(grant), client_id);
-    token_body(state, &access, Some(&refresh), &scopes)
+    token_body(state, &access, refresh.as_deref(), &scopes)
 }
 
 fn use_refresh_token(

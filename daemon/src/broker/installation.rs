@@ -40,10 +40,23 @@ impl Spec {
         format!(
             "{} {} {} {}",
             self.consumer.client_id,
-            self.consumer.token_url,
+            self.consumer.token_identity(),
             self.installation.grant.as_str(),
             self.installation.scopes.join(" ")
         )
+    }
+
+    /// Its cron schedule: its own, else its consumer's keep-alive.
+    pub fn schedule(&self) -> Option<&crate::config::CronSchedule> {
+        self.installation
+            .schedule
+            .as_ref()
+            .or(self.consumer.keep_alive.as_ref())
+    }
+
+    /// The scopes asked for: the installation's and the consumer's extra.
+    pub fn scopes(&self) -> Vec<String> {
+        self.consumer.scopes_for(&self.installation.scopes)
     }
 
     /// Whether a token obtained under `other` is still good under `self`.
@@ -487,11 +500,7 @@ impl Installation {
             }),
             _ => None,
         };
-        let by_cron = spec
-            .installation
-            .schedule
-            .as_ref()
-            .and_then(|cron| cron.next_after(now));
+        let by_cron = spec.schedule().and_then(|cron| cron.next_after(now));
         match (by_expiry, by_cron) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

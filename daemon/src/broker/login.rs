@@ -30,19 +30,26 @@ impl Broker {
             )));
         }
         let consumer = &spec.consumer;
+        let endpoints = self.endpoints(consumer).await.map_err(|error| {
+            Error::of_kind(
+                error.kind,
+                format!("cannot start the login of `{name}`: {}", error.message),
+            )
+        })?;
         let state = oauth::random_token(24);
         let pkce = Pkce::generate();
         let redirect_uri = consumer.redirect_uri.clone();
         let url = oauth::authorization_url(
             consumer,
-            &spec.installation.scopes,
+            &endpoints,
+            &spec.scopes(),
             &state,
             Some(&pkce.challenge),
             redirect_uri.as_ref(),
         )
         .ok_or_else(|| {
-            Error::Misconfigured(format!(
-                "consumer `{}` has no auth_url; add one to the config",
+            Error::InvalidArgument(format!(
+                "consumer `{}` has no auth_url, so `{name}` logs in with the device flow: `tokctl login {name} --device`",
                 consumer.name
             ))
         })?;
@@ -188,14 +195,13 @@ impl Broker {
         verifier: Option<PkceVerifier>,
         redirect_uri: Option<Url>,
     ) -> Result<Option<SystemTime>, Error> {
+        let (http, consumer) = (&self.http, &spec.consumer);
+        let (code, verifier, redirect_uri) = (&code, verifier.as_ref(), redirect_uri.as_ref());
         let result = self
-            .http
-            .exchange_code(
-                &spec.consumer,
-                &code,
-                verifier.as_ref(),
-                redirect_uri.as_ref(),
-            )
+            .with_endpoints(consumer, |endpoints| async move {
+                http.exchange_code(consumer, &endpoints, code, verifier, redirect_uri)
+                    .await
+            })
             .await;
         let name = slot.name.to_string();
         match result {

@@ -21,6 +21,8 @@
 //! - No lock is shared between installations except the name map, which is
 //!   only read for a lookup.
 
+mod device;
+mod endpoints;
 mod error;
 mod installation;
 mod login;
@@ -28,6 +30,7 @@ mod refresh;
 mod reload;
 mod revoke;
 
+pub use device::DeviceLogin;
 pub use error::Error;
 pub use installation::{Empty, Installation, LoginNeeded, Misconfiguration, Spec, State, Token};
 
@@ -164,6 +167,10 @@ pub struct Broker {
     events: UnboundedSender<Event>,
     queue: Arc<Queue>,
     logins: Arc<Logins>,
+    /// Each consumer's endpoints, once resolved (see `endpoints.rs`).
+    endpoints: Mutex<std::collections::HashMap<String, Arc<crate::oauth::Endpoints>>>,
+    /// The device logins polling now, by installation.
+    device_logins: Mutex<std::collections::HashMap<String, device::Polling>>,
     clock: Clock,
     /// Every task the broker spawns; its stop token is the broker's stop.
     tasks: Tasks,
@@ -194,6 +201,8 @@ impl Broker {
             events,
             queue: Arc::new(Queue::new(options.clock.clone(), options.check_cap)),
             logins: Arc::new(Logins::new(options.login_timeout)),
+            endpoints: Mutex::default(),
+            device_logins: Mutex::default(),
             clock: options.clock,
             tasks: Tasks::new(),
             this: this.clone(),

@@ -147,12 +147,21 @@ impl Broker {
         };
         let consumer = &spec.consumer;
         debug!(installation = %slot.name, "asking the provider for a token");
+        let http = &self.http;
         let mut result = match (&refresh_token, spec.grant()) {
-            (Some(refresh_token), _) => self.http.refresh(consumer, refresh_token).await,
+            (Some(refresh_token), _) => {
+                self.with_endpoints(consumer, |endpoints| async move {
+                    http.refresh(consumer, &endpoints, refresh_token).await
+                })
+                .await
+            }
             (None, crate::config::Grant::ClientCredentials) => {
-                self.http
-                    .client_credentials(consumer, &spec.installation.scopes)
-                    .await
+                let scopes = spec.scopes();
+                let scopes = &scopes;
+                self.with_endpoints(consumer, |endpoints| async move {
+                    http.client_credentials(consumer, &endpoints, scopes).await
+                })
+                .await
             }
             (None, crate::config::Grant::AuthorizationCode) => {
                 let mut inner = lock(&slot.inner);
@@ -174,7 +183,12 @@ impl Broker {
         {
             info!(installation = %slot.name, "the refresh token was refused, but the state file holds another one; trying that");
             lock(&slot.inner).installation.record = newer;
-            result = self.http.refresh(consumer, &newer_token).await;
+            let newer_token = &newer_token;
+            result = self
+                .with_endpoints(consumer, |endpoints| async move {
+                    http.refresh(consumer, &endpoints, newer_token).await
+                })
+                .await;
         }
         match result {
             Ok(response) => {

@@ -88,6 +88,7 @@ impl Broker {
         }
         *write(&self.config) = Arc::new(config);
         *write(&self.slots) = slots;
+        self.forget_endpoints();
         for event in changed {
             self.emit(event);
         }

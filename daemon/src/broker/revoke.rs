@@ -27,7 +27,10 @@ impl Broker {
         if record.access_token.is_none() && record.refresh_token.is_none() {
             return Ok(format!("`{name}` holds no token; nothing to revoke"));
         }
-        let told_provider = spec.consumer.revoke_url.is_some();
+        let told_provider = self
+            .endpoints(&spec.consumer)
+            .await
+            .is_ok_and(|endpoints| endpoints.revoke_url.is_some());
         if told_provider {
             let refused = |error: OAuthError| {
                 Error::of_kind(
@@ -38,17 +41,22 @@ impl Broker {
                     ),
                 )
             };
+            let (http, consumer) = (&self.http, &spec.consumer);
             if let Some(token) = &record.refresh_token {
-                self.http
-                    .revoke(&spec.consumer, RevocableToken::Refresh(token))
-                    .await
-                    .map_err(refused)?;
+                self.with_endpoints(consumer, |endpoints| async move {
+                    http.revoke(consumer, &endpoints, RevocableToken::Refresh(token))
+                        .await
+                })
+                .await
+                .map_err(refused)?;
             }
             if let Some(token) = &record.access_token {
-                self.http
-                    .revoke(&spec.consumer, RevocableToken::Access(token))
-                    .await
-                    .map_err(refused)?;
+                self.with_endpoints(consumer, |endpoints| async move {
+                    http.revoke(consumer, &endpoints, RevocableToken::Access(token))
+                        .await
+                })
+                .await
+                .map_err(refused)?;
             }
         }
         let store = self.store.clone();

@@ -225,6 +225,36 @@ impl Manager {
         Ok(expires_at.map_or(0, unix_seconds))
     }
 
+    /// BeginDeviceLogin: a device code for the user, polled by tokd.
+    #[zbus(out_args(
+        "verification_uri",
+        "verification_uri_complete",
+        "user_code",
+        "expires_at"
+    ))]
+    async fn begin_device_login(
+        &self,
+        name: &str,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(String, String, String, i64), Error> {
+        self.check_caller(connection, &header).await?;
+        let login = self
+            .broker
+            .begin_device_login(name)
+            .await
+            .map_err(wire_error)?;
+        Ok((
+            login.verification_uri.to_string(),
+            login
+                .verification_uri_complete
+                .map(|url| url.to_string())
+                .unwrap_or_default(),
+            login.user_code,
+            unix_seconds(login.expires_at),
+        ))
+    }
+
     /// Revoke: revokes at the provider when possible and forgets the tokens.
     #[zbus(out_args("message"))]
     async fn revoke(

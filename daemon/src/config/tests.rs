@@ -1,4 +1,5 @@
 use super::*;
+use url::Url;
 
 const FULL_EXAMPLE: &str = r#"
 [daemon]
@@ -56,14 +57,15 @@ fn the_spec_example_parses() {
     let bitbucket = &config.consumers["bitbucket"];
     assert_eq!(bitbucket.provider, Some(Preset::Bitbucket));
     assert_eq!(
-        bitbucket.token_url.as_str(),
-        "https://bitbucket.org/site/oauth2/access_token"
+        bitbucket.token_url.as_ref().map(Url::as_str),
+        Some("https://bitbucket.org/site/oauth2/access_token")
     );
     assert_eq!(
         bitbucket.auth_url.as_ref().map(Url::as_str),
         Some("https://bitbucket.org/site/oauth2/authorize")
     );
-    assert_eq!(bitbucket.client_auth, ClientAuth::Basic);
+    assert_eq!(bitbucket.client_auth, Some(ClientAuth::Basic));
+    assert_eq!(bitbucket.git_username.as_deref(), Some("x-token-auth"));
     assert_eq!(
         bitbucket.secret,
         SecretSource::Command(vec!["pass".into(), "show".into(), "bitbucket/oauth".into()])
@@ -76,8 +78,8 @@ fn the_spec_example_parses() {
     let acme = &config.consumers["acme"];
     assert_eq!(acme.provider, None);
     assert_eq!(
-        acme.token_url.as_str(),
-        "https://apim.example.com/oauth2/token"
+        acme.token_url.as_ref().map(Url::as_str),
+        Some("https://apim.example.com/oauth2/token")
     );
     assert_eq!(
         acme.revoke_url.as_ref().map(Url::as_str),
@@ -121,24 +123,154 @@ fn an_empty_file_is_a_valid_empty_config() {
 
 #[test]
 fn every_preset_supplies_endpoints() {
-    for (name, preset, auth) in [
-        ("bitbucket", Preset::Bitbucket, ClientAuth::Basic),
-        ("github", Preset::Github, ClientAuth::Post),
-        ("smartthings", Preset::Smartthings, ClientAuth::Basic),
-    ] {
+    for preset in Preset::ALL {
+        let name = preset.as_str();
         let config = parse(&format!(
             "[consumers.c]\nprovider = \"{name}\"\nclient_id = \"id\"\nclient_secret = \"s\"\n"
         ));
         let consumer = &config.consumers["c"];
+        let endpoints = preset.endpoints();
+        let with_tenant = |url: &str| url.replace("{tenant}", "common");
         assert_eq!(consumer.provider, Some(preset));
-        assert_eq!(consumer.token_url.as_str(), preset.endpoints().token_url);
+        assert_eq!(
+            consumer.token_url.as_ref().map(Url::as_str),
+            Some(with_tenant(endpoints.token_url).as_str()),
+            "{name}"
+        );
         assert_eq!(
             consumer.auth_url.as_ref().map(Url::as_str),
-            Some(preset.endpoints().auth_url)
+            Some(with_tenant(endpoints.auth_url).as_str()),
+            "{name}"
         );
-        assert!(consumer.token_url.scheme() == "https");
-        assert_eq!(consumer.client_auth, auth, "{name}");
+        assert_eq!(
+            consumer.device_url.as_ref().map(Url::to_string),
+            endpoints.device_url.map(with_tenant),
+            "{name}"
+        );
+        assert!(
+            consumer
+                .token_url
+                .as_ref()
+                .is_some_and(|u| u.scheme() == "https")
+        );
+        assert_eq!(consumer.client_auth, Some(endpoints.client_auth), "{name}");
     }
+}
+
+#[test]
+fn presets_add_what_their_providers_need_for_a_refresh_token() {
+    let consumer = |preset: &str, extra: &str| {
+        parse(&format!(
+            "[consumers.c]\nprovider = \"{preset}\"\nclient_id = \"id\"\n{extra}\n"
+        ))
+        .consumers["c"]
+            .clone()
+    };
+    let google = consumer("google", "");
+    assert_eq!(
+        google.auth_params,
+        [
+            ("access_type".to_owned(), "offline".to_owned()),
+            ("prompt".to_owned(), "consent".to_owned())
+        ]
+    );
+    assert!(google.keep_alive.is_some());
+    let atlassian = consumer("atlassian", "auth_params = { prompt = \"login\" }");
+    assert_eq!(
+        atlassian.auth_params,
+        [
+            ("audience".to_owned(), "api.atlassian.com".to_owned()),
+            ("prompt".to_owned(), "login".to_owned())
+        ],
+        "the config's own value wins"
+    );
+    assert_eq!(
+        atlassian.scopes_for(&["read:jira-work".to_owned()]),
+        ["read:jira-work", "offline_access"]
+    );
+    let microsoft = consumer("microsoft", "tenant = \"contoso.onmicrosoft.com\"");
+    assert_eq!(
+        microsoft.token_url.as_ref().map(Url::as_str),
+        Some("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token")
+    );
+    assert_eq!(
+        microsoft.scopes_for(&["offline_access".to_owned()]),
+        ["offline_access"],
+        "not twice"
+    );
+    assert_eq!(
+        consumer("github", "").git_username.as_deref(),
+        Some("x-access-token")
+    );
+    assert_eq!(
+        consumer("gitlab", "").git_username.as_deref(),
+        Some("oauth2")
+    );
+}
+
+#[test]
+fn an_issuer_replaces_the_presets_endpoints_and_token_url() {
+    let config = parse(
+        r#"[consumers.work]
+provider = "gitlab"
+issuer = "https://gitlab.example.com"
+client_id = "id"
+
+[installations.w]
+consumer = "work"
+scopes = ["read_api"]
+"#,
+    );
+    let work = &config.consumers["work"];
+    assert_eq!(work.token_url, None, "discovered, not gitlab.com's");
+    assert_eq!(work.auth_url, None);
+    assert_eq!(
+        work.git_username.as_deref(),
+        Some("oauth2"),
+        "the preset's quirks stay"
+    );
+    assert_eq!(work.token_identity(), "issuer:https://gitlab.example.com/");
+}
+
+#[test]
+fn extra_parameters_may_not_be_tokds_own() {
+    let base = "[consumers.c]\ntoken_url = \"https://a.example/t\"\nclient_id = \"id\"\n";
+    refused(
+        &format!("{base}auth_params = {{ state = \"x\" }}\n"),
+        4,
+        "`auth_params` may not set `state`, which tokd sets itself",
+    );
+    refused(
+        &format!("{base}token_params = {{ grant_type = \"x\" }}\n"),
+        4,
+        "`token_params` may not set `grant_type`",
+    );
+    let fine = parse(&format!(
+        "{base}token_params = {{ resource = \"https://api.example\" }}\n"
+    ));
+    assert_eq!(
+        fine.consumers["c"].token_params,
+        [("resource".to_owned(), "https://api.example".to_owned())]
+    );
+}
+
+#[test]
+fn a_tenant_belongs_to_microsoft_and_an_issuer_is_checked() {
+    refused(
+        "[consumers.c]\nprovider = \"github\"\ntenant = \"x\"\nclient_id = \"id\"\n",
+        3,
+        "`tenant` belongs to `provider = \"microsoft\"`",
+    );
+    refused(
+        "[consumers.c]\nissuer = \"http://id.example.com\"\nclient_id = \"id\"\n",
+        2,
+        "`issuer` must use https",
+    );
+    refused(
+        "[consumers.c]\nissuer = \"https://id.example.com/?x=1\"\nclient_id = \"id\"\n",
+        2,
+        "may not have a query",
+    );
 }
 
 #[test]
@@ -155,7 +287,10 @@ client_id = "id"
 "#,
     );
     let consumer = &config.consumers["bb"];
-    assert_eq!(consumer.token_url.as_str(), "http://127.0.0.1:9000/token");
+    assert_eq!(
+        consumer.token_url.as_ref().map(Url::as_str),
+        Some("http://127.0.0.1:9000/token")
+    );
     assert_eq!(
         consumer.auth_url.as_ref().map(Url::as_str),
         Some("http://localhost:9000/authorize")
@@ -164,7 +299,7 @@ client_id = "id"
         consumer.revoke_url.as_ref().map(Url::as_str),
         Some("http://[::1]:9000/revoke")
     );
-    assert_eq!(consumer.client_auth, ClientAuth::Post);
+    assert_eq!(consumer.client_auth, Some(ClientAuth::Post));
     assert_eq!(consumer.secret, SecretSource::None);
 }
 
@@ -174,7 +309,9 @@ fn inline_secret_and_client_auth_default() {
         "[consumers.x]\ntoken_url = \"https://a.example/t\"\nclient_id = \"id\"\nclient_secret = \"shh\"\n",
     );
     let consumer = &config.consumers["x"];
-    assert_eq!(consumer.client_auth, ClientAuth::Basic);
+    assert_eq!(consumer.client_auth, None);
+    let endpoints = crate::oauth::Endpoints::of(consumer, None).expect("endpoints");
+    assert_eq!(endpoints.client_auth, ClientAuth::Basic, "the default");
     assert_eq!(consumer.auth_url, None);
     match &consumer.secret {
         SecretSource::Inline(secret) => assert_eq!(secret.expose(), "shh"),
@@ -353,7 +490,7 @@ fn consumer_without_preset_needs_a_token_url() {
     refused(
         "\n[consumers.acme]\nclient_id = \"id\"\n",
         2,
-        "consumer `acme` has no `provider` preset, so it needs `token_url`",
+        "consumer `acme` needs `token_url`, or an `issuer` to discover it from, or a `provider` preset (atlassian, bitbucket, github, gitlab, google, microsoft, smartthings)",
     );
 }
 
@@ -374,9 +511,9 @@ fn names_outside_the_allowed_set_are_refused() {
 #[test]
 fn unknown_preset_grant_and_client_auth_are_refused() {
     refused(
-        "[consumers.c]\nprovider = \"gitlab\"\nclient_id = \"id\"\n",
+        "[consumers.c]\nprovider = \"gitea\"\nclient_id = \"id\"\n",
         2,
-        "unknown variant `gitlab`",
+        "unknown variant `gitea`",
     );
     refused(
         "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\nclient_auth = \"jwt\"\n",
@@ -414,7 +551,7 @@ fn missing_client_id_and_empty_client_id() {
     refused(
         "[consumers.c]\nprovider = \"github\"\n",
         1,
-        "missing field `client_id`",
+        "consumer `c` has no `client_id`",
     );
     refused(
         "[consumers.c]\nprovider = \"github\"\nclient_id = \" \"\n",

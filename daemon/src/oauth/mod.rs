@@ -16,10 +16,14 @@
 //!
 //! This module never stores anything and never decides when to refresh.
 
+mod device;
+mod discovery;
 mod error;
 mod post;
 mod response;
 
+pub use device::{DEFAULT_INTERVAL, DeviceAuthorization, parse_device_authorization};
+pub use discovery::{Discovery, Endpoints, document_urls};
 pub use error::{ErrorKind, OAuthError, classify, sanitize};
 pub use post::parse_retry_after;
 pub use response::{
@@ -93,15 +97,17 @@ pub fn random_token(bytes: usize) -> String {
     URL_SAFE_NO_PAD.encode(buffer)
 }
 
-/// The URL a human opens to authorize an installation.
+/// The URL a human opens to authorize an installation: tokd's own
+/// parameters, then the consumer's `auth_params` (a preset's included).
 pub fn authorization_url(
     consumer: &Consumer,
+    endpoints: &Endpoints,
     scopes: &[String],
     state: &str,
     pkce_challenge: Option<&str>,
     redirect_uri: Option<&Url>,
 ) -> Option<Url> {
-    let mut url = consumer.auth_url.clone()?;
+    let mut url = endpoints.auth_url.clone()?;
     {
         let mut query = url.query_pairs_mut();
         query.append_pair("response_type", "code");
@@ -116,6 +122,9 @@ pub fn authorization_url(
         if let Some(challenge) = pkce_challenge {
             query.append_pair("code_challenge", challenge);
             query.append_pair("code_challenge_method", "S256");
+        }
+        for (key, value) in &consumer.auth_params {
+            query.append_pair(key, value);
         }
     }
     Some(url)
@@ -168,11 +177,12 @@ impl OAuthClient {
     pub async fn exchange_code(
         &self,
         consumer: &Consumer,
+        endpoints: &Endpoints,
         code: &AuthorizationCode,
         verifier: Option<&PkceVerifier>,
         redirect_uri: Option<&Url>,
     ) -> Result<TokenResponse, OAuthError> {
-        let mut request = Request::token(consumer, "authorization_code");
+        let mut request = Request::token(consumer, endpoints, "authorization_code");
         request.secret_field("code", code.expose());
         if let Some(redirect_uri) = redirect_uri {
             request.field("redirect_uri", redirect_uri.as_str());
@@ -180,7 +190,7 @@ impl OAuthClient {
         if let Some(verifier) = verifier {
             request.secret_field("code_verifier", verifier.expose());
         }
-        self.token_request(consumer, request).await
+        self.token_request(consumer, endpoints, request).await
     }
 
     /// Uses a refresh token. The response may carry a new refresh token
@@ -191,12 +201,13 @@ impl OAuthClient {
     pub async fn refresh(
         &self,
         consumer: &Consumer,
+        endpoints: &Endpoints,
         refresh_token: &RefreshToken,
     ) -> Result<TokenResponse, OAuthError> {
-        let mut request = Request::token(consumer, "refresh_token");
+        let mut request = Request::token(consumer, endpoints, "refresh_token");
         request.secret_field("refresh_token", refresh_token.expose());
         request.timeout(self.timeouts.refresh);
-        self.token_request(consumer, request)
+        self.token_request(consumer, endpoints, request)
             .await
             .map_err(|mut error| {
                 error.grant_at_risk = error.outcome_unknown;
@@ -208,13 +219,14 @@ impl OAuthClient {
     pub async fn client_credentials(
         &self,
         consumer: &Consumer,
+        endpoints: &Endpoints,
         scopes: &[String],
     ) -> Result<TokenResponse, OAuthError> {
-        let mut request = Request::token(consumer, "client_credentials");
+        let mut request = Request::token(consumer, endpoints, "client_credentials");
         if !scopes.is_empty() {
             request.field("scope", &scopes.join(" "));
         }
-        self.token_request(consumer, request).await
+        self.token_request(consumer, endpoints, request).await
     }
 
     /// Revokes a token (RFC 7009). Fails with `Misconfigured` when the
@@ -222,9 +234,10 @@ impl OAuthClient {
     pub async fn revoke(
         &self,
         consumer: &Consumer,
+        endpoints: &Endpoints,
         token: RevocableToken<'_>,
     ) -> Result<(), OAuthError> {
-        let Some(url) = consumer.revoke_url.clone() else {
+        let Some(url) = endpoints.revoke_url.clone() else {
             return Err(OAuthError::new(
                 ErrorKind::Misconfigured,
                 format!(
@@ -242,7 +255,7 @@ impl OAuthClient {
         request.field("token_type_hint", hint);
         // RFC 7009 §2.2: 200 whether or not the token was valid; `post`
         // returns Ok only for 2xx.
-        self.post(consumer, request).await?;
+        self.post(consumer, endpoints, request).await?;
         Ok(())
     }
 
@@ -252,9 +265,10 @@ impl OAuthClient {
     async fn token_request(
         &self,
         consumer: &Consumer,
+        endpoints: &Endpoints,
         request: Request,
     ) -> Result<TokenResponse, OAuthError> {
-        let answer = self.post(consumer, request).await?;
+        let answer = self.post(consumer, endpoints, request).await?;
         parse_token_response(answer.body()).map_err(|error| {
             // A token tokd cannot use will not become usable by asking
             // again; anything else may be a passing fault.
@@ -266,7 +280,7 @@ impl OAuthClient {
                 kind,
                 answer.scrub(&format!(
                     "token endpoint {} answered {} but {error}; the answer is not shown, since it may hold tokens",
-                    post::describe(&consumer.token_url),
+                    post::describe(&endpoints.token_url),
                     answer.status,
                 )),
             );

@@ -2,7 +2,7 @@
 //! with a size cap, and a failure classified and told without a secret.
 
 use super::error::{ErrorKind, OAuthError, Scrubber, classify, sanitize};
-use super::{OAuthClient, response::parse_error_response};
+use super::{OAuthClient, discovery::Endpoints, response::parse_error_response};
 use crate::config::{ClientAuth, Consumer};
 use crate::secret::{ClientSecret, SecretError};
 use base64::Engine as _;
@@ -27,7 +27,7 @@ pub const NOT_OAUTH_RETRY: Duration = Duration::from_secs(15 * 60);
 pub(super) struct Request {
     url: Url,
     what: &'static str,
-    fields: Vec<(&'static str, Zeroizing<String>)>,
+    fields: Vec<(Key, Zeroizing<String>)>,
     scrubber: Scrubber,
     timeout: Option<Duration>,
 }
@@ -43,15 +43,22 @@ impl Request {
         }
     }
 
-    /// A request to `consumer`'s token endpoint for `grant_type`.
-    pub fn token(consumer: &Consumer, grant_type: &str) -> Self {
-        let mut request = Self::new(consumer.token_url.clone(), "token endpoint");
+    /// A request to the token endpoint for `grant_type`, with the
+    /// consumer's `token_params`.
+    pub fn token(consumer: &Consumer, endpoints: &Endpoints, grant_type: &str) -> Self {
+        let mut request = Self::new(endpoints.token_url.clone(), "token endpoint");
         request.field("grant_type", grant_type);
+        for (key, value) in &consumer.token_params {
+            request
+                .fields
+                .push((Key::Configured(key.clone()), Zeroizing::new(value.clone())));
+        }
         request
     }
 
     pub fn field(&mut self, key: &'static str, value: &str) {
-        self.fields.push((key, Zeroizing::new(value.to_owned())));
+        self.fields
+            .push((Key::Own(key), Zeroizing::new(value.to_owned())));
     }
 
     /// A field whose value must never be shown.
@@ -63,6 +70,23 @@ impl Request {
     /// Overrides the client's total timeout for this request.
     pub fn timeout(&mut self, timeout: Duration) {
         self.timeout = Some(timeout);
+    }
+}
+
+/// A form field's name: tokd's own, or one from the consumer's
+/// `token_params`.
+#[derive(Debug)]
+enum Key {
+    Own(&'static str),
+    Configured(String),
+}
+
+impl Key {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Own(key) => key,
+            Self::Configured(key) => key,
+        }
     }
 }
 
@@ -91,6 +115,7 @@ impl OAuthClient {
     pub(super) async fn post(
         &self,
         consumer: &Consumer,
+        endpoints: &Endpoints,
         mut request: Request,
     ) -> Result<Answer, OAuthError> {
         let secret = consumer.secret.resolve().await.map_err(secret_failure)?;
@@ -105,7 +130,7 @@ impl OAuthClient {
         if let Some(timeout) = request.timeout {
             builder = builder.timeout(timeout);
         }
-        match (consumer.client_auth, &secret) {
+        match (endpoints.client_auth, &secret) {
             (ClientAuth::Basic, Some(secret)) => {
                 let credentials = basic_credentials(&consumer.client_id, secret);
                 request.scrubber.add(secret.expose());
@@ -127,7 +152,7 @@ impl OAuthClient {
                 request
                     .fields
                     .iter()
-                    .map(|(key, value)| (*key, value.as_str())),
+                    .map(|(key, value)| (key.as_str(), value.as_str())),
             )
             .finish();
         let Request {

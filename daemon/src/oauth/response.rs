@@ -126,7 +126,9 @@ fn parse_scopes(value: Option<&Value>) -> Option<Vec<String>> {
 }
 
 /// Reads a JSON object, or a form-encoded body, into string-keyed values.
-fn parse_object<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, ParseError> {
+pub(super) fn parse_object<T: for<'de> Deserialize<'de> + Default>(
+    body: &[u8],
+) -> Result<T, ParseError> {
     // Some servers put a UTF-8 byte order mark before the JSON.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let trimmed = body.trim_ascii();

@@ -631,7 +631,7 @@ async fn tokd_is_not_dumpable() {
 }
 
 /// Rotated-out refresh tokens do not linger in tokd's memory: after five
-/// rotations the oldest are nowhere in its heap.
+/// rotations none of them is anywhere in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_out_refresh_tokens_are_wiped_from_memory() {
     within(async {
@@ -648,9 +648,10 @@ async fn rotated_out_refresh_tokens_are_wiped_from_memory() {
             memory.windows(8).any(|w| w == b"client-1"),
             "the scan reads tokd's heap"
         );
-        // The last one or two may still be in a network buffer being
-        // reused; the older ones must be gone.
-        for (index, token) in old.iter().enumerate().take(3) {
+        // Not in tokd's own values (zeroed on drop), nor in buffers it
+        // does not own (the HTTP client's, the parser's: the allocator
+        // zeroes every freed block).
+        for (index, token) in old.iter().enumerate() {
             assert!(
                 !memory
                     .windows(token.len())

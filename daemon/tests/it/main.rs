@@ -5,6 +5,7 @@ mod clock;
 mod e2e;
 mod failures;
 mod hardening;
+mod logins;
 mod oauth;
 mod private;
 mod security;

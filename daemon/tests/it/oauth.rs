@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokd::config::{Config, Consumer};
 use tokd::oauth::{
-    self, ErrorKind, OAuthClient, OAuthError, Pkce, RevocableToken, Timeouts, TokenResponse,
+    self, Endpoints, ErrorKind, OAuthClient, OAuthError, Pkce, RevocableToken, Timeouts,
+    TokenResponse,
 };
 use tokd::secret::{AuthorizationCode, RefreshToken};
 use tokd_testkit::{Behaviour, Emulator, Fault, FaultBody, Mangle};
@@ -83,6 +84,7 @@ async fn login(emulator: &Emulator, consumer: &Consumer, client: &OAuthClient) -
     let redirect = Url::parse(REDIRECT).expect("url");
     let url = oauth::authorization_url(
         consumer,
+        &fixed(consumer),
         &scopes,
         &state,
         Some(&pkce.challenge),
@@ -92,9 +94,20 @@ async fn login(emulator: &Emulator, consumer: &Consumer, client: &OAuthClient) -
     let (code, returned_state) = approve_in_browser(&url).await;
     assert_eq!(returned_state, state);
     client
-        .exchange_code(consumer, &code, Some(&pkce.verifier), Some(&redirect))
+        .exchange_code(
+            consumer,
+            &fixed(consumer),
+            &code,
+            Some(&pkce.verifier),
+            Some(&redirect),
+        )
         .await
         .expect("code exchange")
+}
+
+/// The endpoints of a consumer that names them itself (no issuer).
+fn fixed(consumer: &Consumer) -> Endpoints {
+    Endpoints::of(consumer, None).expect("the consumer names its endpoints")
 }
 
 fn refresh_of(response: &TokenResponse) -> RefreshToken {
@@ -116,7 +129,7 @@ async fn bitbucket_login_with_pkce_then_refresh_keeps_the_refresh_token() {
         assert!(emulator.access_token_is_valid(first.access_token.expose()));
 
         let second = client
-            .refresh(&consumer, &refresh_of(&first))
+            .refresh(&consumer, &fixed(&consumer), &refresh_of(&first))
             .await
             .expect("refresh");
         assert_ne!(second.access_token, first.access_token);
@@ -135,11 +148,11 @@ async fn a_code_works_once() {
         let code =
             AuthorizationCode::new(emulator.issue_code(CLIENT_ID, &["repository"], None, None));
         client
-            .exchange_code(&consumer, &code, None, None)
+            .exchange_code(&consumer, &fixed(&consumer), &code, None, None)
             .await
             .expect("a code obtained by hand, without PKCE");
         let error = client
-            .exchange_code(&consumer, &code, None, None)
+            .exchange_code(&consumer, &fixed(&consumer), &code, None, None)
             .await
             .expect_err("reuse is refused");
         assert_eq!(error.kind, ErrorKind::NeedsLogin);
@@ -174,7 +187,13 @@ async fn a_wrong_pkce_verifier_is_refused() {
         let redirect = Url::parse(REDIRECT).expect("url");
         let wrong = Pkce::generate();
         let error = client
-            .exchange_code(&consumer, &code, Some(&wrong.verifier), Some(&redirect))
+            .exchange_code(
+                &consumer,
+                &fixed(&consumer),
+                &code,
+                Some(&wrong.verifier),
+                Some(&redirect),
+            )
             .await
             .expect_err("wrong verifier");
         assert_eq!(error.kind, ErrorKind::NeedsLogin);
@@ -191,17 +210,20 @@ async fn wso2_rotates_strictly_and_the_old_refresh_token_dies() {
         let first = login(&emulator, &consumer, &client).await;
         assert_eq!(first.token_type, "bearer", "\"Bearer\" is lowercased");
         let old = refresh_of(&first);
-        let second = client.refresh(&consumer, &old).await.expect("refresh");
+        let second = client
+            .refresh(&consumer, &fixed(&consumer), &old)
+            .await
+            .expect("refresh");
         let new = refresh_of(&second);
         assert_ne!(new, old, "rotated");
         let error = client
-            .refresh(&consumer, &old)
+            .refresh(&consumer, &fixed(&consumer), &old)
             .await
             .expect_err("old is dead");
         assert_eq!(error.kind, ErrorKind::NeedsLogin);
         assert_eq!(error.error.as_deref(), Some("invalid_grant"));
         client
-            .refresh(&consumer, &new)
+            .refresh(&consumer, &fixed(&consumer), &new)
             .await
             .expect("the new one works");
     })
@@ -216,10 +238,16 @@ async fn bitbucket_2026_rotates_with_a_grace_window_and_long_tokens() {
         assert!(first.access_token.expose().len() > 2500);
         assert!(refresh_of(&first).expose().len() > 2500);
         let old = refresh_of(&first);
-        let second = client.refresh(&consumer, &old).await.expect("refresh");
+        let second = client
+            .refresh(&consumer, &fixed(&consumer), &old)
+            .await
+            .expect("refresh");
         assert_ne!(refresh_of(&second), old, "rotated");
         // Within the grace window the old one still works.
-        client.refresh(&consumer, &old).await.expect("grace window");
+        client
+            .refresh(&consumer, &fixed(&consumer), &old)
+            .await
+            .expect("grace window");
     })
     .await;
 }
@@ -232,7 +260,7 @@ async fn bitbucket_scope_change_revokes_with_invalid_request() {
         emulator.change_consumer_scopes(CLIENT_ID);
         assert!(!emulator.access_token_is_valid(first.access_token.expose()));
         let error = client
-            .refresh(&consumer, &refresh_of(&first))
+            .refresh(&consumer, &fixed(&consumer), &refresh_of(&first))
             .await
             .expect_err("revoked");
         assert_eq!(error.kind, ErrorKind::NeedsLogin);
@@ -248,7 +276,7 @@ async fn client_credentials_get_no_refresh_token() {
         let (emulator, consumer, client) = setup(Behaviour::bitbucket_classic(), "basic").await;
         let scopes = vec!["repository".to_owned()];
         let response = client
-            .client_credentials(&consumer, &scopes)
+            .client_credentials(&consumer, &fixed(&consumer), &scopes)
             .await
             .expect("token");
         assert_eq!(response.refresh_token, None);
@@ -266,7 +294,7 @@ async fn basic_authentication_is_a_header_and_form_body() {
     within(async {
         let (emulator, consumer, client) = setup(Behaviour::bitbucket_classic(), "basic").await;
         client
-            .client_credentials(&consumer, &[])
+            .client_credentials(&consumer, &fixed(&consumer), &[])
             .await
             .expect("token");
         let request = emulator.last_request().expect("recorded");
@@ -302,7 +330,7 @@ async fn post_authentication_puts_credentials_in_the_body() {
         // The same provider refuses Basic as bad client credentials.
         let basic = consumer_with(&emulator, "basic", &format!("client_secret = \"{SECRET}\""));
         let error = client
-            .client_credentials(&basic, &[])
+            .client_credentials(&basic, &fixed(&basic), &[])
             .await
             .expect_err("refused");
         assert_eq!(error.kind, ErrorKind::Misconfigured);
@@ -318,7 +346,7 @@ async fn smartthings_wants_form_bodies_and_gets_them() {
         let first = login(&emulator, &consumer, &client).await;
         assert_eq!(first.expires_in, Some(Duration::from_secs(86_400)));
         let second = client
-            .refresh(&consumer, &refresh_of(&first))
+            .refresh(&consumer, &fixed(&consumer), &refresh_of(&first))
             .await
             .expect("refresh");
         assert_ne!(
@@ -345,7 +373,7 @@ async fn a_wrong_secret_is_misconfiguration() {
         let (emulator, _, client) = setup(Behaviour::wso2(), "basic").await;
         let consumer = consumer_with(&emulator, "basic", "client_secret = \"not-the-secret\"");
         let error = client
-            .client_credentials(&consumer, &[])
+            .client_credentials(&consumer, &fixed(&consumer), &[])
             .await
             .expect_err("refused");
         assert_eq!(error.kind, ErrorKind::Misconfigured);
@@ -365,7 +393,7 @@ async fn secret_from_a_command_and_a_file() {
             &format!("client_secret_command = [\"printf\", \"%s\\n\", \"{SECRET}\"]"),
         );
         client
-            .client_credentials(&command, &[])
+            .client_credentials(&command, &fixed(&command), &[])
             .await
             .expect("command secret");
 
@@ -378,13 +406,13 @@ async fn secret_from_a_command_and_a_file() {
             &format!("client_secret_file = \"{}\"", path.display()),
         );
         client
-            .client_credentials(&file, &[])
+            .client_credentials(&file, &fixed(&file), &[])
             .await
             .expect("file secret");
 
         let failing = consumer_with(&emulator, "basic", "client_secret_command = [\"false\"]");
         let error = client
-            .client_credentials(&failing, &[])
+            .client_credentials(&failing, &fixed(&failing), &[])
             .await
             .expect_err("no secret");
         assert_eq!(
@@ -406,13 +434,13 @@ async fn fault(fault: Fault) -> OAuthError {
     let (emulator, consumer, client) = setup(Behaviour::wso2(), "basic").await;
     emulator.fail_next(1, fault);
     let error = client
-        .client_credentials(&consumer, &[])
+        .client_credentials(&consumer, &fixed(&consumer), &[])
         .await
         .expect_err("the fault fails the request");
     assert!(!error.message.contains(SECRET), "{error}");
     // The fault was one-shot: the provider recovers.
     client
-        .client_credentials(&consumer, &[])
+        .client_credentials(&consumer, &fixed(&consumer), &[])
         .await
         .expect("recovered");
     error
@@ -515,7 +543,7 @@ async fn a_redirect_is_not_followed() {
             Fault::redirect(format!("{}/elsewhere", emulator.base_url())),
         );
         let error = client
-            .client_credentials(&consumer, &[])
+            .client_credentials(&consumer, &fixed(&consumer), &[])
             .await
             .expect_err("redirected");
         // Not an OAuth answer (a captive portal, a moved endpoint): not
@@ -546,7 +574,7 @@ async fn a_path_that_is_not_a_token_endpoint_is_retried_slowly() {
         );
         let config = Config::from_str(&text).expect("valid");
         let error = client
-            .client_credentials(&config.consumers["c"], &[])
+            .client_credentials(&config.consumers["c"], &fixed(&config.consumers["c"]), &[])
             .await
             .expect_err("not a token endpoint");
         // A 404 page is no OAuth answer: a wrong URL, or a proxy in the way
@@ -569,7 +597,7 @@ async fn a_slow_provider_within_the_timeout_answers() {
         let (emulator, consumer, client) = setup(Behaviour::wso2(), "basic").await;
         emulator.fail_next(1, Fault::slow(Duration::from_millis(300)));
         client
-            .client_credentials(&consumer, &[])
+            .client_credentials(&consumer, &fixed(&consumer), &[])
             .await
             .expect("slow but fine");
     })
@@ -588,7 +616,7 @@ async fn a_provider_slower_than_the_timeout_is_transient() {
         .expect("client");
         emulator.fail_next(1, Fault::slow(Duration::from_secs(20)));
         let error = client
-            .client_credentials(&consumer, &[])
+            .client_credentials(&consumer, &fixed(&consumer), &[])
             .await
             .expect_err("timed out");
         assert_eq!(error.kind, ErrorKind::Transient);
@@ -620,13 +648,13 @@ async fn a_refresh_gets_a_longer_timeout_and_says_when_the_grant_is_at_risk() {
         // Slower than the total timeout, within the refresh timeout.
         emulator.fail_next(1, Fault::slow(Duration::from_millis(1500)));
         let second = client
-            .refresh(&consumer, &refresh_of(&first))
+            .refresh(&consumer, &fixed(&consumer), &refresh_of(&first))
             .await
             .expect("a refresh waits longer");
         // Slower than the refresh timeout: the provider rotates anyway.
         emulator.fail_next(1, Fault::slow(Duration::from_secs(8)));
         let error = client
-            .refresh(&consumer, &refresh_of(&second))
+            .refresh(&consumer, &fixed(&consumer), &refresh_of(&second))
             .await
             .expect_err("timed out");
         assert_eq!(error.kind, ErrorKind::Transient);
@@ -643,7 +671,7 @@ async fn a_refresh_gets_a_longer_timeout_and_says_when_the_grant_is_at_risk() {
             .await
             .expect("the provider rotated after tokd gave up");
         let lost = client
-            .refresh(&consumer, &refresh_of(&second))
+            .refresh(&consumer, &fixed(&consumer), &refresh_of(&second))
             .await
             .expect_err("used up");
         assert_eq!(lost.kind, ErrorKind::NeedsLogin);
@@ -666,7 +694,7 @@ async fn connection_refused_is_transient() {
         let config = Config::from_str(&text).expect("valid");
         let error = OAuthClient::new()
             .expect("client")
-            .client_credentials(&config.consumers["c"], &[])
+            .client_credentials(&config.consumers["c"], &fixed(&config.consumers["c"]), &[])
             .await
             .expect_err("nothing listens");
         assert_eq!(error.kind, ErrorKind::Transient);
@@ -687,7 +715,7 @@ async fn a_provider_echoing_secrets_is_scrubbed() {
             refresh.expose()
         );
         emulator.fail_next(1, Fault::status(400, FaultBody::Json(echo)));
-        let error = client.refresh(&consumer, &refresh).await.expect_err("refused");
+        let error = client.refresh(&consumer, &fixed(&consumer), &refresh).await.expect_err("refused");
         assert!(!error.message.contains(refresh.expose()), "{error}");
         assert!(!error.message.contains(SECRET), "{error}");
         assert!(error.message.contains("[redacted]"), "{error}");
@@ -708,7 +736,10 @@ async fn a_provider_echoing_the_request_is_scrubbed_of_every_encoded_form() {
         // A refresh token with characters that form-encoding changes.
         let refresh = RefreshToken::new(format!("{}/+=é x", refresh_of(&first).expose()));
         emulator.fail_next(1, Fault::status(400, FaultBody::Echo));
-        let error = client.refresh(&consumer, &refresh).await.expect_err("echo");
+        let error = client
+            .refresh(&consumer, &fixed(&consumer), &refresh)
+            .await
+            .expect_err("echo");
         let request = emulator.last_request().expect("recorded");
         let authorization = request.authorization.expect("Basic");
         let basic = authorization.strip_prefix("Basic ").expect("Basic");
@@ -738,7 +769,7 @@ async fn an_unusable_2xx_is_not_quoted_and_a_byte_order_mark_is_read() {
         let first = login(&emulator, &consumer, &client).await;
         emulator.fail_next(1, Fault::mangled(Mangle::Bom));
         let second = client
-            .refresh(&consumer, &refresh_of(&first))
+            .refresh(&consumer, &fixed(&consumer), &refresh_of(&first))
             .await
             .expect("a BOM is skipped");
         assert!(emulator.access_token_is_valid(second.access_token.expose()));
@@ -750,7 +781,7 @@ async fn an_unusable_2xx_is_not_quoted_and_a_byte_order_mark_is_read() {
         ] {
             emulator.fail_next(1, Fault::mangled(mangle));
             let error = client
-                .refresh(&consumer, &held)
+                .refresh(&consumer, &fixed(&consumer), &held)
                 .await
                 .expect_err("unusable");
             assert_eq!(error.kind, ErrorKind::Transient, "{mangle:?}");
@@ -781,7 +812,7 @@ async fn a_token_type_other_than_bearer_is_refused_with_a_sentence() {
         behaviour.token_type = "N/A";
         let (_emulator, consumer, client) = setup(behaviour, "basic").await;
         let error = client
-            .client_credentials(&consumer, &[])
+            .client_credentials(&consumer, &fixed(&consumer), &[])
             .await
             .expect_err("not bearer");
         assert_eq!(error.kind, ErrorKind::Misconfigured);
@@ -801,20 +832,28 @@ async fn revocation_ends_the_grant() {
         let (emulator, consumer, client) = setup(Behaviour::wso2(), "basic").await;
         let first = login(&emulator, &consumer, &client).await;
         client
-            .revoke(&consumer, RevocableToken::Refresh(&refresh_of(&first)))
+            .revoke(
+                &consumer,
+                &fixed(&consumer),
+                RevocableToken::Refresh(&refresh_of(&first)),
+            )
             .await
             .expect("revoked");
         assert_eq!(emulator.counters().revoke, 1);
         assert!(!emulator.access_token_is_valid(first.access_token.expose()));
         let error = client
-            .refresh(&consumer, &refresh_of(&first))
+            .refresh(&consumer, &fixed(&consumer), &refresh_of(&first))
             .await
             .expect_err("dead");
         assert_eq!(error.kind, ErrorKind::NeedsLogin);
 
         let second = login(&emulator, &consumer, &client).await;
         client
-            .revoke(&consumer, RevocableToken::Access(&second.access_token))
+            .revoke(
+                &consumer,
+                &fixed(&consumer),
+                RevocableToken::Access(&second.access_token),
+            )
             .await
             .expect("revoked");
         assert!(!emulator.access_token_is_valid(second.access_token.expose()));
@@ -835,7 +874,7 @@ async fn revocation_needs_an_endpoint() {
         let config = Config::from_str(&text).expect("valid");
         let token = RefreshToken::new("whatever-token");
         let error = client
-            .revoke(&config.consumers["c"], RevocableToken::Refresh(&token))
+            .revoke(&config.consumers["c"], &fixed(&config.consumers["c"]), RevocableToken::Refresh(&token))
             .await
             .expect_err("no revoke_url");
         assert_eq!(error.kind, ErrorKind::Misconfigured);
@@ -844,7 +883,7 @@ async fn revocation_needs_an_endpoint() {
         // A provider without the endpoint answers 404: not an OAuth answer.
         let consumer = consumer_with(&emulator, "basic", &format!("client_secret = \"{SECRET}\""));
         let error = client
-            .revoke(&consumer, RevocableToken::Refresh(&token))
+            .revoke(&consumer, &fixed(&consumer), RevocableToken::Refresh(&token))
             .await
             .expect_err("404");
         assert_eq!(error.kind, ErrorKind::Transient);
@@ -863,7 +902,11 @@ async fn revocation_faults_are_classified_too() {
         );
         let token = RefreshToken::new("whatever-token");
         let error = client
-            .revoke(&consumer, RevocableToken::Refresh(&token))
+            .revoke(
+                &consumer,
+                &fixed(&consumer),
+                RevocableToken::Refresh(&token),
+            )
             .await
             .expect_err("fault");
         assert_eq!(error.kind, ErrorKind::Transient);
@@ -880,6 +923,7 @@ async fn the_authorization_url_carries_state_pkce_and_scopes() {
         let redirect = Url::parse(REDIRECT).expect("url");
         let url = oauth::authorization_url(
             &consumer,
+            &fixed(&consumer),
             &["repository".to_owned(), "account".to_owned()],
             "the-state",
             Some("the-challenge"),
@@ -916,14 +960,14 @@ async fn revoking_one_installations_grant_leaves_the_other() {
 
         assert!(emulator.revoke_grant_of(refresh_of(&first).expose()));
         let error = client
-            .refresh(&consumer, &refresh_of(&first))
+            .refresh(&consumer, &fixed(&consumer), &refresh_of(&first))
             .await
             .expect_err("revoked");
         assert_eq!(error.kind, ErrorKind::NeedsLogin);
         assert!(!emulator.access_token_is_valid(first.access_token.expose()));
 
         let renewed = client
-            .refresh(&consumer, &refresh_of(&second))
+            .refresh(&consumer, &fixed(&consumer), &refresh_of(&second))
             .await
             .expect("the other installation is untouched");
         assert!(emulator.access_token_is_valid(renewed.access_token.expose()));
