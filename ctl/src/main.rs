@@ -7,6 +7,7 @@
 //! kind of failure it was (see [`EXIT_HELP`]).
 
 mod failure;
+mod git;
 mod login;
 mod output;
 
@@ -120,6 +121,27 @@ enum Command {
     Revoke { name: String },
     /// Make tokd re-read its config file.
     Reload,
+    /// git's credential helper: gives git a fresh token of NAME.
+    ///
+    /// Set it up once per host, e.g.
+    ///   git config --global credential.https://bitbucket.org.helper '!tokctl git-credential bitbucket'
+    ///
+    /// git runs it with `get`, `store` or `erase` and the request on
+    /// stdin. `get` prints username, password and password_expiry_utc,
+    /// or nothing when it cannot help (the reason goes to stderr and git
+    /// asks its next helper). Tokens go only over https (or http to this
+    /// machine) to the consumer's git hosts. `store` is ignored; `erase`
+    /// (git saw the token refused) makes tokd refresh it.
+    #[command(verbatim_doc_comment)]
+    GitCredential {
+        /// The installation whose tokens git gets.
+        name: String,
+        /// What git asks: get, store or erase (others are ignored).
+        operation: String,
+        /// Refresh first if the held token expires sooner than this.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        min_valid: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -172,6 +194,15 @@ fn fail(failure: &Failure) -> ExitCode {
 /// `login`'s wait for the browser has its own.
 async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Failure> {
     let deadline = Deadline::new(timeout.unwrap_or(DEFAULT_TIMEOUT));
+    // git's request is read before tokd is asked anything; `store` needs
+    // no daemon at all.
+    let git_request = match &command {
+        Command::GitCredential { operation, .. } => match git::read(operation)? {
+            Some(request) => Some(request),
+            None => return Ok(String::new()),
+        },
+        _ => None,
+    };
     // Waiting for LoginFinished needs the bus: signals are not sent on
     // the private socket.
     let waits_for_a_signal = matches!(command, Command::Login { code: None, .. });
@@ -252,6 +283,14 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             let summary = deadline.bound(proxy.reload()).await??;
             eprintln!("tokctl: reloaded: {summary}");
             Ok(String::new())
+        }
+        Command::GitCredential {
+            name, min_valid, ..
+        } => {
+            let Some((operation, request)) = git_request else {
+                return Ok(String::new());
+            };
+            git::answer(&proxy, &deadline, &name, operation, request, min_valid).await
         }
     }
 }

@@ -152,6 +152,19 @@ pub trait Manager {
     /// although it expires sooner than asked.
     fn get_token(&self, name: &str, min_valid_secs: u32) -> Result<(String, i64, String, String)>;
 
+    /// A token for git at `protocol://host` (HTTPS, or HTTP to loopback,
+    /// and a host in the consumer's `git_hosts`), valid for at least
+    /// `min_valid_secs`: (user name to send it with, empty when the
+    /// consumer has none; the token; expiry or 0; warning as in
+    /// `get_token`).
+    fn get_git_credential(
+        &self,
+        name: &str,
+        protocol: &str,
+        host: &str,
+        min_valid_secs: u32,
+    ) -> Result<(String, String, i64, String)>;
+
     /// Every installation, sorted by name.
     fn list(&self) -> Result<Vec<InstallationInfo>>;
 

@@ -10,13 +10,17 @@
 //!
 //! Endpoints: `GET /authorize` (auto-approves and redirects, as a browser
 //! would be sent back), `POST /token`, `POST /revoke`, `GET /api/user`
-//! (answers 200 for a valid access token, 401 otherwise).
+//! (answers 200 for a valid access token, 401 otherwise), and, once
+//! [`Emulator::serve_git`] is called, `GET /git/...` (a git server that
+//! takes the emulator's access tokens, see `git.rs`).
 
+mod git;
 mod server;
 
 pub mod bus;
 
 pub use bus::{Home, PrivateBus, Tokd, free_port};
+pub use git::GitRequest;
 pub use server::Emulator;
 
 use std::time::Duration;

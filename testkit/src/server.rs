@@ -97,6 +97,7 @@ struct State {
     token_path: String,
     /// Our own address, for discovery documents.
     base: String,
+    git: Option<crate::git::GitServer>,
 }
 
 #[derive(Debug)]
@@ -207,6 +208,7 @@ impl Emulator {
             well_known: WellKnown::default(),
             token_path: "/token".to_owned(),
             base: format!("http://{address}"),
+            git: None,
         }));
         let shared = Arc::clone(&state);
         let accept = tokio::spawn(async move {
@@ -440,6 +442,18 @@ impl Emulator {
         }
     }
 
+    /// Revokes one access token and nothing else (its refresh token still
+    /// works), as a provider does when it ends sessions early.
+    pub fn revoke_access_token(&self, token: &str) -> bool {
+        match self.lock().access_tokens.get_mut(token) {
+            Some(access) => {
+                access.revoked = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Bitbucket: changing a consumer's scopes revokes all its tokens.
     pub fn change_consumer_scopes(&self, client_id: &str) {
         let mut state = self.lock();
@@ -457,6 +471,25 @@ impl Emulator {
     }
 
     /// Whether `token` would be accepted by the provider's API now.
+    /// Serves the bare repositories under `root` at `/git/` to HTTP Basic
+    /// with `username` and a valid access token (see `git.rs`).
+    pub fn serve_git(&self, root: &std::path::Path, username: &str) {
+        self.lock().git = Some(crate::git::GitServer {
+            root: root.to_owned(),
+            username: username.to_owned(),
+            requests: Vec::new(),
+        });
+    }
+
+    /// Every request the git server had, in order.
+    pub fn git_requests(&self) -> Vec<crate::git::GitRequest> {
+        self.lock()
+            .git
+            .as_ref()
+            .map(|git| git.requests.clone())
+            .unwrap_or_default()
+    }
+
     pub fn access_token_is_valid(&self, token: &str) -> bool {
         let state = self.lock();
         access_valid(&state, token)
@@ -571,6 +604,13 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> HttpRes
                 _ => oauth_error(401, "invalid_token", "Access token expired or revoked"),
             }
         }
+        ("GET", _) if path.starts_with("/git/") => {
+            let authorization = request
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok());
+            git_answer(&mut lock(), &path["/git/".len()..], authorization)
+        }
         ("GET", "/.well-known/oauth-authorization-server")
         | ("GET", "/.well-known/openid-configuration") => discovery_document(&mut lock(), &path),
         ("POST", _) if path == "/device" => {
@@ -601,6 +641,35 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> HttpRes
             "text/html",
             "<html><body><h1>404 Not Found</h1></body></html>",
         ),
+    }
+}
+
+/// A request to the git server (see `git.rs`).
+fn git_answer(state: &mut State, path: &str, authorization: Option<&str>) -> HttpResponse {
+    let credentials = crate::git::basic_credentials(authorization);
+    let accepted = credentials.as_ref().is_some_and(|(user, password)| {
+        state.git.as_ref().is_some_and(|git| *user == git.username) && access_valid(state, password)
+    });
+    let Some(git) = state.git.as_mut() else {
+        return respond(404, "text/plain", "no git server");
+    };
+    git.requests.push(crate::git::GitRequest {
+        path: path.to_owned(),
+        username: credentials.as_ref().map(|(user, _)| user.clone()),
+        password: credentials.map(|(_, password)| password),
+        accepted,
+    });
+    if !accepted {
+        let mut response = respond(401, "text/plain", "authentication required");
+        response.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            "Basic realm=\"emulated git\"".parse().expect("valid"),
+        );
+        return response;
+    }
+    match crate::git::file_in(&git.root, path).map(std::fs::read) {
+        Some(Ok(bytes)) => respond(200, "application/octet-stream", bytes),
+        _ => respond(404, "text/plain", "not found"),
     }
 }
 

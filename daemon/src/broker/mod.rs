@@ -10,6 +10,7 @@
 //! - `refresh.rs`: single-flight requests to the provider, the durable
 //!   write and its retry, the schedule;
 //! - `login.rs`: starting and finishing logins;
+//! - `git.rs`: tokens for git, only to the consumer's git hosts;
 //! - `reload.rs`, `revoke.rs`: what their names say;
 //! - here: the installations by name, `get_token`, views, start and stop.
 //!
@@ -24,6 +25,7 @@
 mod device;
 mod endpoints;
 mod error;
+mod git;
 mod installation;
 mod login;
 mod refresh;
@@ -32,6 +34,7 @@ mod revoke;
 
 pub use device::DeviceLogin;
 pub use error::Error;
+pub use git::GitCredential;
 pub use installation::{Empty, Installation, LoginNeeded, Misconfiguration, Spec, State, Token};
 
 use crate::config::{self, Config, Grant};

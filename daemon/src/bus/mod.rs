@@ -158,6 +158,38 @@ impl Manager {
         ))
     }
 
+    /// GetGitCredential: a token for git at `protocol://host`, with the
+    /// user name to send it with (empty: keep git's own).
+    #[zbus(out_args("username", "password", "expires_at", "warning"))]
+    async fn get_git_credential(
+        &self,
+        name: &str,
+        protocol: &str,
+        host: &str,
+        min_valid_secs: u32,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(String, String, i64, String), Error> {
+        self.check_caller(connection, &header).await?;
+        let credential = self
+            .broker
+            .git_credential(
+                name,
+                protocol,
+                host,
+                Duration::from_secs(min_valid_secs.into()),
+            )
+            .await
+            .map_err(wire_error)?;
+        let token = credential.token;
+        Ok((
+            credential.username.unwrap_or_default(),
+            token.access_token.expose().to_owned(),
+            token.expires_at.map_or(0, unix_seconds),
+            token.warning.unwrap_or_default(),
+        ))
+    }
+
     /// List: every installation.
     #[zbus(out_args("installations"))]
     async fn list(

@@ -78,6 +78,9 @@ pub struct Consumer {
     pub keep_alive: Option<CronSchedule>,
     /// The user name git wants with this consumer's tokens.
     pub git_username: Option<String>,
+    /// The hosts `tokctl git-credential` gives this consumer's tokens to
+    /// (lowercase host names, without a port).
+    pub git_hosts: Vec<String>,
 }
 
 impl Consumer {
@@ -90,6 +93,16 @@ impl Consumer {
             }
         }
         all
+    }
+
+    /// Whether git may be given this consumer's tokens for `host` (a host
+    /// name, with or without a `:port`, as git's credential protocol
+    /// sends it).
+    pub fn serves_git_host(&self, host: &str) -> bool {
+        let name = host_name(host);
+        self.git_hosts
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(name))
     }
 
     /// The URL that says whom tokens belong to: the token endpoint, or the
@@ -122,6 +135,21 @@ pub(super) struct RawConsumer {
     auth_params: Option<Spanned<BTreeMap<String, String>>>,
     token_params: Option<Spanned<BTreeMap<String, String>>>,
     git_username: Option<Spanned<String>>,
+    git_hosts: Option<Spanned<StringList>>,
+}
+
+/// `host` without a `:port` (and without the brackets of an IPv6
+/// literal).
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    }
 }
 
 /// A list of strings, with an example in the error when a plain string
@@ -298,6 +326,32 @@ pub(super) fn build_consumer(
         Some(user) => Some(user.into_inner()),
         None => preset.and_then(|p| p.git_username).map(str::to_owned),
     };
+    let git_hosts = match raw.git_hosts {
+        Some(hosts) => {
+            let span = hosts.span();
+            let hosts = hosts.into_inner().0;
+            if hosts.is_empty()
+                || hosts.iter().any(|host| {
+                    host.is_empty()
+                        || !host
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+                })
+            {
+                return Err(source.error(
+                    Some(span),
+                    format!(
+                        "consumer `{name}`: `git_hosts` lists host names without scheme or port, e.g. [\"git.example.com\"]"
+                    ),
+                ));
+            }
+            hosts.iter().map(|host| host.to_ascii_lowercase()).collect()
+        }
+        None => default_git_hosts(
+            preset_urls.map_or(&[][..], |p| p.git_hosts),
+            [&issuer, &token_url, &auth_url],
+        ),
+    };
 
     Ok(Consumer {
         name: name.to_owned(),
@@ -318,7 +372,30 @@ pub(super) fn build_consumer(
             .unwrap_or_default(),
         keep_alive,
         git_username,
+        git_hosts,
     })
+}
+
+/// The preset's git hosts (its public service's), else the hosts of the
+/// consumer's own endpoints: a self-hosted GitLab serves git where it
+/// serves OAuth.
+fn default_git_hosts<const N: usize>(preset: &[&str], urls: [&Option<Url>; N]) -> Vec<String> {
+    if !preset.is_empty() {
+        return preset.iter().map(|host| (*host).to_owned()).collect();
+    }
+    let mut hosts: Vec<String> = Vec::new();
+    for url in urls.into_iter().flatten() {
+        if let Some(host) = url.host_str() {
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase();
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+    }
+    hosts
 }
 
 fn secret_source(

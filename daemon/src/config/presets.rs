@@ -36,6 +36,8 @@ pub struct PresetEndpoints {
     pub extra_scopes: &'static [&'static str],
     /// The user name for git over HTTPS with an access token.
     pub git_username: Option<&'static str>,
+    /// Where the provider serves git over HTTPS.
+    pub git_hosts: &'static [&'static str],
     /// A cron schedule that refreshes installations without one: the
     /// provider lets an unused refresh token expire.
     pub keep_alive: Option<&'static str>,
@@ -53,6 +55,7 @@ const NONE: PresetEndpoints = PresetEndpoints {
     auth_params: &[],
     extra_scopes: &[],
     git_username: None,
+    git_hosts: &[],
     keep_alive: None,
 };
 
@@ -98,6 +101,7 @@ impl Preset {
                 auth_url: "https://bitbucket.org/site/oauth2/authorize",
                 token_url: "https://bitbucket.org/site/oauth2/access_token",
                 git_username: Some("x-token-auth"),
+                git_hosts: &["bitbucket.org"],
                 ..NONE
             },
             Self::Github => PresetEndpoints {
@@ -106,6 +110,7 @@ impl Preset {
                 device_url: Some("https://github.com/login/device/code"),
                 client_auth: ClientAuth::Post,
                 git_username: Some("x-access-token"),
+                git_hosts: &["github.com", "gist.github.com"],
                 ..NONE
             },
             // gitlab.com; a self-hosted GitLab is an `issuer`.
@@ -116,6 +121,7 @@ impl Preset {
                 device_url: Some("https://gitlab.com/oauth/authorize_device"),
                 client_auth: ClientAuth::Post,
                 git_username: Some("oauth2"),
+                git_hosts: &["gitlab.com"],
                 ..NONE
             },
             // A refresh token only with `access_type=offline`, and again

@@ -230,6 +230,58 @@ scopes = ["read_api"]
         "the preset's quirks stay"
     );
     assert_eq!(work.token_identity(), "issuer:https://gitlab.example.com/");
+    assert_eq!(
+        work.git_hosts,
+        ["gitlab.example.com"],
+        "a self-hosted GitLab serves git where it serves OAuth"
+    );
+}
+
+#[test]
+fn git_hosts_come_from_the_preset_the_endpoints_or_the_config() {
+    let config = parse(
+        r#"[consumers.bb]
+provider = "bitbucket"
+client_id = "id"
+
+[consumers.own]
+token_url = "https://sso.example.com/token"
+auth_url = "https://login.example.com/authorize"
+client_id = "id"
+
+[consumers.listed]
+token_url = "https://sso.example.com/token"
+client_id = "id"
+git_hosts = ["Git.Example.com", "mirror.example.com"]
+"#,
+    );
+    let bb = &config.consumers["bb"];
+    assert_eq!(bb.git_hosts, ["bitbucket.org"]);
+    assert!(bb.serves_git_host("bitbucket.org"));
+    assert!(
+        bb.serves_git_host("BitBucket.org:443"),
+        "case and port do not matter"
+    );
+    assert!(!bb.serves_git_host("bitbucket.org.evil.example"));
+    assert!(!bb.serves_git_host("github.com"));
+    let own = &config.consumers["own"];
+    assert_eq!(own.git_hosts, ["sso.example.com", "login.example.com"]);
+    let listed = &config.consumers["listed"];
+    assert_eq!(listed.git_hosts, ["git.example.com", "mirror.example.com"]);
+    assert!(
+        !listed.serves_git_host("sso.example.com"),
+        "the list replaces the default"
+    );
+    refused(
+        "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\ngit_hosts = [\"https://github.com\"]\n",
+        4,
+        "host names without scheme or port",
+    );
+    refused(
+        "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\ngit_hosts = \"github.com\"\n",
+        4,
+        "e.g. [\"github.com\"]",
+    );
 }
 
 #[test]

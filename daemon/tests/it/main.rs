@@ -4,6 +4,7 @@ mod check_config;
 mod clock;
 mod e2e;
 mod failures;
+mod git;
 mod hardening;
 mod logins;
 mod oauth;
