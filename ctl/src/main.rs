@@ -6,6 +6,7 @@
 //! has one line (what happened, what to do) and the exit status says which
 //! kind of failure it was (see [`EXIT_HELP`]).
 
+mod exec;
 mod failure;
 mod git;
 mod login;
@@ -121,6 +122,31 @@ enum Command {
     Revoke { name: String },
     /// Make tokd re-read its config file.
     Reload,
+    /// Run COMMAND with fresh tokens in its environment, never in its
+    /// arguments (which anyone can read in `ps`).
+    ///
+    ///   tokctl exec bitbucket -- ./deploy.sh               # $TOKEN
+    ///   tokctl exec bitbucket --env BB_TOKEN -- ./deploy.sh
+    ///   tokctl exec --env bitbucket=BB_TOKEN --env github=GH_TOKEN -- ./sync.sh
+    ///
+    /// tokctl becomes COMMAND (exec), so the exit status is COMMAND's:
+    /// 126 when it cannot be run, 127 when it is not found. When a token
+    /// cannot be had, COMMAND is not run and the status is tokctl's own.
+    #[command(verbatim_doc_comment)]
+    Exec {
+        /// The installation whose token goes in $TOKEN (or in --env VAR).
+        name: Option<String>,
+        /// VAR: the variable for NAME's token (default TOKEN).
+        /// INSTALLATION=VAR: that installation's token in VAR. Repeatable.
+        #[arg(long = "env", value_name = "VAR | INSTALLATION=VAR")]
+        env: Vec<String>,
+        /// Refresh first if a held token expires sooner than this.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        min_valid: Duration,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
+    },
     /// git's credential helper: gives git a fresh token of NAME.
     ///
     /// Set it up once per host, e.g.
@@ -203,6 +229,10 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
         },
         _ => None,
     };
+    let exec_bindings = match &command {
+        Command::Exec { name, env, .. } => Some(exec::bindings(name.as_deref(), env)?),
+        _ => None,
+    };
     // Waiting for LoginFinished needs the bus: signals are not sent on
     // the private socket.
     let waits_for_a_signal = matches!(command, Command::Login { code: None, .. });
@@ -283,6 +313,12 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             let summary = deadline.bound(proxy.reload()).await??;
             eprintln!("tokctl: reloaded: {summary}");
             Ok(String::new())
+        }
+        Command::Exec {
+            min_valid, command, ..
+        } => {
+            let bindings = exec_bindings.unwrap_or_default();
+            Err(exec::exec(&proxy, &deadline, bindings, min_valid, command).await)
         }
         Command::GitCredential {
             name, min_valid, ..

@@ -3,6 +3,7 @@
 mod check_config;
 mod clock;
 mod e2e;
+mod exec;
 mod failures;
 mod git;
 mod hardening;
