@@ -37,10 +37,21 @@ pub struct Config {
 }
 
 /// The `[daemon]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
     /// Refresh this long before expiry; `None` derives it from the lifetime.
     pub refresh_margin: Option<Duration>,
+    /// Whether a desktop notification says when a human must log in.
+    pub notify: bool,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            refresh_margin: None,
+            notify: true,
+        }
+    }
 }
 
 /// One `[installations.NAME]` table.
@@ -87,6 +98,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
     refresh_margin: Option<ConfigDuration>,
+    notify: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +283,7 @@ impl Config {
         Ok(Config {
             daemon: DaemonConfig {
                 refresh_margin: raw.daemon.refresh_margin.map(|d| d.0),
+                notify: raw.daemon.notify.unwrap_or(true),
             },
             consumers,
             installations,

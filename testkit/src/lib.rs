@@ -14,12 +14,14 @@
 //! [`Emulator::serve_git`] is called, `GET /git/...` (a git server that
 //! takes the emulator's access tokens, see `git.rs`).
 
+pub mod desktop;
 mod git;
 mod server;
 
 pub mod bus;
 
 pub use bus::{Home, PrivateBus, Tokd, free_port};
+pub use desktop::{Desktop, DesktopOptions, Notification};
 pub use git::GitRequest;
 pub use server::Emulator;
 

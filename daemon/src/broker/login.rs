@@ -18,6 +18,22 @@ use url::Url;
 const MAX_CODE_LEN: usize = 4096;
 
 impl Broker {
+    /// Whether a login of `name` can be finished without a terminal: a
+    /// browser login whose answer tokd receives on a loopback
+    /// `redirect_uri` (what a notification's "Log in" starts).
+    pub fn login_finishes_by_itself(&self, name: &str) -> bool {
+        self.slot(name).is_ok_and(|slot| {
+            let spec = slot.spec();
+            let consumer = &spec.consumer;
+            spec.grant() == Grant::AuthorizationCode
+                && (consumer.auth_url.is_some() || consumer.issuer.is_some())
+                && consumer
+                    .redirect_uri
+                    .as_ref()
+                    .is_some_and(|uri| uri.scheme() == "http" && config::is_loopback(uri))
+        })
+    }
+
     /// Starts an authorization-code login: the URL to open, and whether the
     /// daemon listens on the loopback `redirect_uri` for the answer.
     pub async fn begin_login(&self, name: &str) -> Result<(Url, bool), Error> {

@@ -79,6 +79,10 @@ pub enum Event {
         success: bool,
         message: String,
     },
+    /// A caller was refused because `name` needs a login (never logged
+    /// in, or the authorization is lost). Not a signal: the desktop
+    /// notifier (`bus/notify.rs`) tells the human.
+    LoginWanted { name: String, message: String },
 }
 
 /// One installation as `list` and `status` describe it.
@@ -303,6 +307,11 @@ impl Broker {
         })
     }
 
+    /// Whether the config lets tokd notify the desktop (`[daemon] notify`).
+    pub fn notifications_on(&self) -> bool {
+        read(&self.config).daemon.notify
+    }
+
     fn margin(&self) -> Option<Duration> {
         read(&self.config).daemon.refresh_margin
     }
@@ -348,6 +357,17 @@ impl Broker {
     /// [`installation::FELL_SHORT_PAUSE`] rather than causing a refresh
     /// each.
     pub async fn get_token(&self, name: &str, min_valid: Duration) -> Result<Token, Error> {
+        let result = self.token_for(name, min_valid).await;
+        if let Err(Error::NeedsLogin(message)) = &result {
+            self.emit(Event::LoginWanted {
+                name: name.to_owned(),
+                message: message.clone(),
+            });
+        }
+        result
+    }
+
+    async fn token_for(&self, name: &str, min_valid: Duration) -> Result<Token, Error> {
         if min_valid > MAX_MIN_VALID {
             return Err(Error::InvalidArgument(format!(
                 "a minimum validity of {} is more than any token lives; ask for at most 24h",

@@ -4,12 +4,14 @@
 //! broker events become signals. No logic beyond translating lives here.
 //!
 //! The same object is served on the session bus (here) and peer to peer
-//! on the private socket (`private.rs`).
+//! on the private socket (`private.rs`). `notify.rs` tells the desktop
+//! when a human must log in.
 //!
 //! On the bus, the object is registered before the name is requested
 //! (zbus's connection builder does both in that order), so a client
 //! activated by the name never finds it without the object.
 
+mod notify;
 mod private;
 
 pub use private::{PrivateSocket, PrivateSocketError, serve_private};
@@ -356,6 +358,7 @@ pub async fn serve(
     let own_uid = crate::os::current_uid().map_err(ServeError::Uid)?;
     // The object first, then the name, without queueing: a second tokd
     // must fail now, not wait in the queue (and never refresh anything).
+    let broker_for_notes = broker.clone();
     let connection = builder
         .serve_at(OBJECT_PATH, Manager::new(broker, own_uid))
         .build()
@@ -378,12 +381,18 @@ pub async fn serve(
     let emitter = SignalEmitter::new(&connection, OBJECT_PATH)
         .map_err(ServeError::Bus)?
         .to_owned();
-    tasks.spawn_until_stopped(forward(emitter, events));
+    let notifier = notify::Notifier::new(connection.clone(), broker_for_notes, tasks.clone());
+    tasks.spawn_until_stopped(forward(emitter, events, notifier));
     Ok(connection)
 }
 
-async fn forward(emitter: SignalEmitter<'static>, mut events: UnboundedReceiver<Event>) {
+async fn forward(
+    emitter: SignalEmitter<'static>,
+    mut events: UnboundedReceiver<Event>,
+    notifier: notify::Notifier,
+) {
     while let Some(event) = events.recv().await {
+        notifier.observe(&event);
         let sent = match &event {
             Event::TokenRefreshed { name, expires_at } => {
                 Manager::token_refreshed(&emitter, name, expires_at.map_or(0, unix_seconds)).await
@@ -398,6 +407,7 @@ async fn forward(emitter: SignalEmitter<'static>, mut events: UnboundedReceiver<
                 success,
                 message,
             } => Manager::login_finished(&emitter, name, *success, message).await,
+            Event::LoginWanted { .. } => Ok(()),
         };
         if let Err(error) = sent {
             warn!(%error, "cannot emit a signal");

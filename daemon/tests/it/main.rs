@@ -8,6 +8,7 @@ mod failures;
 mod git;
 mod hardening;
 mod logins;
+mod notify;
 mod oauth;
 mod private;
 mod security;
