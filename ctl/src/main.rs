@@ -6,6 +6,7 @@
 //! has one line (what happened, what to do) and the exit status says which
 //! kind of failure it was (see [`EXIT_HELP`]).
 
+mod complete;
 mod exec;
 mod failure;
 mod git;
@@ -48,12 +49,12 @@ pub(crate) const DEFAULT_LOGIN_WAIT: Duration = Duration::from_secs(300);
 /// the session bus instead (tokd answers it in well under a millisecond).
 const SOCKET_HANDSHAKE: Duration = Duration::from_secs(2);
 
-/// tokctl: get fresh OAuth 2.0 access tokens from the tokd daemon.
+/// Get fresh OAuth 2.0 access tokens from the tokd daemon.
 ///
 /// git clone "https://x-token-auth:$(tokctl get bitbucket)@bitbucket.org/team/repo.git"
 #[derive(Debug, Parser)]
 #[command(name = "tokctl", version, after_help = EXIT_HELP)]
-struct Cli {
+pub(crate) struct Cli {
     /// Give up (exit 7) when tokd has not answered within DURATION
     /// (default 60s: time for a refresh at a slow provider). For `login`,
     /// how long to wait for the browser (default 5m).
@@ -68,6 +69,7 @@ struct Cli {
 enum Command {
     /// Print an access token valid for at least --min-valid.
     Get {
+        #[arg(add = names())]
         name: String,
         /// Refresh first if the held token expires sooner than this
         /// (e.g. 90s, 5m, or plain seconds).
@@ -86,6 +88,7 @@ enum Command {
     },
     /// One installation in detail (or all of them).
     Status {
+        #[arg(add = names())]
         name: Option<String>,
         #[arg(long)]
         json: bool,
@@ -95,6 +98,7 @@ enum Command {
     /// a display and without --no-browser or --code, the device flow is
     /// used when the consumer has one.
     Login {
+        #[arg(add = names())]
         name: String,
         /// Print the URL instead of opening a browser (and keep to the
         /// browser flow).
@@ -117,9 +121,15 @@ enum Command {
         code: Option<String>,
     },
     /// Refresh now.
-    Refresh { name: String },
+    Refresh {
+        #[arg(add = names())]
+        name: String,
+    },
     /// Revoke the grant at the provider (if it can) and forget the tokens.
-    Revoke { name: String },
+    Revoke {
+        #[arg(add = names())]
+        name: String,
+    },
     /// Make tokd re-read its config file.
     Reload,
     /// Run COMMAND with fresh tokens in its environment, never in its
@@ -135,6 +145,7 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Exec {
         /// The installation whose token goes in $TOKEN (or in --env VAR).
+        #[arg(add = names())]
         name: Option<String>,
         /// VAR: the variable for NAME's token (default TOKEN).
         /// INSTALLATION=VAR: that installation's token in VAR. Repeatable.
@@ -161,6 +172,7 @@ enum Command {
     #[command(verbatim_doc_comment)]
     GitCredential {
         /// The installation whose tokens git gets.
+        #[arg(add = names())]
         name: String,
         /// What git asks: get, store or erase (others are ignored).
         operation: String,
@@ -168,6 +180,19 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         min_valid: Duration,
     },
+    /// Print the script that completes tokctl's commands, options and
+    /// installation names (from the running tokd) in SHELL.
+    ///
+    ///   bash: echo 'eval "$(tokctl completions bash)"' >> ~/.bashrc
+    ///   zsh:  echo 'eval "$(tokctl completions zsh)"' >> ~/.zshrc
+    ///   fish: echo 'tokctl completions fish | source' >> ~/.config/fish/config.fish
+    #[command(verbatim_doc_comment)]
+    Completions { shell: complete::Shell },
+}
+
+/// Completes an installation name from the running tokd.
+fn names() -> clap_complete::engine::ArgValueCompleter {
+    clap_complete::engine::ArgValueCompleter::new(complete::installation_names)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -178,6 +203,7 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    complete::answer_if_asked();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -219,6 +245,9 @@ fn fail(failure: &Failure) -> ExitCode {
 /// tokd must end within `timeout` (default [`DEFAULT_TIMEOUT`]); only
 /// `login`'s wait for the browser has its own.
 async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Failure> {
+    if let Command::Completions { shell } = command {
+        return Ok(complete::script(shell));
+    }
     let deadline = Deadline::new(timeout.unwrap_or(DEFAULT_TIMEOUT));
     // git's request is read before tokd is asked anything; `store` needs
     // no daemon at all.
@@ -328,6 +357,7 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             };
             git::answer(&proxy, &deadline, &name, operation, request, min_valid).await
         }
+        Command::Completions { .. } => Ok(String::new()),
     }
 }
 
@@ -363,7 +393,7 @@ impl Deadline {
 /// tokd's private socket if it answers and is this user's (one process
 /// hop fewer, no `Hello`), else the session bus, which also starts tokd on
 /// demand.
-async fn connect(needs_the_bus: bool) -> Result<zbus::Connection, Failure> {
+pub(crate) async fn connect(needs_the_bus: bool) -> Result<zbus::Connection, Failure> {
     if !needs_the_bus
         && let Some(path) = tokd_shared::private_socket_path()
         // A missing or stale socket (tokd killed) fails here at once.
@@ -425,6 +455,21 @@ pub(crate) fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_man_pages_in_the_repository_are_up_to_date() {
+        use clap::CommandFactory as _;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../man");
+        let pages = tokd_testkit::generated::man_pages(Cli::command());
+        assert!(
+            pages
+                .iter()
+                .any(|(name, _)| name == "tokctl-git-credential.1")
+        );
+        tokd_testkit::generated::check_generated(&dir, &pages, |name| {
+            name.starts_with("tokctl") && name.ends_with(".1")
+        });
+    }
 
     #[test]
     fn durations_take_plain_seconds_and_units() {

@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 static ALLOCATOR: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
     zeroizing_alloc::ZeroAlloc(std::alloc::System);
 
-/// tokd: a per-user OAuth 2.0 token broker. It keeps the access tokens of
+/// A per-user OAuth 2.0 token broker: it keeps the access tokens of
 /// your OAuth installations fresh and serves them over D-Bus to `tokctl`
 /// and desktop programs.
 #[derive(Debug, Parser)]
@@ -250,5 +250,18 @@ fn init_logging() {
         builder.without_time().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+
+    #[test]
+    fn the_man_page_in_the_repository_is_up_to_date() {
+        use clap::CommandFactory as _;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../man");
+        let pages = tokd_testkit::generated::man_pages(Args::command());
+        tokd_testkit::generated::check_generated(&dir, &pages, |name| name == "tokd.1");
     }
 }

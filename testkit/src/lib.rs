@@ -15,6 +15,7 @@
 //! takes the emulator's access tokens, see `git.rs`).
 
 pub mod desktop;
+pub mod generated;
 mod git;
 mod server;
 

@@ -178,3 +178,84 @@ fn bad_usage_exits_two() {
     assert_eq!(output.status.code(), Some(2));
     assert!(output.stdout.is_empty());
 }
+
+/// The repository's root.
+fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every key each table accepts, as the parser lists them when it
+/// refuses an unknown one: what the docs must cover.
+fn accepted_keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    for table in ["[daemon]", "[consumers.c]", "[installations.i]"] {
+        let text = format!("{table}\nzz_not_a_key = 1\n");
+        let error = tokd::config::Config::from_str(&text)
+            .expect_err("an unknown key is refused")
+            .to_string();
+        let listed = error
+            .split_once("expected")
+            .unwrap_or_else(|| panic!("the refusal lists the keys: {error}"))
+            .1;
+        let found: Vec<String> = listed
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        assert!(found.len() >= 2, "{error}");
+        keys.extend(found);
+    }
+    keys
+}
+
+#[test]
+fn every_key_is_in_the_example_the_man_page_and_the_readme() {
+    let keys = accepted_keys();
+    assert!(keys.iter().any(|k| k == "git_hosts"), "{keys:?}");
+    let example = std::fs::read_to_string(repo().join("examples/config.toml")).expect("example");
+    let man = std::fs::read_to_string(repo().join("man/tokd.conf.5")).expect("tokd.conf.5");
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let mut missing = Vec::new();
+    for key in &keys {
+        let in_example = example.lines().any(|line| {
+            let line = line.trim_start_matches(['#', ' ']);
+            line.strip_prefix(key.as_str())
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        });
+        if !in_example {
+            missing.push(format!("{key} in examples/config.toml"));
+        }
+        // A term of the man page: `.B key` or `.BR key ", " other`.
+        let in_man = man.lines().any(|line| {
+            (line.starts_with(".B ") || line.starts_with(".BR "))
+                && line
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .any(|word| word == key)
+        });
+        if !in_man {
+            missing.push(format!("{key} in man/tokd.conf.5"));
+        }
+        if !readme.contains(&format!("`{key}`")) {
+            missing.push(format!("{key} in README.md"));
+        }
+    }
+    assert!(missing.is_empty(), "undocumented keys: {missing:?}");
+}
+
+#[test]
+fn the_example_config_passes_the_check() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let example = repo().join("examples/config.toml");
+    let output = tokd(
+        home.path(),
+        &["--check-config", example.to_str().expect("utf8")],
+        &[],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains(": ok: 4 consumers"),
+        "{}",
+        text(&output.stdout)
+    );
+}

@@ -2,6 +2,7 @@
 
 mod check_config;
 mod clock;
+mod completion;
 mod e2e;
 mod exec;
 mod failures;
