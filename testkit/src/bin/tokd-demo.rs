@@ -153,9 +153,19 @@ fn build() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = exe.parent().ok_or("no folder")?.to_path_buf();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    println!("== building tokd and tokctl");
+    println!("== building tokd and tokctl (cargo's progress below)");
     let mut command = std::process::Command::new(cargo);
-    command.args(["build", "--quiet", "-p", "tokd", "-p", "tokctl", "--bins"]);
+    command.args(["build", "-p", "tokd", "-p", "tokctl", "--bins"]);
+    // What `cargo run` set for this binary would otherwise reach the
+    // build scripts of the inner build, which then builds ring, rustls
+    // and tokd again (and the next plain `cargo build` once more).
+    for (name, _) in std::env::vars_os() {
+        if let Some(name) = name.to_str()
+            && set_by_cargo_run(name)
+        {
+            command.env_remove(name);
+        }
+    }
     if dir.file_name().is_some_and(|name| name == "release") {
         command.arg("--release");
     }
@@ -171,6 +181,22 @@ fn build() -> Result<PathBuf, String> {
         }
     }
     Ok(dir)
+}
+
+/// Whether `name` is one of the variables `cargo run` sets for the
+/// program it runs (as opposed to the user's own cargo settings, such as
+/// `CARGO_HOME` or `CARGO_TARGET_DIR`, which the inner build must keep).
+fn set_by_cargo_run(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
 }
 
 /// The first characters of a token: enough to see it change.
@@ -260,4 +286,33 @@ async fn browse(url: &str) -> Result<String, String> {
         return Ok(location.to_str().map_err(|e| e.to_string())?.to_owned());
     }
     response.text().await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_by_cargo_run;
+
+    #[test]
+    fn the_inner_build_loses_what_cargo_run_set_and_keeps_the_users_settings() {
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+        ] {
+            assert!(set_by_cargo_run(name), "{name}");
+        }
+        for name in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "CARGO_TERM_COLOR",
+            "CARGO_PROFILE_RELEASE_LTO",
+        ] {
+            assert!(!set_by_cargo_run(name), "{name}");
+        }
+    }
 }
