@@ -1,13 +1,14 @@
 //! The configuration file: parsing, validation and provider presets.
 //!
 //! `Config::from_str` is pure (text in, config or error out) so that every
-//! case is a unit test; `Config::from_path` adds the file name to errors and
-//! warns about loose permissions. Every error names the line and column.
+//! case is a unit test; `Config::from_path` adds the file name to errors;
+//! `Config::warnings` (`warnings.rs`) says what looks wrong in a valid one. Every error names the line and column.
 //! This module never touches the network, the state folder or the bus.
 
 mod consumer;
 mod presets;
 mod values;
+mod warnings;
 
 pub use consumer::{ClientAuth, Consumer};
 pub use presets::{Preset, PresetEndpoints};
@@ -15,17 +16,16 @@ pub use values::{CronSchedule, InvalidValue, is_loopback, parse_duration};
 
 use consumer::{RawConsumer, build_consumer};
 
-use crate::secret::{SecretSource, warn_if_readable_by_others};
+use crate::secret::SecretSource;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
-use values::ConfigDuration;
+use values::{ConfigDuration, SpannedList};
 
 /// A parsed, validated configuration.
 #[derive(Debug, Clone)]
@@ -105,8 +105,7 @@ struct RawDaemon {
 #[serde(deny_unknown_fields)]
 struct RawInstallation {
     consumer: Spanned<String>,
-    #[serde(default)]
-    scopes: Vec<Spanned<String>>,
+    scopes: Option<SpannedList>,
     grant: Option<Grant>,
     schedule: Option<CronSchedule>,
 }
@@ -223,6 +222,22 @@ fn expand_path(text: &str, base: Option<&Path>) -> Result<PathBuf, String> {
     })
 }
 
+/// What toml's bare "duplicate key" means at `span`: a table written
+/// twice, or a key set twice in one table.
+fn duplicate(text: &str, span: Range<usize>) -> String {
+    let line_start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |at| at + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    if line.starts_with('[') {
+        let table = line.split('#').next().unwrap_or(line).trim();
+        format!("{table} appears twice; each name is one table, so merge the two")
+    } else {
+        let key = text.get(span).unwrap_or("").trim();
+        format!("`{key}` is set twice in the same table; keep one")
+    }
+}
+
 impl Config {
     /// Parses and validates config text. Relative `client_secret_file` paths
     /// stay relative (there is no file to be relative to).
@@ -238,25 +253,19 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let config = Self::parse(&text, path.parent()).map_err(|error| error.with_path(path))?;
-        let has_inline_secret = config
-            .consumers
-            .values()
-            .any(|consumer| matches!(consumer.secret, SecretSource::Inline(_)));
-        if has_inline_secret && let Ok(metadata) = std::fs::metadata(path) {
-            warn_if_readable_by_others(
-                path,
-                metadata.permissions().mode(),
-                "config file holds a client_secret and",
-            );
-        }
-        Ok(config)
+        Self::parse(&text, path.parent()).map_err(|error| error.with_path(path))
     }
 
     fn parse(text: &str, base: Option<&Path>) -> Result<Self, ConfigError> {
         let source = Source { text };
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|error| source.error(error.span(), error.message().trim_end().to_owned()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|error| {
+            let message = error.message().trim_end();
+            let message = match error.span() {
+                Some(span) if message == "duplicate key" => duplicate(text, span),
+                _ => message.to_owned(),
+            };
+            source.error(error.span(), message)
+        })?;
 
         let mut consumers = BTreeMap::new();
         for (name, raw) in raw.consumers {
@@ -379,8 +388,9 @@ fn build_installation(
         }
         _ => {}
     }
-    let mut scopes = Vec::with_capacity(raw.scopes.len());
-    for scope in raw.scopes {
+    let raw_scopes = raw.scopes.map(|list| list.items).unwrap_or_default();
+    let mut scopes = Vec::with_capacity(raw_scopes.len());
+    for scope in raw_scopes {
         let text = scope.get_ref();
         if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(source.error(

@@ -112,7 +112,11 @@ async fn serve(explicit: Option<PathBuf>) -> Result<(), Failure> {
         Signals::install().map_err(|e| Failure::new("cannot install signal handlers", e))?;
     let path = paths::config_path(explicit).map_err(Failure::of)?;
     let config = if path.exists() {
-        Config::from_path(&path).map_err(Failure::of)?
+        let config = Config::from_path(&path).map_err(Failure::of)?;
+        for warning in config.warnings(&path) {
+            warn!("{warning}");
+        }
+        config
     } else {
         // A first start (often by D-Bus activation from `tokctl list`)
         // before any config exists: serve nothing rather than fail, so
@@ -192,6 +196,9 @@ fn check_config(explicit: Option<PathBuf>, online: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for warning in config.warnings(&path) {
+        eprintln!("tokd: warning: {warning}");
+    }
     if online {
         let discovered = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -22,14 +22,20 @@ impl Broker {
                 "this tokd was started without a config file; restart it instead".to_owned(),
             ));
         };
-        let config = tokio::task::spawn_blocking(move || Config::from_path(&path))
-            .await
-            .map_err(|error| Error::Misconfigured(error.to_string()))?
-            .map_err(|error| {
-                Error::Misconfigured(format!(
-                    "{error}; the running config stays, fix the file and reload again"
-                ))
-            })?;
+        let config = tokio::task::spawn_blocking(move || {
+            let config = Config::from_path(&path)?;
+            for warning in config.warnings(&path) {
+                tracing::warn!("{warning}");
+            }
+            Ok::<_, crate::config::ConfigError>(config)
+        })
+        .await
+        .map_err(|error| Error::Misconfigured(error.to_string()))?
+        .map_err(|error| {
+            Error::Misconfigured(format!(
+                "{error}; the running config stays, fix the file and reload again"
+            ))
+        })?;
         self.apply(config).await;
         let summary = read(&self.config).summary();
         info!(%summary, "config reloaded");

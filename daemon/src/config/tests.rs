@@ -382,14 +382,67 @@ fn durations_in_every_documented_form() {
         ("1500ms", Duration::from_millis(1500)),
         ("1h 30m", Duration::from_secs(5400)),
         (" 2m ", Duration::from_secs(120)),
+        ("90", Duration::from_secs(90)),
     ] {
         assert_eq!(parse_duration(text), Ok(expected), "{text}");
         let config = parse(&format!("[daemon]\nrefresh_margin = \"{text}\"\n"));
         assert_eq!(config.daemon.refresh_margin, Some(expected));
     }
-    for bad in ["", "5", "five minutes", "-5m", "5 parsecs"] {
+    for bad in [
+        "",
+        "five minutes",
+        "-5m",
+        "5 parsecs",
+        "5M",
+        "2d",
+        "1w",
+        "1y",
+    ] {
         assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
     }
+    let config = parse("[daemon]\nrefresh_margin = 90\n");
+    assert_eq!(
+        config.daemon.refresh_margin,
+        Some(Duration::from_secs(90)),
+        "whole seconds as a number"
+    );
+    refused(
+        "[daemon]\nrefresh_margin = \"5M\"\n",
+        2,
+        "the unit \"M\" is longer than tokd takes (\"M\" is months; minutes are \"m\")",
+    );
+    refused("[daemon]\nrefresh_margin = -5\n", 2, "may not be negative");
+}
+
+#[test]
+fn a_table_or_key_written_twice_is_named() {
+    let installation = "[installations.i]\nconsumer = \"c\"\n";
+    refused(
+        &format!(
+            "[consumers.c]\nprovider = \"github\"\nclient_id = \"x\"\n{installation}{installation}"
+        ),
+        6,
+        "[installations.i] appears twice; each name is one table, so merge the two",
+    );
+    refused(
+        "[consumers.c]\nprovider = \"github\"\nclient_id = \"x\"\nclient_id = \"y\"\n",
+        4,
+        "`client_id` is set twice in the same table; keep one",
+    );
+}
+
+#[test]
+fn a_list_written_as_a_string_gets_the_list_form_as_an_example() {
+    refused(
+        "[consumers.c]\nprovider = \"github\"\nclient_id = \"x\"\n\n[installations.i]\nconsumer = \"c\"\nscopes = \"repository pullrequest\"\n",
+        7,
+        "expected a list of strings, one per item, e.g. [\"repository\", \"pullrequest\"]",
+    );
+    refused(
+        "[consumers.c]\nprovider = \"github\"\nclient_id = \"x\"\nclient_secret_command = \"pass show x\"\n",
+        4,
+        "e.g. [\"pass\", \"show\", \"x\"]",
+    );
 }
 
 #[test]
@@ -400,9 +453,9 @@ fn bad_duration_names_the_line() {
         "invalid duration \"5 minutez\"",
     );
     refused(
-        "[daemon]\nrefresh_margin = 300\n",
+        "[daemon]\nrefresh_margin = true\n",
         2,
-        "invalid type: integer",
+        "a duration such as \"90s\", \"5m\" or \"1h\", or whole seconds",
     );
 }
 

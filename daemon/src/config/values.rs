@@ -87,25 +87,106 @@ impl<'de> Deserialize<'de> for CronSchedule {
     }
 }
 
-/// Parses `"90s"`, `"5m"`, `"1h"`, `"1500ms"`, `"1h 30m"`.
+/// The units a duration may use: seconds to hours. Longer units make no
+/// sense for tokd's durations, and humantime's `M` (months) beside `m`
+/// (minutes) turns a typo into five months.
+const UNITS: &[&str] = &[
+    "ns", "us", "µs", "ms", "msec", "s", "sec", "secs", "second", "seconds", "m", "min", "mins",
+    "minute", "minutes", "h", "hr", "hrs", "hour", "hours",
+];
+
+/// Parses plain seconds (`"90"`) or `"90s"`, `"5m"`, `"1h"`, `"1500ms"`,
+/// `"1h 30m"`.
 pub fn parse_duration(text: &str) -> Result<Duration, InvalidValue> {
-    humantime::parse_duration(text.trim()).map_err(|error| {
-        InvalidValue(format!(
-            "invalid duration {text:?} ({error}); write e.g. \"90s\", \"5m\", \"1h\" or \"1500ms\""
-        ))
-    })
+    let trimmed = text.trim();
+    if let Ok(secs) = trimmed.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let example = "write e.g. \"90s\", \"5m\", \"1h\", \"1500ms\" or seconds (90)";
+    for unit in trimmed
+        .split(|c: char| c.is_ascii_digit() || c.is_whitespace())
+        .filter(|unit| !unit.is_empty())
+    {
+        if !UNITS.contains(&unit) && humantime::parse_duration(&format!("1{unit}")).is_ok() {
+            let hint = if unit == "M" {
+                " (\"M\" is months; minutes are \"m\")"
+            } else {
+                ""
+            };
+            return Err(InvalidValue(format!(
+                "invalid duration {text:?}: the unit {unit:?} is longer than tokd takes{hint}; {example}"
+            )));
+        }
+    }
+    humantime::parse_duration(trimmed)
+        .map_err(|error| InvalidValue(format!("invalid duration {text:?} ({error}); {example}")))
 }
 
-/// A duration written as a string in the config.
+/// A duration in the config: a string with units, or whole seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct ConfigDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse_duration(&text)
-            .map(ConfigDuration)
-            .map_err(serde::de::Error::custom)
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ConfigDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"90s\", \"5m\" or \"1h\", or whole seconds")
+            }
+            fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Self::Value, E> {
+                u64::try_from(secs)
+                    .map(|secs| ConfigDuration(Duration::from_secs(secs)))
+                    .map_err(|_| {
+                        E::custom(format!("invalid duration {secs}: it may not be negative"))
+                    })
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                parse_duration(text).map(ConfigDuration).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A list of strings, each with its place in the file, that answers a
+/// plain string with an example of the list form.
+#[derive(Debug)]
+pub(super) struct SpannedList {
+    pub items: Vec<toml::Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for SpannedList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SpannedList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of strings, e.g. [\"repository\", \"pullrequest\"]")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<toml::Spanned<String>>()? {
+                    items.push(item);
+                }
+                Ok(SpannedList { items })
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                let example: Vec<String> = text
+                    .split([' ', ','])
+                    .filter(|word| !word.is_empty())
+                    .map(|word| format!("{word:?}"))
+                    .collect();
+                Err(E::custom(format!(
+                    "expected a list of strings, one per item, e.g. [{}]",
+                    example.join(", ")
+                )))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 

@@ -155,9 +155,13 @@ fn an_inline_secret_in_a_readable_file_warns_without_showing_it() {
     );
     assert!(output.status.success());
     let stderr = text(&output.stderr);
-    assert!(
-        stderr.contains("WARN") && stderr.contains("chmod 600"),
-        "{stderr}"
+    assert_eq!(
+        stderr,
+        format!(
+            "tokd: warning: consumer `c`: {} holds a client_secret and is readable by other users; run `chmod 600 {}`\n",
+            path.display(),
+            path.display()
+        )
     );
     let everything = text(&output.stdout) + &stderr;
     assert!(!everything.contains("inline-secret-value"), "{everything}");
@@ -168,7 +172,65 @@ fn an_inline_secret_in_a_readable_file_warns_without_showing_it() {
         &["--check-config", path.to_str().expect("utf8")],
         &[],
     );
-    assert!(!text(&output.stderr).contains("WARN"), "no warning at 0600");
+    assert_eq!(text(&output.stderr), "", "no warning at 0600");
+}
+
+#[test]
+fn secret_files_and_programs_are_checked_without_reading_a_secret() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let path = home.path().join("config.toml");
+    let loose = home.path().join("loose.secret");
+    std::fs::write(&loose, "s3cr3t-in-a-loose-file").expect("write");
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let tight = home.path().join("tight.secret");
+    std::fs::write(&tight, "s3cr3t-in-a-tight-file").expect("write");
+    std::fs::set_permissions(&tight, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let table = |name: &str, secret: &str| {
+        format!("[consumers.{name}]\nprovider = \"github\"\nclient_id = \"id\"\n{secret}\n")
+    };
+    let config = [
+        table("missing", "client_secret_file = \"absent.secret\""),
+        table("loose", "client_secret_file = \"loose.secret\""),
+        table("tight", "client_secret_file = \"tight.secret\""),
+        table(
+            "noprog",
+            "client_secret_command = [\"tokd-no-such-program\", \"x\"]",
+        ),
+        table("badpath", "client_secret_command = [\"/nonexistent/pass\"]"),
+        table(
+            "prog",
+            "client_secret_command = [\"sh\", \"-c\", \"echo s\"]",
+        ),
+    ]
+    .concat();
+    std::fs::write(&path, config).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let output = tokd(
+        home.path(),
+        &["--check-config", path.to_str().expect("utf8")],
+        &[],
+    );
+    assert!(output.status.success(), "warnings do not fail the check");
+    let stderr = text(&output.stderr);
+    let dir = home.path().display();
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "tokd: warning: consumer `badpath`: the client_secret_command program `/nonexistent/pass` is not found or not executable"
+            ),
+            format!(
+                "tokd: warning: consumer `loose`: client_secret_file {dir}/loose.secret is readable by other users; run `chmod 600 {dir}/loose.secret`"
+            ),
+            format!(
+                "tokd: warning: consumer `missing`: client_secret_file {dir}/absent.secret does not exist; requests that need the secret fail until it does"
+            ),
+            format!(
+                "tokd: warning: consumer `noprog`: the client_secret_command program `tokd-no-such-program` is not found on PATH"
+            ),
+        ]
+    );
+    assert!(!stderr.contains("s3cr3t"), "{stderr}");
 }
 
 #[test]
