@@ -216,18 +216,14 @@ fn secret_files_and_programs_are_checked_without_reading_a_secret() {
     assert_eq!(
         stderr.lines().collect::<Vec<_>>(),
         [
-            format!(
-                "tokd: warning: consumer `badpath`: the client_secret_command program `/nonexistent/pass` is not found or not executable"
-            ),
+            "tokd: warning: consumer `badpath`: the client_secret_command program `/nonexistent/pass` is not found or not executable".to_owned(),
             format!(
                 "tokd: warning: consumer `loose`: client_secret_file {dir}/loose.secret is readable by other users; run `chmod 600 {dir}/loose.secret`"
             ),
             format!(
                 "tokd: warning: consumer `missing`: client_secret_file {dir}/absent.secret does not exist; requests that need the secret fail until it does"
             ),
-            format!(
-                "tokd: warning: consumer `noprog`: the client_secret_command program `tokd-no-such-program` is not found on PATH"
-            ),
+            "tokd: warning: consumer `noprog`: the client_secret_command program `tokd-no-such-program` is not found on PATH".to_owned(),
         ]
     );
     assert!(!stderr.contains("s3cr3t"), "{stderr}");
