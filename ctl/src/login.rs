@@ -52,6 +52,9 @@ pub async fn login(
     .await
 }
 
+/// The longest tokd waits for a browser login.
+const MAX_LOGIN_WAIT: Duration = Duration::from_secs(600);
+
 /// How long past a device code's expiry tokctl waits for tokd's verdict.
 const DEVICE_GRACE: Duration = Duration::from_secs(15);
 
@@ -88,9 +91,22 @@ async fn browser(
     open: bool,
     wait: Duration,
 ) -> Result<String, Failure> {
+    if wait > MAX_LOGIN_WAIT {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "tokd waits at most {} for a browser login (then it forgets the login); use --timeout {} or less",
+                humantime::format_duration(MAX_LOGIN_WAIT),
+                humantime::format_duration(MAX_LOGIN_WAIT)
+            ),
+        ));
+    }
     // Subscribe before starting, so the answer cannot slip past.
     let finished = deadline.bound(proxy.receive_login_finished()).await??;
-    let (url, listening) = deadline.bound(proxy.begin_login(name)).await??;
+    let secs = u32::try_from(wait.as_secs()).unwrap_or(u32::MAX).max(1);
+    let (url, listening) = deadline
+        .bound(proxy.begin_login_within(name, secs))
+        .await??;
     if open && open_in_browser(&url) {
         eprintln!("tokctl: opened the login page of `{name}` in your browser");
     } else {

@@ -69,6 +69,7 @@ pub(crate) struct Cli {
 enum Command {
     /// Print an access token valid for at least --min-valid.
     Get {
+        /// The installation, as named in the config (`tokctl list` shows them).
         #[arg(add = names())]
         name: String,
         /// Refresh first if the held token expires sooner than this
@@ -82,14 +83,22 @@ enum Command {
     },
     /// Every installation: state, expiry, next refresh.
     List {
-        /// One JSON array (the fields are documented in the README).
+        /// One JSON array of objects: name, consumer, grant
+        /// (authorization_code or client_credentials), state (empty, valid,
+        /// refreshing, failing, needs-login, misconfigured), message,
+        /// scopes (granted, or asked for before a login), expires_at,
+        /// last_refresh, next_refresh (Unix seconds or null), last_error.
+        /// Strings with nothing to say are null.
         #[arg(long)]
         json: bool,
     },
     /// One installation in detail (or all of them).
     Status {
+        /// The installation (all of them without it).
         #[arg(add = names())]
         name: Option<String>,
+        /// One JSON object with the fields of `list --json` (an array
+        /// without NAME).
         #[arg(long)]
         json: bool,
     },
@@ -98,6 +107,7 @@ enum Command {
     /// a display and without --no-browser or --code, the device flow is
     /// used when the consumer has one.
     Login {
+        /// The installation, as named in the config (`tokctl list` shows them).
         #[arg(add = names())]
         name: String,
         /// Print the URL instead of opening a browser (and keep to the
@@ -122,11 +132,13 @@ enum Command {
     },
     /// Refresh now.
     Refresh {
+        /// The installation, as named in the config (`tokctl list` shows them).
         #[arg(add = names())]
         name: String,
     },
     /// Revoke the grant at the provider (if it can) and forget the tokens.
     Revoke {
+        /// The installation, as named in the config (`tokctl list` shows them).
         #[arg(add = names())]
         name: String,
     },
@@ -206,10 +218,14 @@ fn main() -> ExitCode {
     complete::answer_if_asked();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => {
-            let status = if error.use_stderr() { exit::USAGE } else { 0 };
+        // Help and version: as clap writes them, on stdout.
+        Err(error) if !error.use_stderr() => {
             let _ = error.print();
-            return ExitCode::from(status);
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("{}", usage_line(&error));
+            return ExitCode::from(exit::USAGE);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -234,6 +250,28 @@ fn main() -> ExitCode {
         }
         Err(failure) => fail(&failure),
     }
+}
+
+/// A usage error on one line, as every tokctl failure is: what is wrong,
+/// then the usage it broke.
+fn usage_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let mut parts = Vec::new();
+    let mut usage = None;
+    for line in rendered.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with("For more information") {
+            continue;
+        }
+        match line.strip_prefix("Usage: ") {
+            Some(rest) => usage = Some(rest.to_owned()),
+            None => parts.push(line.trim_start_matches("error: ").to_owned()),
+        }
+    }
+    let mut text = format!("tokctl: {}", parts.join(" "));
+    if let Some(usage) = usage {
+        text.push_str(&format!(" (usage: {usage})"));
+    }
+    text
 }
 
 fn fail(failure: &Failure) -> ExitCode {
@@ -289,6 +327,9 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
         }
         Command::List { json } => {
             let list = deadline.bound(proxy.list()).await??;
+            if list.is_empty() {
+                say_none_configured(&proxy, &deadline).await;
+            }
             Ok(if json {
                 to_json(&list.iter().map(JsonInstallation::from).collect::<Vec<_>>())
             } else {
@@ -300,6 +341,9 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
                 Some(name) => vec![deadline.bound(proxy.status(&name)).await??],
                 None => deadline.bound(proxy.list()).await??,
             };
+            if list.is_empty() {
+                say_none_configured(&proxy, &deadline).await;
+            }
             Ok(match (json, list.as_slice()) {
                 (true, [one]) => to_json(&JsonInstallation::from(one)),
                 (true, _) => to_json(&list.iter().map(JsonInstallation::from).collect::<Vec<_>>()),
@@ -359,6 +403,17 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
         }
         Command::Completions { .. } => Ok(String::new()),
     }
+}
+
+/// Says on stderr that no installation is configured, and where.
+async fn say_none_configured(proxy: &ManagerProxy<'_>, deadline: &Deadline) {
+    let path = match deadline.bound(proxy.config_path()).await {
+        Ok(Ok(path)) if !path.is_empty() => path,
+        _ => "tokd's config file".to_owned(),
+    };
+    eprintln!(
+        "tokctl: no installations are configured; add one to {path} (see `man tokd.conf`), then run `tokctl reload`"
+    );
 }
 
 /// When tokctl gives up on tokd.

@@ -121,14 +121,13 @@ pub fn expiry_phrase(expires_at: i64, now: i64) -> String {
 
 pub fn table(list: &[InstallationInfo], now: i64) -> String {
     if list.is_empty() {
-        return "no installations are configured (see ~/.config/tokd/config.toml, then `tokctl reload`)\n"
-            .to_owned();
+        return String::new();
     }
     let rows: Vec<[String; 5]> = list
         .iter()
         .map(|info| {
             let note = if info.message.is_empty() {
-                info.last_error.clone()
+                shorten(&one_line(&info.last_error), NOTE_WIDTH)
             } else {
                 info.message.clone()
             };
@@ -164,6 +163,22 @@ pub fn table(list: &[InstallationInfo], now: i64) -> String {
     out
 }
 
+/// The longest detail `list` shows in its NOTE column (`status` has all).
+const NOTE_WIDTH: usize = 100;
+
+/// `text`, cut at a word boundary to at most `width` characters with `…`.
+fn shorten(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let cut: String = text.chars().take(width - 1).collect();
+    let cut = match cut.rfind(' ') {
+        Some(space) if space > width / 2 => &cut[..space],
+        _ => &cut,
+    };
+    format!("{}…", cut.trim_end_matches([' ', ',', ';', ':', '(']))
+}
+
 pub fn details(info: &InstallationInfo, now: i64) -> String {
     let mut out = format!("{}\n", info.name);
     let mut field = |key: &str, value: String| {
@@ -179,7 +194,9 @@ pub fn details(info: &InstallationInfo, now: i64) -> String {
     field("expires", relative(info.expires_at, now));
     field("last refresh", relative(info.last_refresh, now));
     field("next refresh", relative(info.next_refresh, now));
-    field("last error", one_line(&info.last_error));
+    if info.last_error != info.message {
+        field("last error", one_line(&info.last_error));
+    }
     out
 }
 
@@ -205,6 +222,18 @@ mod tests {
             serde_json::from_str(&format_token("t", 0, "mac", Format::Json, 1000)).expect("json");
         assert_eq!(json["expires_at"], serde_json::Value::Null);
         assert_eq!(json["token_type"], "Mac");
+    }
+
+    #[test]
+    fn long_notes_are_cut_at_a_word() {
+        assert_eq!(shorten("short", 10), "short");
+        let long = "cannot reach the token endpoint: error sending request: client error (Connect): tcp connect error: Connection refused (os error 111)";
+        let cut = shorten(long, 60);
+        assert!(cut.chars().count() <= 60, "{cut}");
+        assert!(
+            cut.ends_with('…') && long.starts_with(cut.trim_end_matches('…')),
+            "{cut}"
+        );
     }
 
     #[test]

@@ -29,7 +29,33 @@ fn bad_usage_exits_2_with_nothing_on_stdout() {
         let out = tokctl(args, NO_BUS);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         assert!(out.stdout.is_empty(), "{args:?}");
-        assert!(!out.stderr.is_empty(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "one line, as the README says: {stderr}"
+        );
+        assert!(stderr.starts_with("tokctl: "), "{stderr}");
+    }
+    let out = tokctl(&["get"], NO_BUS);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "tokctl: the following required arguments were not provided: <NAME> (usage: tokctl get <NAME>)\n"
+    );
+}
+
+#[test]
+fn help_describes_names_and_json_fields() {
+    let out = tokctl(&["get", "--help"], NO_BUS);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("The installation, as named in the config"),
+        "{help}"
+    );
+    let out = tokctl(&["list", "--help"], NO_BUS);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for field in ["expires_at", "next_refresh", "last_error", "needs-login"] {
+        assert!(help.contains(field), "{field} missing from:\n{help}");
     }
 }
 

@@ -178,6 +178,10 @@ pub trait Manager {
     /// listens on the consumer's loopback `redirect_uri` for the answer).
     fn begin_login(&self, name: &str) -> Result<(String, bool)>;
 
+    /// As `begin_login`, with tokd listening for the browser's answer
+    /// `timeout_secs` (at most 600) rather than the longest, 10 minutes.
+    fn begin_login_within(&self, name: &str, timeout_secs: u32) -> Result<(String, bool)>;
+
     /// Finishes a login with a code obtained by hand; returns the expiry.
     fn complete_login(&self, name: &str, code: &str) -> Result<i64>;
 
@@ -189,6 +193,9 @@ pub trait Manager {
     /// Revokes the grant at the provider (when it has a revocation endpoint)
     /// and forgets the tokens; returns a sentence saying what was done.
     fn revoke(&self, name: &str) -> Result<String>;
+
+    /// The config file tokd reads and `reload` re-reads (empty: none).
+    fn config_path(&self) -> Result<String>;
 
     /// Re-reads the config file; returns a one-line summary.
     fn reload(&self) -> Result<String>;

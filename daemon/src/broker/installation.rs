@@ -244,7 +244,38 @@ impl Installation {
         Self::with(Record::default(), state)
     }
 
-    /// The sentence for humans about the state, as of `now`.
+    /// The state's sentence in short, as of `now`, for `list` and
+    /// `status`: a failure's detail is the record's `last_error`, shown
+    /// beside it, not in it.
+    pub fn summary(&self, spec: &Spec, now: SystemTime) -> String {
+        let name = spec.name();
+        match &self.state {
+            State::Failing {
+                retry_at,
+                grant_at_risk,
+                ..
+            } => format!(
+                "the provider is failing{}; tokd tries again in {}",
+                if *grant_at_risk {
+                    " and the authorization may be lost"
+                } else {
+                    ""
+                },
+                wait(retry_at.duration_since(now).unwrap_or_default())
+            ),
+            State::NeedsLogin(LoginNeeded::Lost { .. }) => {
+                format!("the authorization of `{name}` is lost; run `tokctl login {name}`")
+            }
+            State::Misconfigured(Misconfiguration::Refused { .. }) => format!(
+                "consumer `{}` is misconfigured; fix the config and run `tokctl reload`",
+                spec.consumer.name
+            ),
+            _ => self.message(spec, now),
+        }
+    }
+
+    /// The sentence for humans about the state, as of `now`, with the
+    /// detail of a failure: what callers and signals get.
     pub fn message(&self, spec: &Spec, now: SystemTime) -> String {
         let name = spec.name();
         match &self.state {
@@ -427,9 +458,15 @@ impl Installation {
                 }
             }
         };
-        let message = self.message(spec, now);
-        self.record.last_error = Some(message.clone());
-        Error::of_kind(error.kind, message)
+        self.record.last_error = Some(match &self.state {
+            State::Failing {
+                reason,
+                grant_at_risk,
+                ..
+            } => format!("{reason}{}", risk(*grant_at_risk)),
+            _ => error.message.clone(),
+        });
+        Error::of_kind(error.kind, self.message(spec, now))
     }
 
     /// A write owed since an earlier failure happened (`Ok`) or failed
@@ -552,15 +589,25 @@ fn not_logged_in(spec: &Spec) -> String {
     }
 }
 
-fn failing(reason: &str, grant_at_risk: bool, wait: Duration) -> String {
-    let risk = if grant_at_risk {
+/// What a failure with `grant_at_risk` adds to its reason.
+fn risk(grant_at_risk: bool) -> &'static str {
+    if grant_at_risk {
         "; the provider may have used up the refresh token without tokd reading the new one, so the authorization may be lost (if the next try is refused, log in again)"
     } else {
         ""
-    };
+    }
+}
+
+/// A wait as a sentence says it: whole seconds, at least one.
+fn wait(left: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(left.as_secs().max(1)))
+}
+
+fn failing(reason: &str, grant_at_risk: bool, left: Duration) -> String {
     format!(
-        "the provider is failing ({reason}){risk}; tokd tries again in {}",
-        humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
+        "the provider is failing ({reason}){}; tokd tries again in {}",
+        risk(grant_at_risk),
+        wait(left)
     )
 }
 

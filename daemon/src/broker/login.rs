@@ -10,7 +10,7 @@ use crate::oauth::{self, Pkce};
 use crate::secret::{AuthorizationCode, PkceVerifier};
 use crate::sync::lock;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 use url::Url;
 
@@ -35,9 +35,24 @@ impl Broker {
     }
 
     /// Starts an authorization-code login: the URL to open, and whether the
-    /// daemon listens on the loopback `redirect_uri` for the answer.
-    pub async fn begin_login(&self, name: &str) -> Result<(Url, bool), Error> {
+    /// daemon listens on the loopback `redirect_uri` for the answer, for
+    /// `wait` (none: the longest, [`login::LOGIN_TIMEOUT`]; more is
+    /// refused). A login finished by hand waits the longest.
+    pub async fn begin_login(
+        &self,
+        name: &str,
+        wait: Option<Duration>,
+    ) -> Result<(Url, bool), Error> {
         self.refuse_if_stopping()?;
+        if let Some(wait) = wait
+            && (wait > login::LOGIN_TIMEOUT || wait.is_zero())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "tokd waits at most {} for a login, and more than nothing; ask for {} or less",
+                humantime::format_duration(login::LOGIN_TIMEOUT),
+                humantime::format_duration(login::LOGIN_TIMEOUT)
+            )));
+        }
         let slot = self.slot(name)?;
         let spec = slot.spec();
         if spec.grant() != Grant::AuthorizationCode {
@@ -72,8 +87,12 @@ impl Broker {
         let loopback = redirect_uri
             .as_ref()
             .filter(|uri| uri.scheme() == "http" && config::is_loopback(uri));
+        let wait = match loopback {
+            Some(_) => self.logins.wait(wait),
+            None => self.logins.wait(None),
+        };
         let listen_addrs = match loopback {
-            Some(uri) => login::ensure_listener(&self.logins, &self.tasks, uri, self.answer_handler())
+            Some(uri) => login::ensure_listener(&self.logins, &self.tasks, uri, self.answer_handler(), wait)
                 .await
                 .map_err(|error| {
                     Error::Misconfigured(format!(
@@ -83,13 +102,16 @@ impl Broker {
             None => Vec::new(),
         };
         let listening = !listen_addrs.is_empty();
-        self.logins.add(Pending {
-            name: name.to_owned(),
-            state,
-            verifier: pkce.verifier,
-            redirect_uri,
-            listen_addrs,
-        });
+        self.logins.add(
+            Pending {
+                name: name.to_owned(),
+                state,
+                verifier: pkce.verifier,
+                redirect_uri,
+                listen_addrs,
+            },
+            wait,
+        );
         info!(installation = %name, listening, "login started");
         Ok((url, listening))
     }
@@ -233,10 +255,20 @@ impl Broker {
                 Ok(expires_at)
             }
             Err(error) => {
-                let message = format!(
-                    "the provider refused the login of `{name}` ({}); run `tokctl login {name}` again",
-                    error.message
-                );
+                let message = match error.kind {
+                    oauth::ErrorKind::Transient => format!(
+                        "the login of `{name}` could not be finished: {}; try again (a code works once, for a few minutes)",
+                        error.message
+                    ),
+                    oauth::ErrorKind::NeedsLogin => format!(
+                        "the provider refused the login of `{name}` ({}); run `tokctl login {name}` again",
+                        error.message
+                    ),
+                    oauth::ErrorKind::Misconfigured => format!(
+                        "the provider refused consumer `{}` at the login of `{name}` ({}); fix the config, `tokctl reload`, and log in again",
+                        spec.consumer.name, error.message
+                    ),
+                };
                 warn!(installation = %name, error = %error.message, "login failed");
                 self.emit(Event::LoginFinished {
                     name,

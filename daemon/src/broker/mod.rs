@@ -94,7 +94,7 @@ pub struct View {
     pub state: InstallationState,
     /// A sentence about the state (what to do, if anything); may be empty.
     pub message: String,
-    /// Scopes granted.
+    /// Scopes granted, or before the provider said so, those asked for.
     pub scopes: Vec<String>,
     pub expires_at: Option<SystemTime>,
     pub last_refresh: Option<SystemTime>,
@@ -307,6 +307,11 @@ impl Broker {
         })
     }
 
+    /// The config file `reload` reads, if any.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
+    }
+
     /// Whether the config lets tokd notify the desktop (`[daemon] notify`).
     pub fn notifications_on(&self) -> bool {
         read(&self.config).daemon.notify
@@ -476,8 +481,13 @@ impl Broker {
             consumer: spec.consumer.name.clone(),
             grant: spec.grant(),
             state: installation.state.kind(),
-            message: installation.message(&spec, now),
-            scopes: installation.record.scopes.clone(),
+            message: installation.summary(&spec, now),
+            // Granted, once a token says so; until then, asked for.
+            scopes: if installation.record.scopes.is_empty() {
+                spec.scopes()
+            } else {
+                installation.record.scopes.clone()
+            },
             expires_at: installation.record.expires_at,
             last_refresh: installation.record.last_refresh,
             next_refresh: self.queue.get(&slot.name),

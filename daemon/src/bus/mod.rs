@@ -237,7 +237,31 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, bool), Error> {
         self.check_caller(connection, &header).await?;
-        let (url, listening) = self.broker.begin_login(name).await.map_err(wire_error)?;
+        let (url, listening) = self
+            .broker
+            .begin_login(name, None)
+            .await
+            .map_err(wire_error)?;
+        Ok((url.to_string(), listening))
+    }
+
+    /// BeginLoginWithin: as BeginLogin, waiting `timeout_secs` for the
+    /// browser.
+    #[zbus(out_args("url", "listening"))]
+    async fn begin_login_within(
+        &self,
+        name: &str,
+        timeout_secs: u32,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(String, bool), Error> {
+        self.check_caller(connection, &header).await?;
+        let wait = Duration::from_secs(timeout_secs.into());
+        let (url, listening) = self
+            .broker
+            .begin_login(name, Some(wait))
+            .await
+            .map_err(wire_error)?;
         Ok((url.to_string(), listening))
     }
 
@@ -299,6 +323,21 @@ impl Manager {
     ) -> Result<String, Error> {
         self.check_caller(connection, &header).await?;
         self.broker.revoke(name).await.map_err(wire_error)
+    }
+
+    /// ConfigPath: the config file tokd reads (empty: none).
+    #[zbus(out_args("path"))]
+    async fn config_path(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, Error> {
+        self.check_caller(connection, &header).await?;
+        Ok(self
+            .broker
+            .config_path()
+            .map(|path| path.display().to_string())
+            .unwrap_or_default())
     }
 
     /// Reload: re-reads the config file.

@@ -295,7 +295,7 @@ impl Shared {
     }
 
     async fn log_in(&self, name: &str) {
-        let url = match self.broker.begin_login(name).await {
+        let url = match self.broker.begin_login(name, None).await {
             Ok((url, _listening)) => url,
             Err(error) => {
                 warn!(installation = %name, %error, "cannot start the login asked for from a notification");

@@ -10,8 +10,9 @@
 //! path and only with GET; its query (`state`, `code`, `error`,
 //! `error_description`) is handed to the [`Handler`] the broker gave, whose
 //! [`Page`] is shown in the browser. The listener closes when no pending
-//! login waits on its address any more, or [`super::LOGIN_TIMEOUT`] after
-//! the last login started there, or when tokd stops.
+//! login waits on its address any more, when the longest wait of the
+//! logins started there ends (at most [`super::LOGIN_TIMEOUT`]), or when
+//! tokd stops.
 //!
 //! `localhost` is listened on at both 127.0.0.1 and ::1, whatever the
 //! resolver says: a browser may send the answer to either, and another
@@ -100,7 +101,9 @@ pub async fn ensure_listener(
     tasks: &Tasks,
     uri: &Url,
     handler: Handler,
+    wait: Duration,
 ) -> Result<Vec<SocketAddr>, ListenError> {
+    let until = Instant::now() + logins.wait(Some(wait));
     let cannot = |detail: String| ListenError {
         uri: uri.clone(),
         detail,
@@ -123,7 +126,8 @@ pub async fn ensure_listener(
     let mut listening = Vec::new();
     for addr in addrs {
         if let Some(listener) = listeners.get(&addr) {
-            *lock(&listener.deadline) = Instant::now() + logins.timeout;
+            let mut deadline = lock(&listener.deadline);
+            *deadline = (*deadline).max(until);
             listening.push(addr);
             continue;
         }
@@ -146,7 +150,7 @@ pub async fn ensure_listener(
     }
     for (addr, socket) in bound {
         let listener = Arc::new(Listener {
-            deadline: Mutex::new(Instant::now() + logins.timeout),
+            deadline: Mutex::new(until),
             wake: Notify::new(),
         });
         listeners.insert(addr, listener.clone());

@@ -2,7 +2,8 @@
 //! provider's answer.
 //!
 //! A pending login is its `state`, its PKCE verifier and where the answer
-//! is awaited; each is used once and forgotten after [`LOGIN_TIMEOUT`].
+//! is awaited; each is used once and forgotten after its own wait (what
+//! the caller waits, at most [`LOGIN_TIMEOUT`]).
 //! Several installations of one consumer share its `redirect_uri`, so one
 //! listener per address serves every pending login there (`listener.rs`).
 //!
@@ -28,7 +29,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use url::Url;
 
-/// How long a login may take from its start to the provider's answer.
+/// The longest a login may take from its start to the provider's answer.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A login waiting for the provider's answer.
@@ -45,7 +46,8 @@ pub struct Pending {
 #[derive(Debug)]
 struct Entry {
     pending: Pending,
-    started: Instant,
+    /// When it is forgotten.
+    until: Instant,
 }
 
 /// Pending logins and the listeners serving them.
@@ -53,7 +55,7 @@ struct Entry {
 pub struct Logins {
     pending: Mutex<Vec<Entry>>,
     listeners: Mutex<HashMap<SocketAddr, Arc<Listener>>>,
-    /// [`LOGIN_TIMEOUT`], unless a test shortens it.
+    /// The longest wait: [`LOGIN_TIMEOUT`], unless a test shortens it.
     timeout: Duration,
 }
 
@@ -66,14 +68,20 @@ impl Logins {
         }
     }
 
-    /// Adds a login; an earlier pending login of the same installation is
-    /// dropped (its state stops working).
-    pub fn add(&self, pending: Pending) {
+    /// How long a login asked to wait `wait` (none: the longest) waits.
+    pub fn wait(&self, wait: Option<Duration>) -> Duration {
+        wait.map_or(self.timeout, |wait| wait.min(self.timeout))
+    }
+
+    /// Adds a login, forgotten after `wait`; an earlier pending login of
+    /// the same installation is dropped (its state stops working).
+    pub fn add(&self, pending: Pending, wait: Duration) {
+        let now = Instant::now();
         let mut entries = lock(&self.pending);
-        entries.retain(|e| e.pending.name != pending.name && e.started.elapsed() < self.timeout);
+        entries.retain(|e| e.pending.name != pending.name && e.until > now);
         entries.push(Entry {
             pending,
-            started: Instant::now(),
+            until: now + self.wait(Some(wait)),
         });
     }
 
@@ -92,7 +100,8 @@ impl Logins {
     fn take(&self, matches: impl Fn(&Pending) -> bool) -> Option<Pending> {
         let taken = {
             let mut entries = lock(&self.pending);
-            entries.retain(|e| e.started.elapsed() < self.timeout);
+            let now = Instant::now();
+            entries.retain(|e| e.until > now);
             let index = entries.iter().position(|e| matches(&e.pending))?;
             entries.swap_remove(index).pending
         };
@@ -111,8 +120,9 @@ impl Logins {
     }
 
     fn any_waiting_on(&self, addr: SocketAddr) -> bool {
+        let now = Instant::now();
         lock(&self.pending)
             .iter()
-            .any(|e| e.started.elapsed() < self.timeout && e.pending.listen_addrs.contains(&addr))
+            .any(|e| e.until > now && e.pending.listen_addrs.contains(&addr))
     }
 }

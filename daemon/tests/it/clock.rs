@@ -200,7 +200,7 @@ consumer = "p"
                 ..Options::default()
             },
         );
-        let (url, listening) = broker.begin_login("a").await.expect("login starts");
+        let (url, listening) = broker.begin_login("a", None).await.expect("login starts");
         assert!(listening);
         let state = url
             .query_pairs()
@@ -223,7 +223,7 @@ consumer = "p"
             .expect("the listener closes after the login timeout");
         // The expired login's state is not honoured by a new listener
         // either: a later login listens again, and the old state is refused.
-        let (_, listening) = broker.begin_login("a").await.expect("login again");
+        let (_, listening) = broker.begin_login("a", None).await.expect("login again");
         assert!(listening);
         let stale = raw_get(&address, &format!("/callback?code=x&state={state}")).await;
         assert!(stale.starts_with("HTTP/1.1 400"), "{stale}");

@@ -577,12 +577,17 @@ async fn without_a_config_file_tokd_serves_nothing_until_reload() {
         let config = world.config("");
         std::fs::remove_file(world.home.config_path()).expect("remove config");
         world.start_tokd().await;
-        let list = world.tokctl(&["list"]).await;
-        assert_eq!(list.status, 0, "{list:?}");
-        assert!(
-            list.stdout.contains("no installations are configured"),
-            "{list:?}"
+        let said = format!(
+            "tokctl: no installations are configured; add one to {} (see `man tokd.conf`), then run `tokctl reload`\n",
+            world.home.config_path().display()
         );
+        for args in [&["list"][..], &["status"]] {
+            let out = world.tokctl(args).await;
+            assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{args:?}: {out:?}");
+            assert_eq!(out.stderr, said, "the real path, on stderr");
+        }
+        let json = world.tokctl(&["list", "--json"]).await;
+        assert_eq!(json.stdout.trim(), "[]", "{json:?}");
         assert_eq!(world.tokctl(&["get", "a"]).await.status, 3);
         world.home.write_config(&config);
         assert_eq!(world.tokctl(&["reload"]).await.status, 0);

@@ -196,8 +196,14 @@ async fn a_provider_outage_is_ridden_out_and_ends_by_itself() {
         assert!(
             status["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("503") && m.contains("tries again in")),
+                .is_some_and(|m| m.contains("tries again in")),
             "{status}"
+        );
+        assert!(
+            status["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("503") && !e.contains("tries again")),
+            "the detail, without a wait that goes stale: {status}"
         );
 
         // While it lasts the held token is served; then get fails with

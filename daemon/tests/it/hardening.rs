@@ -471,8 +471,9 @@ async fn a_non_oauth_4xx_is_retried_slowly_not_parked() {
         let status = world.status("bot").await;
         assert_eq!(status["state"], "failing", "{status}");
         let message = status["message"].as_str().expect("message");
-        assert!(message.contains("not an OAuth answer"), "{message}");
         assert!(message.contains("tries again in"), "{message}");
+        let detail = status["last_error"].as_str().expect("last_error");
+        assert!(detail.contains("not an OAuth answer"), "{detail}");
         let next = status["next_refresh"].as_i64().expect("scheduled");
         assert!(next - now() >= 14 * 60, "retried too soon: {status}");
         // A human may retry now; the provider is fine.

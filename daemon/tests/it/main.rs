@@ -6,6 +6,7 @@ mod completion;
 mod e2e;
 mod exec;
 mod failures;
+mod first_hour;
 mod git;
 mod hardening;
 mod logins;

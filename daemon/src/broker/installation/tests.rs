@@ -174,9 +174,14 @@ fn a_transient_failure_backs_off_and_the_count_survives_the_next_request() {
             "the provider is failing (token endpoint answered 503); tokd tries again in 5s".into()
         )
     );
+    // The record keeps the failure; the wait is computed when shown.
     assert_eq!(
         installation.record.last_error.as_deref(),
-        Some(error.to_string().as_str())
+        Some("token endpoint answered 503")
+    );
+    assert_eq!(
+        installation.summary(&a, at(102)),
+        "the provider is failing; tokd tries again in 3s"
     );
     installation.begin_request();
     assert_eq!(installation.state, State::Refreshing { failures: 1 });

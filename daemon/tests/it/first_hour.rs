@@ -1,0 +1,147 @@
+//! What a new user meets in the first hour, through the real binaries:
+//! scopes shown before the first login, short notes with the detail in
+//! `status`, a login that could not reach the provider told as such, and
+//! one login timeout shared by tokctl and tokd.
+
+use crate::support::{SECRET, World, eventually, within};
+use std::time::Duration;
+use tokd_testkit::{Behaviour, free_port};
+
+/// A consumer whose token endpoint nothing listens on, installed as
+/// `dead` (client credentials) and `far` (a login finished by hand).
+fn unreachable_config(world: &World) -> String {
+    let secret = world.home.write_secret("dead.secret", SECRET);
+    world.config(&format!(
+        r#"
+[consumers.dead]
+token_url = "http://127.0.0.1:{}/token"
+auth_url = "{}"
+client_id = "{}"
+client_secret_file = "{}"
+redirect_uri = "https://app.example.com/callback"
+
+[installations.dead]
+consumer = "dead"
+grant = "client_credentials"
+
+[installations.far]
+consumer = "dead"
+scopes = ["read"]
+"#,
+        free_port(),
+        world.emulator.auth_url(),
+        crate::support::CLIENT_ID,
+        secret.display()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_are_shown_before_the_first_login() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        let status = world.status("a").await;
+        assert_eq!(status["state"], "empty");
+        assert_eq!(status["scopes"], serde_json::json!(["read"]), "{status}");
+        let text = world.tokctl(&["status", "a"]).await;
+        assert!(
+            text.stdout
+                .lines()
+                .any(|l| l.trim() == "scopes        read"),
+            "{}",
+            text.stdout
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_failure_is_short_in_list_and_whole_once_in_status() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        world.home.write_config(&unreachable_config(&world));
+        assert_eq!(world.tokctl(&["reload"]).await.status, 0);
+        let get = world.tokctl(&["get", "dead"]).await;
+        assert_eq!(get.status, 5, "{get:?}");
+        assert!(get.stderr.contains("tries again in"), "{get:?}");
+
+        let list = world.tokctl(&["list"]).await;
+        let row = list
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("dead "))
+            .expect("a row for dead");
+        assert!(
+            row.contains("the provider is failing; tokd tries again in"),
+            "{row}"
+        );
+        assert!(row.chars().count() < 120, "the NOTE stays short: {row}");
+
+        let status = world.tokctl(&["status", "dead"]).await.stdout;
+        let message = status
+            .lines()
+            .find(|l| l.trim_start().starts_with("message"))
+            .expect("a message row");
+        let last_error = status
+            .lines()
+            .find(|l| l.trim_start().starts_with("last error"))
+            .expect("a last error row");
+        assert!(message.contains("tries again in"), "{status}");
+        assert!(
+            !message.contains("127.0.0.1"),
+            "the detail is not repeated: {status}"
+        );
+        assert!(
+            last_error.contains("127.0.0.1") && !last_error.contains("tries again"),
+            "the detail, without a wait that goes stale: {status}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_that_could_not_be_sent_is_not_called_refused() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        world.home.write_config(&unreachable_config(&world));
+        assert_eq!(world.tokctl(&["reload"]).await.status, 0);
+        let out = world.tokctl(&["login", "far", "--code", "a-code"]).await;
+        assert_eq!(out.status, 5, "a transient failure: {out:?}");
+        assert!(
+            out.stderr
+                .contains("the login of `far` could not be finished")
+                && !out.stderr.contains("provider refused"),
+            "{out:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokctl_and_tokd_give_up_on_a_login_together() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        let too_long = world.tokctl(&["login", "a", "--timeout", "30d"]).await;
+        assert_eq!(too_long.status, 2, "{too_long:?}");
+        assert!(too_long.stderr.contains("at most 10m"), "{too_long:?}");
+
+        let out = world
+            .tokctl(&["login", "a", "--no-browser", "--timeout", "2s"])
+            .await;
+        assert_eq!(out.status, 1, "{out:?}");
+        assert!(
+            out.stderr.contains("no answer from the browser within 2s"),
+            "{out:?}"
+        );
+        // tokd stops listening too, rather than for ten more minutes.
+        let callback = format!("127.0.0.1:{}", world.port);
+        assert!(
+            eventually(Duration::from_secs(10), async || {
+                tokio::net::TcpStream::connect(&callback).await.is_err()
+            })
+            .await,
+            "the login listener still listens\n{}",
+            world.log()
+        );
+    })
+    .await;
+}
