@@ -12,6 +12,7 @@ pub mod exit {
     pub const PROVIDER_FAILING: u8 = 5;
     pub const MISCONFIGURED: u8 = 6;
     pub const DAEMON_UNREACHABLE: u8 = 7;
+    pub const LOCKED: u8 = 8;
 }
 
 /// A failure: its exit status and its one line.
@@ -42,6 +43,7 @@ impl From<Error> for Failure {
             Error::InvalidArgument(_) => exit::USAGE,
             Error::Stopping(_) => exit::DAEMON_UNREACHABLE,
             Error::AccessDenied(_) => exit::OTHER,
+            Error::Locked(_) => exit::LOCKED,
             Error::ZBus(_) => return transport_failure(error),
         };
         use zbus::DBusError as _;
@@ -137,6 +139,7 @@ mod tests {
             ("org.tokd.tokd1.Error.InvalidArgument", exit::USAGE),
             ("org.tokd.tokd1.Error.AccessDenied", exit::OTHER),
             ("org.tokd.tokd1.Error.Stopping", exit::DAEMON_UNREACHABLE),
+            ("org.tokd.tokd1.Error.Locked", exit::LOCKED),
             (
                 "org.freedesktop.DBus.Error.ServiceUnknown",
                 exit::DAEMON_UNREACHABLE,

@@ -15,7 +15,9 @@ mod output;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use failure::{Failure, exit};
-use output::{JsonInstallation, details, expiry_phrase, format_token, one_line, table, to_json};
+use output::{
+    JsonInstallation, JsonStatus, details, expiry_phrase, format_token, one_line, table, to_json,
+};
 use std::future::Future;
 use std::io::Write;
 use std::process::ExitCode;
@@ -32,6 +34,7 @@ Exit status:
   5  the provider is failing and no valid token is held; tokd retries by itself
   6  the consumer or config is wrong: fix it, then `tokctl reload`
   7  tokd cannot be reached (not running, no session bus, stopping)
+  8  the keyring holding the tokens is locked or gone: unlock or start it
 
 On failure stdout is empty and stderr has one line saying what to do.
 
@@ -97,8 +100,9 @@ enum Command {
         /// The installation (all of them without it).
         #[arg(add = names())]
         name: Option<String>,
-        /// One JSON object with the fields of `list --json` (an array
-        /// without NAME).
+        /// One JSON object with the fields of `list --json` and tokens_in
+        /// (keyring, file, or null when it holds none); an array without
+        /// NAME.
         #[arg(long)]
         json: bool,
     },
@@ -344,12 +348,25 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             if list.is_empty() {
                 say_none_configured(&proxy, &deadline).await;
             }
+            // Where each one's tokens are kept; an older tokd without the
+            // method says nothing about it.
+            let stores = deadline
+                .bound(proxy.token_stores())
+                .await?
+                .unwrap_or_default();
+            let kept = |info: &tokd_shared::InstallationInfo| {
+                stores
+                    .get(&info.name)
+                    .map(String::as_str)
+                    .filter(|kept| !kept.is_empty())
+            };
+            let status = |info| JsonStatus::new(info, kept(info));
             Ok(match (json, list.as_slice()) {
-                (true, [one]) => to_json(&JsonInstallation::from(one)),
-                (true, _) => to_json(&list.iter().map(JsonInstallation::from).collect::<Vec<_>>()),
+                (true, [one]) => to_json(&status(one)),
+                (true, _) => to_json(&list.iter().map(status).collect::<Vec<_>>()),
                 (false, _) => list
                     .iter()
-                    .map(|info| details(info, now()))
+                    .map(|info| details(info, kept(info), now()))
                     .collect::<Vec<_>>()
                     .join("\n"),
             })

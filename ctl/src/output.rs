@@ -88,6 +88,23 @@ impl<'a> From<&'a InstallationInfo> for JsonInstallation<'a> {
     }
 }
 
+/// The `status --json` form: an installation and where its tokens are.
+#[derive(Debug, Serialize)]
+pub struct JsonStatus<'a> {
+    #[serde(flatten)]
+    installation: JsonInstallation<'a>,
+    tokens_in: Option<&'a str>,
+}
+
+impl<'a> JsonStatus<'a> {
+    pub fn new(info: &'a InstallationInfo, tokens_in: Option<&'a str>) -> Self {
+        Self {
+            installation: JsonInstallation::from(info),
+            tokens_in,
+        }
+    }
+}
+
 /// `in 1h 59m`, `3m ago`, `-`.
 pub fn relative(time: i64, now: i64) -> String {
     if time == 0 {
@@ -179,7 +196,7 @@ fn shorten(text: &str, width: usize) -> String {
     format!("{}…", cut.trim_end_matches([' ', ',', ';', ':', '(']))
 }
 
-pub fn details(info: &InstallationInfo, now: i64) -> String {
+pub fn details(info: &InstallationInfo, tokens_in: Option<&str>, now: i64) -> String {
     let mut out = format!("{}\n", info.name);
     let mut field = |key: &str, value: String| {
         if !value.is_empty() {
@@ -191,6 +208,15 @@ pub fn details(info: &InstallationInfo, now: i64) -> String {
     field("consumer", info.consumer.clone());
     field("grant", info.grant.clone());
     field("scopes", info.scopes.clone());
+    field(
+        "tokens in",
+        match tokens_in {
+            Some("keyring") => "the keyring (Secret Service)".to_owned(),
+            Some("file") => "the state file".to_owned(),
+            Some(other) => other.to_owned(),
+            None => String::new(),
+        },
+    );
     field("expires", relative(info.expires_at, now));
     field("last refresh", relative(info.last_refresh, now));
     field("next refresh", relative(info.next_refresh, now));

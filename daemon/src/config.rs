@@ -17,6 +17,7 @@ pub use values::{CronSchedule, InvalidValue, is_loopback, parse_duration};
 use consumer::{RawConsumer, build_consumer};
 
 use crate::secret::SecretSource;
+use crate::store::SecretStore;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,6 +44,9 @@ pub struct DaemonConfig {
     pub refresh_margin: Option<Duration>,
     /// Whether a desktop notification says when a human must log in.
     pub notify: bool,
+    /// Where tokens are kept; `None`: in the keyring when one answered at
+    /// first start, else in the state files (see `broker/vault.rs`).
+    pub store: Option<SecretStore>,
 }
 
 impl Default for DaemonConfig {
@@ -50,6 +54,7 @@ impl Default for DaemonConfig {
         Self {
             refresh_margin: None,
             notify: true,
+            store: None,
         }
     }
 }
@@ -99,6 +104,7 @@ struct RawConfig {
 struct RawDaemon {
     refresh_margin: Option<ConfigDuration>,
     notify: Option<bool>,
+    store: Option<SecretStore>,
 }
 
 #[derive(Deserialize)]
@@ -293,6 +299,7 @@ impl Config {
             daemon: DaemonConfig {
                 refresh_margin: raw.daemon.refresh_margin.map(|d| d.0),
                 notify: raw.daemon.notify.unwrap_or(true),
+                store: raw.daemon.store,
             },
             consumers,
             installations,

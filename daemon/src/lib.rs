@@ -7,6 +7,7 @@ mod accept;
 pub mod broker;
 pub mod bus;
 pub mod config;
+pub mod keyring;
 pub mod login;
 pub mod oauth;
 pub mod os;

@@ -2,9 +2,11 @@
 //! stops, so that `main.rs` only parses arguments, sets up logging and
 //! signals, and tests can drive a whole daemon in-process.
 //!
-//! Start: load every installation, serve the object on the bus and take
-//! the name (object first), bind the private socket (only the name's owner
-//! may replace a stale one), then start refreshing on schedule.
+//! Start: connect to the bus, choose where tokens are kept, load every
+//! installation (tokens in the keyring included), serve the object on the
+//! bus and take the name (object first), bind the private socket (only
+//! the name's owner may replace a stale one), move tokens to where they
+//! belong, then start refreshing on schedule.
 //!
 //! Stop (on [`Control::Stop`], or when the bus goes away): the broker
 //! starts no new request and waits, at most [`STOP_BOUND`], for requests
@@ -13,13 +15,15 @@
 //! cannot refresh with a token being rotated. Then the private socket is
 //! removed and the name released.
 
-use crate::broker::{Broker, Options, STOP_BOUND};
+use crate::broker::{self, Broker, Options, STOP_BOUND};
 use crate::bus::{self, ServeError};
 use crate::config::Config;
+use crate::keyring::Keyring;
 use crate::oauth::OAuthClient;
 use crate::store::Store;
 use crate::tasks::Tasks;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{info, warn};
@@ -65,6 +69,18 @@ pub enum RunError {
 /// away.
 pub async fn run(setup: Setup, mut control: UnboundedReceiver<Control>) -> Result<(), RunError> {
     let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+    // The connection first, without the name: the keyring is read over
+    // it before anything is served.
+    let connection = setup
+        .bus
+        .build()
+        .await
+        .map_err(|error| RunError::Serve(ServeError::Bus(error)))?;
+    let keyring = Arc::new(Keyring::new(connection.clone()));
+    let target = match setup.config.daemon.store {
+        Some(target) => target,
+        None => broker::default_target(&setup.store, Some(&keyring)).await,
+    };
     let broker = Broker::start(
         setup.config,
         setup.config_path,
@@ -73,8 +89,10 @@ pub async fn run(setup: Setup, mut control: UnboundedReceiver<Control>) -> Resul
         events,
         setup.options,
     );
+    broker.use_keyring(Some(keyring), target);
+    broker.read_keyring_all().await;
     let serving = Tasks::new();
-    let connection = bus::serve(setup.bus, broker.clone(), receiver, &serving).await?;
+    bus::serve(&connection, broker.clone(), receiver, &serving).await?;
     // After the name: holding it proves no other tokd of this session
     // serves, so a socket already there is a stale one. Without the socket
     // tokctl still works, over the bus.
@@ -88,6 +106,9 @@ pub async fn run(setup: Setup, mut control: UnboundedReceiver<Control>) -> Resul
             })
             .ok()
     });
+    // Also after the name: only the one tokd of this session moves tokens
+    // between the state files and the keyring.
+    broker.move_all().await;
     broker.start_schedules();
     let outcome = loop {
         tokio::select! {

@@ -31,6 +31,31 @@ pub const FORMAT_VERSION: u32 = 1;
 /// when the store is opened.
 const STALE_TEMPORARY: Duration = Duration::from_secs(60);
 
+/// Where an installation's tokens are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretStore {
+    /// In the state file, beside the rest of the record (0600).
+    #[default]
+    File,
+    /// In the user's keyring (Secret Service); the state file holds the
+    /// rest.
+    Keyring,
+}
+
+impl SecretStore {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Keyring => "keyring",
+        }
+    }
+
+    fn is_file(&self) -> bool {
+        *self == Self::File
+    }
+}
+
 /// What is kept for one installation across restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -59,6 +84,23 @@ pub struct Record {
     /// matches the config is not used (older records have none).
     #[serde(default)]
     pub issued_for: Option<String>,
+    /// Where the tokens are: here, or (`"keyring"`) in the keyring, in
+    /// which case this file holds none.
+    #[serde(default, skip_serializing_if = "SecretStore::is_file")]
+    pub secrets: SecretStore,
+}
+
+impl Record {
+    /// This record as its state file holds it when the tokens are in the
+    /// keyring: everything but the tokens.
+    pub fn without_tokens(&self) -> Self {
+        Self {
+            access_token: None,
+            refresh_token: None,
+            secrets: SecretStore::Keyring,
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for Record {
@@ -73,6 +115,7 @@ impl Default for Record {
             last_refresh: None,
             last_error: None,
             issued_for: None,
+            secrets: SecretStore::File,
         }
     }
 }

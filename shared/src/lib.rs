@@ -45,21 +45,26 @@ pub enum InstallationState {
     NeedsLogin,
     /// The consumer is misconfigured (bad client credentials, bad grant).
     Misconfigured,
+    /// The keyring that holds (or must hold) the tokens is locked or
+    /// gone: nothing is asked of the provider until it is back; a held
+    /// valid token is still served.
+    Locked,
 }
 
 impl InstallationState {
     /// Every state, in a stable order.
-    pub const ALL: [InstallationState; 6] = [
+    pub const ALL: [InstallationState; 7] = [
         Self::Empty,
         Self::Valid,
         Self::Refreshing,
         Self::Failing,
         Self::NeedsLogin,
         Self::Misconfigured,
+        Self::Locked,
     ];
 
     /// The wire and display form: `empty`, `valid`, `refreshing`, `failing`,
-    /// `needs-login`, `misconfigured`.
+    /// `needs-login`, `misconfigured`, `locked`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Empty => "empty",
@@ -68,6 +73,7 @@ impl InstallationState {
             Self::Failing => "failing",
             Self::NeedsLogin => "needs-login",
             Self::Misconfigured => "misconfigured",
+            Self::Locked => "locked",
         }
     }
 
@@ -107,6 +113,9 @@ pub enum Error {
     /// tokd is shutting down and starts no new work; ask again in a moment
     /// (D-Bus activation or systemd starts the next one).
     Stopping(String),
+    /// The keyring holding the tokens is locked or gone, and no valid
+    /// token is held: unlock it (tokd asked the desktop to) or start it.
+    Locked(String),
 }
 
 /// The result of a call through [`ManagerProxy`]: the daemon's named
@@ -194,6 +203,10 @@ pub trait Manager {
     /// and forgets the tokens; returns a sentence saying what was done.
     fn revoke(&self, name: &str) -> Result<String>;
 
+    /// Where each installation's tokens are kept, by name: `keyring`,
+    /// `file`, or empty when it holds none.
+    fn token_stores(&self) -> Result<std::collections::HashMap<String, String>>;
+
     /// The config file tokd reads and `reload` re-reads (empty: none).
     fn config_path(&self) -> Result<String>;
 
@@ -277,6 +290,7 @@ mod tests {
             Error::InvalidArgument("what to do".into()),
             Error::AccessDenied("what to do".into()),
             Error::Stopping("what to do".into()),
+            Error::Locked("what to do".into()),
         ] {
             let name = error.name().to_string();
             let back = Error::from(reply(&name));

@@ -17,6 +17,7 @@
 pub mod desktop;
 pub mod generated;
 mod git;
+pub mod keyring;
 mod server;
 
 pub mod bus;
@@ -24,6 +25,7 @@ pub mod bus;
 pub use bus::{Home, PrivateBus, Tokd, free_port};
 pub use desktop::{Desktop, DesktopOptions, Notification};
 pub use git::GitRequest;
+pub use keyring::{GnomeKeyring, StoredItem};
 pub use server::Emulator;
 
 use std::time::Duration;

@@ -27,6 +27,9 @@ pub enum Error {
     /// tokd is stopping and starts no new work.
     #[error("{0}")]
     Stopping(String),
+    /// The keyring is locked or gone and no valid token is held.
+    #[error("{0}")]
+    Locked(String),
 }
 
 impl Error {

@@ -11,8 +11,8 @@ use super::Error;
 use crate::config::{self, Consumer, Grant};
 use crate::oauth::{ErrorKind, OAuthError, TokenResponse};
 use crate::schedule;
-use crate::secret::AccessToken;
-use crate::store::{Loaded, Record, StoreError};
+use crate::secret::{AccessToken, RefreshToken};
+use crate::store::{Loaded, Record, SecretStore, StoreError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -148,6 +148,21 @@ impl State {
     }
 }
 
+/// How often an installation whose keyring is locked or gone checks
+/// whether it is back (one property read on the bus).
+pub const KEYRING_RECHECK: Duration = Duration::from_secs(30);
+
+/// Why the keyring that keeps an installation's tokens cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyringDown {
+    Locked,
+    Gone,
+    /// The Secret Service answers, but not as it should; `detail` says how.
+    Failing {
+        detail: String,
+    },
+}
+
 /// An access token handed to a caller.
 #[derive(Debug, Clone)]
 pub struct Token {
@@ -190,6 +205,12 @@ pub struct Installation {
     /// When a caller's refresh last gave a token shorter than it asked for
     /// (see [`FELL_SHORT_PAUSE`]).
     pub fell_short_at: Option<Instant>,
+    /// Set while the keyring that keeps (or must keep) the tokens cannot
+    /// be used: nothing is asked of the provider, whose answer could not
+    /// be kept; a held token is still served. Shown as `locked`.
+    pub keyring_down: Option<KeyringDown>,
+    /// The record's tokens are in the keyring and not read yet.
+    pub tokens_unread: bool,
 }
 
 impl Installation {
@@ -207,6 +228,13 @@ impl Installation {
                 return Self::identity_changed(spec);
             }
             Ok(Loaded::Found(record)) if record.access_token.is_some() => (record, State::Valid),
+            // The tokens are in the keyring: read at start, or when it is
+            // unlocked (`tokens_read`).
+            Ok(Loaded::Found(record)) if record.secrets == SecretStore::Keyring => {
+                let mut installation = Self::with(record, State::Empty(Empty::Never));
+                installation.tokens_unread = true;
+                return installation;
+            }
             Ok(Loaded::Found(_) | Loaded::Missing) => {
                 (Record::default(), State::Empty(Empty::Never))
             }
@@ -231,6 +259,28 @@ impl Installation {
             unsaved: None,
             deadline: None,
             fell_short_at: None,
+            keyring_down: None,
+            tokens_unread: false,
+        }
+    }
+
+    /// The state as `list` shows it: `locked` while the keyring is down.
+    pub fn kind(&self) -> InstallationState {
+        match self.keyring_down {
+            Some(_) => InstallationState::Locked,
+            None => self.state.kind(),
+        }
+    }
+
+    /// The tokens the keyring holds for this installation were read
+    /// (`None`: it holds none, e.g. the item was deleted by hand).
+    pub fn tokens_read(&mut self, access: Option<AccessToken>, refresh: Option<RefreshToken>) {
+        self.tokens_unread = false;
+        self.keyring_down = None;
+        self.record.access_token = access;
+        self.record.refresh_token = refresh;
+        if self.record.access_token.is_some() && matches!(self.state, State::Empty(_)) {
+            self.state = State::Valid;
         }
     }
 
@@ -242,78 +292,6 @@ impl Installation {
             Grant::ClientCredentials => State::Empty(Empty::Never),
         };
         Self::with(Record::default(), state)
-    }
-
-    /// The state's sentence in short, as of `now`, for `list` and
-    /// `status`: a failure's detail is the record's `last_error`, shown
-    /// beside it, not in it.
-    pub fn summary(&self, spec: &Spec, now: SystemTime) -> String {
-        let name = spec.name();
-        match &self.state {
-            State::Failing {
-                retry_at,
-                grant_at_risk,
-                ..
-            } => format!(
-                "the provider is failing{}; tokd tries again in {}",
-                if *grant_at_risk {
-                    " and the authorization may be lost"
-                } else {
-                    ""
-                },
-                wait(retry_at.duration_since(now).unwrap_or_default())
-            ),
-            State::NeedsLogin(LoginNeeded::Lost { .. }) => {
-                format!("the authorization of `{name}` is lost; run `tokctl login {name}`")
-            }
-            State::Misconfigured(Misconfiguration::Refused { .. }) => format!(
-                "consumer `{}` is misconfigured; fix the config and run `tokctl reload`",
-                spec.consumer.name
-            ),
-            _ => self.message(spec, now),
-        }
-    }
-
-    /// The sentence for humans about the state, as of `now`, with the
-    /// detail of a failure: what callers and signals get.
-    pub fn message(&self, spec: &Spec, now: SystemTime) -> String {
-        let name = spec.name();
-        match &self.state {
-            State::Empty(Empty::Never) => not_logged_in(spec),
-            State::Empty(Empty::MovedAside { moved_to, reason }) => format!(
-                "the state file could not be used ({reason}) and was moved to {}; {}",
-                moved_to.display(),
-                not_logged_in(spec)
-            ),
-            State::Valid => self.unsaved.as_deref().map(unsaved).unwrap_or_default(),
-            State::Refreshing { .. } => String::new(),
-            State::Failing {
-                retry_at,
-                reason,
-                grant_at_risk,
-                ..
-            } => failing(
-                reason,
-                *grant_at_risk,
-                retry_at.duration_since(now).unwrap_or_default(),
-            ),
-            State::NeedsLogin(LoginNeeded::NoToken) => {
-                format!("`{name}` has no token yet; run `tokctl login {name}`")
-            }
-            State::NeedsLogin(LoginNeeded::Lost { detail }) => format!(
-                "the authorization of `{name}` is lost ({detail}); run `tokctl login {name}`"
-            ),
-            State::NeedsLogin(LoginNeeded::IdentityChanged) => {
-                format!("the consumer or scopes of `{name}` changed; run `tokctl login {name}`")
-            }
-            State::Misconfigured(Misconfiguration::Refused { detail }) => format!(
-                "consumer `{}` is misconfigured ({detail}); fix the config and run `tokctl reload`",
-                spec.consumer.name
-            ),
-            State::Misconfigured(Misconfiguration::StateFile { error }) => {
-                format!("cannot load the state file: {error}")
-            }
-        }
     }
 
     /// The held token if it is valid for at least `min_valid` from `now`
@@ -355,6 +333,9 @@ impl Installation {
 
     /// Why a new token cannot be requested at `now`, if it cannot.
     pub fn refusal(&self, spec: &Spec, now: SystemTime) -> Result<(), Error> {
+        if self.keyring_down.is_some() {
+            return Err(Error::Locked(self.message(spec, now)));
+        }
         match &self.state {
             State::NeedsLogin(_) => Err(Error::NeedsLogin(self.message(spec, now))),
             State::Misconfigured(_) => Err(Error::Misconfigured(self.message(spec, now))),
@@ -471,7 +452,7 @@ impl Installation {
 
     /// A write owed since an earlier failure happened (`Ok`) or failed
     /// again.
-    pub fn write_retried(&mut self, outcome: Result<(), &StoreError>) {
+    pub fn write_retried(&mut self, outcome: Result<(), &dyn std::fmt::Display>) {
         match outcome {
             Ok(()) => {
                 self.unsaved = None;
@@ -500,7 +481,9 @@ impl Installation {
     ///   clock does (the clock was set back); when that is already past (a
     ///   restart or a suspend), soon, spread over 5 s by `spread`;
     /// - with a cron `schedule`: its next time, when earlier;
-    /// - nothing while a human or a config change must act first.
+    /// - nothing while a human or a config change must act first;
+    /// - while the keyring is down, [`KEYRING_RECHECK`] from now, to see
+    ///   whether it is back.
     ///
     /// `margin` is the configured `refresh_margin`; `jitter` and `spread`
     /// are random fractions in [0, 1).
@@ -514,6 +497,9 @@ impl Installation {
         jitter: f64,
         spread: f64,
     ) -> Option<SystemTime> {
+        if self.keyring_down.is_some() {
+            return Some(now + KEYRING_RECHECK);
+        }
         if !self.schedulable(spec) {
             return None;
         }
@@ -581,41 +567,9 @@ pub fn no_token(spec: &Spec) -> Error {
     }
 }
 
-fn not_logged_in(spec: &Spec) -> String {
-    let name = spec.name();
-    match spec.grant() {
-        Grant::AuthorizationCode => format!("`{name}` is not logged in; run `tokctl login {name}`"),
-        Grant::ClientCredentials => String::new(),
-    }
-}
+mod sentences;
 
-/// What a failure with `grant_at_risk` adds to its reason.
-fn risk(grant_at_risk: bool) -> &'static str {
-    if grant_at_risk {
-        "; the provider may have used up the refresh token without tokd reading the new one, so the authorization may be lost (if the next try is refused, log in again)"
-    } else {
-        ""
-    }
-}
-
-/// A wait as a sentence says it: whole seconds, at least one.
-fn wait(left: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(Duration::from_secs(left.as_secs().max(1)))
-}
-
-fn failing(reason: &str, grant_at_risk: bool, left: Duration) -> String {
-    format!(
-        "the provider is failing ({reason}){}; tokd tries again in {}",
-        risk(grant_at_risk),
-        wait(left)
-    )
-}
-
-fn unsaved(why: &str) -> String {
-    format!(
-        "the new tokens could not be written ({why}); they are held in memory only and tokd keeps trying to write them: free space or fix the state folder"
-    )
-}
+use sentences::{risk, unsaved};
 
 #[cfg(test)]
 mod tests;

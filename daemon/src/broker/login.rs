@@ -217,6 +217,8 @@ impl Broker {
         let guard = self.flight(slot).await?;
         let (broker, slot) = (self.arc(), slot.clone());
         self.in_flight(guard, "login", async move {
+            // A code is used once: not before its tokens can be kept.
+            broker.keyring_gate(&slot, true).await?;
             let spec = slot.spec();
             broker
                 .exchange_locked(&slot, &spec, code, verifier, redirect_uri)

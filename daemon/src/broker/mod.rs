@@ -12,6 +12,8 @@
 //! - `login.rs`: starting and finishing logins;
 //! - `git.rs`: tokens for git, only to the consumer's git hosts;
 //! - `reload.rs`, `revoke.rs`: what their names say;
+//! - `vault.rs`: where tokens are kept (state files or the keyring), the
+//!   moves between them, and `locked` when the keyring is down;
 //! - here: the installations by name, `get_token`, views, start and stop.
 //!
 //! Concurrency, per installation ([`Slot`]):
@@ -31,11 +33,15 @@ mod login;
 mod refresh;
 mod reload;
 mod revoke;
+mod vault;
 
 pub use device::DeviceLogin;
 pub use error::Error;
 pub use git::GitCredential;
-pub use installation::{Empty, Installation, LoginNeeded, Misconfiguration, Spec, State, Token};
+pub use installation::{
+    Empty, Installation, KeyringDown, LoginNeeded, Misconfiguration, Spec, State, Token,
+};
+pub use vault::{SaveError, default_target};
 
 use crate::config::{self, Config, Grant};
 use crate::login::Logins;
@@ -181,6 +187,10 @@ pub struct Broker {
     clock: Clock,
     /// Every task the broker spawns; its stop token is the broker's stop.
     tasks: Tasks,
+    /// The Secret Service client, when tokd has a session bus.
+    keyring: std::sync::OnceLock<Arc<crate::keyring::Keyring>>,
+    /// Where new tokens go (see `vault.rs`).
+    target: RwLock<crate::store::SecretStore>,
     this: Weak<Broker>,
 }
 
@@ -212,6 +222,8 @@ impl Broker {
             device_logins: Mutex::default(),
             clock: options.clock,
             tasks: Tasks::new(),
+            keyring: std::sync::OnceLock::new(),
+            target: RwLock::new(crate::store::SecretStore::File),
             this: this.clone(),
         });
         // At start nothing else runs yet, so the records are read right
@@ -337,12 +349,12 @@ impl Broker {
         let spec = slot.spec();
         let now = self.clock.now();
         let before = (
-            inner.installation.state.kind(),
+            inner.installation.kind(),
             inner.installation.message(&spec, now),
         );
         let result = change(&mut inner.installation, &spec);
         let after = (
-            inner.installation.state.kind(),
+            inner.installation.kind(),
             inner.installation.message(&spec, now),
         );
         if after != before {
@@ -397,6 +409,27 @@ impl Broker {
             drop(inner);
             slot.spec()
         };
+        // Tokens kept in a keyring that was locked or away: read them
+        // first (asking the desktop to unlock it); they may do.
+        let waiting_for_keyring = {
+            let inner = lock(&slot.inner);
+            inner.installation.keyring_down.is_some() || inner.installation.tokens_unread
+        };
+        if waiting_for_keyring {
+            let read = async {
+                let _guard = self.flight(&slot).await?;
+                self.keyring_gate(&slot, true).await
+            };
+            if read.await.is_ok() {
+                let (now, monotonic) = (self.clock.now(), self.clock.monotonic());
+                if let Some(token) = lock(&slot.inner)
+                    .installation
+                    .token_valid_for(now, monotonic, min_valid)
+                {
+                    return Ok(token);
+                }
+            }
+        }
         let seen = {
             let inner = lock(&slot.inner);
             let installation = &inner.installation;
@@ -411,6 +444,8 @@ impl Broker {
             }
             match installation.refusal(&spec, now) {
                 Ok(()) => {}
+                // The attempt asks the desktop to unlock the keyring.
+                Err(Error::Locked(_)) => {}
                 // Backing off after a transient failure: the held token,
                 // if it is valid at all, beats no token.
                 Err(Error::ProviderUnavailable(message)) => {
@@ -423,7 +458,7 @@ impl Broker {
             }
             inner.attempts
         };
-        let outcome = self.attempt_shared(&slot, seen).await;
+        let outcome = self.attempt_shared(&slot, seen, true).await;
         let (now, monotonic) = (self.clock.now(), self.clock.monotonic());
         let mut inner = lock(&slot.inner);
         let installation = &mut inner.installation;
@@ -444,9 +479,14 @@ impl Broker {
             }
             // A transient failure (or a stop) with a token still valid:
             // serve it, saying why it is short.
-            (Some(token), Err(Error::ProviderUnavailable(message) | Error::Stopping(message))) => {
-                Ok(token.with_warning(now, min_valid, &message))
-            }
+            (
+                Some(token),
+                Err(
+                    Error::ProviderUnavailable(message)
+                    | Error::Stopping(message)
+                    | Error::Locked(message),
+                ),
+            ) => Ok(token.with_warning(now, min_valid, &message)),
             (_, Err(error)) => Err(error),
             // Fresh, and expired already: the provider's lifetime is
             // shorter than the way here. It is still the newest there is.
@@ -480,7 +520,7 @@ impl Broker {
             name: slot.name.to_string(),
             consumer: spec.consumer.name.clone(),
             grant: spec.grant(),
-            state: installation.state.kind(),
+            state: installation.kind(),
             message: installation.summary(&spec, now),
             // Granted, once a token says so; until then, asked for.
             scopes: if installation.record.scopes.is_empty() {

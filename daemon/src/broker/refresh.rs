@@ -19,8 +19,6 @@ use super::installation::{self, Spec};
 use super::{Broker, Error, Event, Slot};
 use crate::oauth::{ErrorKind, TokenResponse};
 use crate::schedule;
-use crate::secret::RefreshToken;
-use crate::store::{Loaded, Record, StoreError};
 use crate::sync::lock;
 use std::future::Future;
 use std::sync::Arc;
@@ -38,25 +36,42 @@ impl Broker {
         let spec = slot.spec();
         let seen = {
             let inner = lock(&slot.inner);
-            if inner.installation.needs_a_login_to_request(&spec) {
+            let installation = &inner.installation;
+            // Tokens in a locked keyring are not missing: the attempt asks
+            // for it to be unlocked.
+            let unread = installation.tokens_unread || installation.keyring_down.is_some();
+            if !unread && installation.needs_a_login_to_request(&spec) {
                 return Err(installation::no_token(&spec));
             }
             inner.attempts
         };
-        self.attempt_shared(&slot, seen).await?;
+        self.attempt_shared(&slot, seen, true).await?;
         Ok(lock(&slot.inner).installation.record.expires_at)
     }
 
     /// A refresh the queue (expiry, backoff or cron) asked for.
     pub(crate) async fn scheduled(&self, name: &str) {
         let Ok(slot) = self.slot(name) else { return };
+        if lock(&slot.inner).installation.keyring_down.is_some() {
+            // Only a check whether the keyring is back (with the read or
+            // move it may owe); a refresh, if one is due, comes after.
+            let back = match self.flight(&slot).await {
+                Ok(_guard) => self.keyring_gate(&slot, false).await.is_ok(),
+                Err(_) => false,
+            };
+            if back {
+                info!(installation = %name, "the keyring is usable again");
+            }
+            self.schedule(&slot);
+            return;
+        }
         let seen = {
             let inner = lock(&slot.inner);
             if inner
                 .installation
                 .skips_scheduled(&slot.spec(), self.clock.now())
             {
-                debug!(installation = %name, state = %inner.installation.state.kind(), "scheduled refresh skipped");
+                debug!(installation = %name, state = %inner.installation.kind(), "scheduled refresh skipped");
                 drop(inner);
                 self.schedule(&slot);
                 return;
@@ -64,7 +79,7 @@ impl Broker {
             inner.attempts
         };
         debug!(installation = %name, "scheduled refresh");
-        let _ = self.attempt_shared(&slot, seen).await;
+        let _ = self.attempt_shared(&slot, seen, false).await;
     }
 
     /// Puts the slot in the queue at its next due time (or takes it out).
@@ -82,7 +97,14 @@ impl Broker {
 
     /// Makes one request to the provider unless one finished since the
     /// caller saw `seen` attempts, in which case its result is shared.
-    pub(crate) async fn attempt_shared(&self, slot: &Arc<Slot>, seen: u64) -> Result<(), Error> {
+    /// `asked`: a caller needs the token, so a locked keyring is worth a
+    /// prompt on the desktop.
+    pub(crate) async fn attempt_shared(
+        &self,
+        slot: &Arc<Slot>,
+        seen: u64,
+        asked: bool,
+    ) -> Result<(), Error> {
         let guard = self.flight(slot).await?;
         {
             let inner = lock(&slot.inner);
@@ -91,8 +113,13 @@ impl Broker {
             }
         }
         let (broker, slot) = (self.arc(), slot.clone());
-        self.in_flight(guard, "refresh", async move { broker.attempt(&slot).await })
-            .await
+        self.in_flight(guard, "refresh", async move {
+            // Nothing is asked of the provider when its answer could not
+            // be kept where tokens go.
+            broker.keyring_gate(&slot, asked).await?;
+            broker.attempt(&slot).await
+        })
+        .await
     }
 
     /// Takes the installation's `flight` lock, unless tokd is stopping.
@@ -178,7 +205,7 @@ impl Broker {
         // put a newer refresh token in the state file.
         if let (Err(error), Some(used)) = (&result, &refresh_token)
             && error.kind == ErrorKind::NeedsLogin
-            && let Some(newer) = self.newer_on_disk(&slot.name, used).await
+            && let Some(newer) = self.newer_stored(slot, used).await
             && let Some(newer_token) = newer.refresh_token.clone()
         {
             info!(installation = %slot.name, "the refresh token was refused, but the state file holds another one; trying that");
@@ -204,7 +231,7 @@ impl Broker {
                     });
                     inner.attempts += 1;
                     inner.last_outcome = Err(error.clone());
-                    warn!(installation = %slot.name, error = %failure.message, state = %inner.installation.state.kind(), "request to the provider failed");
+                    warn!(installation = %slot.name, error = %failure.message, state = %inner.installation.kind(), "request to the provider failed");
                     error
                 };
                 self.schedule(slot);
@@ -213,29 +240,17 @@ impl Broker {
         }
     }
 
-    /// The record in the state file when its refresh token is not `used`.
-    async fn newer_on_disk(&self, name: &str, used: &RefreshToken) -> Option<Record> {
-        let store = self.store.clone();
-        let file = name.to_owned();
-        let loaded = tokio::task::spawn_blocking(move || store.load(&file)).await;
-        match loaded {
-            Ok(Ok(Loaded::Found(record)))
-                if record.refresh_token.as_ref().is_some_and(|t| t != used) =>
-            {
-                Some(record)
-            }
-            _ => None,
-        }
-    }
-
     /// Stores a token response durably, then makes it visible. The caller
     /// holds `flight`.
     pub(crate) async fn accept(&self, slot: &Slot, spec: &Spec, response: TokenResponse) {
         let (now, monotonic) = (self.clock.now(), self.clock.monotonic());
-        let record =
+        let mut record =
             installation::renewed(&lock(&slot.inner).installation.record, response, spec, now);
-        let unsaved = match self.save(&slot.name, &record).await {
-            Ok(()) => None,
+        let unsaved = match self.save(&slot.name, &spec.consumer.name, &record).await {
+            Ok(()) => {
+                record.secrets = self.target();
+                None
+            }
             Err(error) => {
                 // The new tokens exist only in memory now: keep serving
                 // them (the old refresh token may already be dead), say so
@@ -296,7 +311,9 @@ impl Broker {
             }
             inner.installation.record.clone()
         };
-        let outcome = self.save(&slot.name, &record).await;
+        let outcome = self
+            .save(&slot.name, &slot.spec().consumer.name, &record)
+            .await;
         match &outcome {
             Ok(()) => {
                 info!(installation = %slot.name, "the tokens held in memory are written now");
@@ -306,20 +323,14 @@ impl Broker {
             }
         }
         let written = outcome.is_ok();
+        let target = self.target();
         let mut inner = lock(&slot.inner);
         self.change(slot, &mut inner, |installation, _| {
-            installation.write_retried(outcome.as_ref().map(|_| ()));
+            installation.write_retried(outcome.as_ref().map(|_| ()).map_err(|e| e as _));
+            if written {
+                installation.record.secrets = target;
+            }
         });
         written
-    }
-
-    /// Writes `record` on the blocking pool.
-    async fn save(&self, name: &str, record: &Record) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        let name = name.to_owned();
-        let record = record.clone();
-        tokio::task::spawn_blocking(move || store.save(&name, &record))
-            .await
-            .unwrap_or_else(|error| Err(StoreError::Interrupted(error.to_string())))
     }
 }

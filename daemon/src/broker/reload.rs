@@ -37,6 +37,12 @@ impl Broker {
             ))
         })?;
         self.apply(config).await;
+        let configured = read(&self.config).daemon.store;
+        let target = match configured {
+            Some(target) => target,
+            None => super::default_target(&self.store, self.keyring.get().map(|k| &**k)).await,
+        };
+        self.retarget(target).await;
         let summary = read(&self.config).summary();
         info!(%summary, "config reloaded");
         Ok(summary)
@@ -60,7 +66,7 @@ impl Broker {
                     let now = self.clock.now();
                     changed.push(Event::StateChanged {
                         name: spec.name().to_owned(),
-                        state: installation.state.kind(),
+                        state: installation.kind(),
                         message: installation.message(&spec, now),
                     });
                     Arc::new(Slot::new(spec, installation))
@@ -81,12 +87,14 @@ impl Broker {
                 .await
                 .unwrap_or_default()
                 .into_iter();
+        let mut new_slots = Vec::new();
         for spec in added {
             let result = loaded
                 .next()
                 .unwrap_or_else(|| Err(StoreError::Interrupted("the state loader failed".into())));
-            let slot = super::slot_from(spec, result);
-            slots.insert(slot.name.clone(), Arc::new(slot));
+            let slot = Arc::new(super::slot_from(spec, result));
+            slots.insert(slot.name.clone(), slot.clone());
+            new_slots.push(slot);
         }
         for name in old.keys().filter(|name| !slots.contains_key(*name)) {
             self.queue.set(name, None);
@@ -94,6 +102,7 @@ impl Broker {
         }
         *write(&self.config) = Arc::new(config);
         *write(&self.slots) = slots;
+        self.read_keyring(new_slots).await;
         self.forget_endpoints();
         for event in changed {
             self.emit(event);

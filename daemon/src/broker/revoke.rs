@@ -3,7 +3,6 @@
 
 use super::{Broker, Error, Slot};
 use crate::oauth::{OAuthError, RevocableToken};
-use crate::store::StoreError;
 use crate::sync::lock;
 use tracing::info;
 
@@ -23,6 +22,8 @@ impl Broker {
     async fn revoke_locked(&self, slot: &Slot) -> Result<String, Error> {
         let name = &slot.name;
         let spec = slot.spec();
+        // Tokens in a locked keyring are read first (the desktop is asked).
+        self.keyring_gate(slot, true).await?;
         let record = lock(&slot.inner).installation.record.clone();
         if record.access_token.is_none() && record.refresh_token.is_none() {
             return Ok(format!("`{name}` holds no token; nothing to revoke"));
@@ -59,13 +60,16 @@ impl Broker {
                 .map_err(refused)?;
             }
         }
-        let store = self.store.clone();
-        let file = name.to_string();
-        tokio::task::spawn_blocking(move || store.remove(&file))
+        let in_keyring = record.secrets == crate::store::SecretStore::Keyring;
+        self.remove_stored(name, in_keyring)
             .await
-            .unwrap_or_else(|error| Err(StoreError::Interrupted(error.to_string())))
-            .map_err(|error| {
-                Error::Misconfigured(format!("cannot remove the state file of `{name}`: {error}"))
+            .map_err(|error| match error {
+                super::SaveError::Keyring(error) => Error::Locked(format!(
+                    "cannot delete the keyring item of `{name}`: {error}; unlock or start the keyring and revoke again"
+                )),
+                super::SaveError::Store(error) => Error::Misconfigured(format!(
+                    "cannot remove the state file of `{name}`: {error}"
+                )),
             })?;
         {
             let mut inner = lock(&slot.inner);

@@ -7,9 +7,8 @@
 //! on the private socket (`private.rs`). `notify.rs` tells the desktop
 //! when a human must log in.
 //!
-//! On the bus, the object is registered before the name is requested
-//! (zbus's connection builder does both in that order), so a client
-//! activated by the name never finds it without the object.
+//! On the bus, the object is registered before the name is requested, so
+//! a client activated by the name never finds it without the object.
 
 mod notify;
 mod private;
@@ -114,6 +113,7 @@ fn wire_error(error: broker::Error) -> Error {
         broker::Error::ProviderUnavailable(m) => Error::ProviderUnavailable(m),
         broker::Error::InvalidArgument(m) => Error::InvalidArgument(m),
         broker::Error::Stopping(m) => Error::Stopping(m),
+        broker::Error::Locked(m) => Error::Locked(m),
     }
 }
 
@@ -325,6 +325,28 @@ impl Manager {
         self.broker.revoke(name).await.map_err(wire_error)
     }
 
+    /// TokenStores: where each installation's tokens are kept.
+    #[zbus(out_args("stores"))]
+    async fn token_stores(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<HashMap<String, String>, Error> {
+        self.check_caller(connection, &header).await?;
+        Ok(self
+            .broker
+            .list()
+            .into_iter()
+            .map(|view| {
+                let kept = self.broker.tokens_in(&view.name);
+                (
+                    view.name,
+                    kept.map(|k| k.as_str().to_owned()).unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
     /// ConfigPath: the config file tokd reads (empty: none).
     #[zbus(out_args("path"))]
     async fn config_path(
@@ -386,21 +408,21 @@ pub enum ServeError {
     Uid(#[source] std::io::Error),
 }
 
-/// Serves `broker` on the bus that `builder` connects to and forwards its
-/// events as signals (a task of `tasks`). Fails when the name is taken.
+/// Serves `broker` on `connection` (the object, then the name) and
+/// forwards its events as signals (a task of `tasks`). Fails when the
+/// name is taken.
 pub async fn serve(
-    builder: zbus::connection::Builder<'static>,
+    connection: &Connection,
     broker: Arc<Broker>,
     events: UnboundedReceiver<Event>,
     tasks: &Tasks,
-) -> Result<Connection, ServeError> {
+) -> Result<(), ServeError> {
     let own_uid = crate::os::current_uid().map_err(ServeError::Uid)?;
     // The object first, then the name, without queueing: a second tokd
     // must fail now, not wait in the queue (and never refresh anything).
-    let broker_for_notes = broker.clone();
-    let connection = builder
-        .serve_at(OBJECT_PATH, Manager::new(broker, own_uid))
-        .build()
+    connection
+        .object_server()
+        .at(OBJECT_PATH, Manager::new(broker.clone(), own_uid))
         .await
         .map_err(ServeError::Bus)?;
     let reply = connection
@@ -417,12 +439,12 @@ pub async fn serve(
         }
     }
     info!(name = BUS_NAME, "serving on the session bus");
-    let emitter = SignalEmitter::new(&connection, OBJECT_PATH)
+    let emitter = SignalEmitter::new(connection, OBJECT_PATH)
         .map_err(ServeError::Bus)?
         .to_owned();
-    let notifier = notify::Notifier::new(connection.clone(), broker_for_notes, tasks.clone());
+    let notifier = notify::Notifier::new(connection.clone(), broker, tasks.clone());
     tasks.spawn_until_stopped(forward(emitter, events, notifier));
-    Ok(connection)
+    Ok(())
 }
 
 async fn forward(

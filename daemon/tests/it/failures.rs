@@ -7,7 +7,7 @@ use crate::support::{
     without_override,
 };
 use std::time::Duration;
-use tokd_testkit::{Behaviour, Fault};
+use tokd_testkit::{Behaviour, Fault, GnomeKeyring};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_refresh_in_flight_finish_and_write_the_rotated_token() {
@@ -409,102 +409,142 @@ async fn loose_permissions_on_the_state_folder_and_files_are_tightened() {
 /// again and counts it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_under_strict_rotation_loses_no_installation() {
-    const KILLS: usize = 30;
     within_for(Duration::from_secs(600), async {
-        let mut world = World::start(Behaviour::wso2()).await;
-        world.login("a").await;
-        world.login("b").await;
-        let seed = tokd::schedule::random_fraction();
-        let mut random = Random::new(seed);
-        let (mut in_request, mut windows_hit) = (0, 0);
-        for kill in 0..KILLS {
-            // Each request waits 0–400 ms at the provider before it is
-            // decided; the driver refreshes both installations back to back.
-            let delay = random.below(400);
-            world
-                .emulator
-                .fail_always(Fault::slow(Duration::from_millis(delay)));
-            let driver = {
-                let commands: Vec<_> = ["a", "b"]
-                    .iter()
-                    .map(|name| world.command(&["refresh", name]))
-                    .collect();
-                tokio::spawn(async move {
-                    let mut commands = commands;
-                    loop {
-                        for command in &mut commands {
-                            let _ = command.output().await;
-                        }
-                    }
-                })
-            };
-            tokio::time::sleep(Duration::from_millis(200 + random.below(1800))).await;
-            world.tokd().kill();
-            // Complete up to the kill: tokd writes each line at once.
-            let log_before_kill = world.log();
-            driver.abort();
-            world.emulator.clear_faults();
-            // A request tokd sent before it died is still decided by the
-            // provider (and may rotate): judge the provider's state after.
-            world.emulator.settled().await;
-
-            for name in ["a", "b"] {
-                let stored = world.stored_refresh_token(name);
-                if world.emulator.refresh_token_is_valid(&stored) {
-                    continue;
-                }
-                // Lost: allowed only when the kill landed inside a request
-                // of this installation, after the provider rotated the very
-                // token on disk (one rotation behind, not more).
-                let asking = requesting_at_kill(&log_before_kill, name);
-                assert!(
-                    asking,
-                    "kill {kill}: `{name}` lost its grant outside a request (seed {seed})\n{log_before_kill}"
-                );
-                let successor = world.emulator.successor_of(&stored);
-                assert!(
-                    successor.is_some_and(|s| world.emulator.refresh_token_is_valid(&s)),
-                    "kill {kill}: `{name}`'s file is more than one rotation behind (seed {seed})"
-                );
-                windows_hit += 1;
-                eprintln!("kill {kill}: `{name}` lost in the window (provider delay {delay} ms)");
-            }
-            if requesting_at_kill(&log_before_kill, "a")
-                || requesting_at_kill(&log_before_kill, "b")
-            {
-                in_request += 1;
-            }
-
-            world.start_tokd().await;
-            for name in ["a", "b"] {
-                let status = world.status(name).await;
-                let stored = world.stored_refresh_token(name);
-                if world.emulator.refresh_token_is_valid(&stored) {
-                    // Loaded and usable: a refresh works at once.
-                    let out = world.tokctl(&["refresh", name]).await;
-                    assert_eq!(
-                        out.status, 0,
-                        "kill {kill}: `{name}` ({status}) {out:?}\n{}",
-                        world.log()
-                    );
-                } else {
-                    // The one unavoidable window: said clearly, fixed by a
-                    // login.
-                    let out = world.tokctl(&["refresh", name]).await;
-                    assert_eq!(out.status, 4, "kill {kill}: {out:?}");
-                    assert!(out.stderr.contains(&format!("tokctl login {name}")));
-                    world.login(name).await;
-                }
-            }
-        }
-        eprintln!(
-            "{KILLS} kills (seed {seed}): {in_request} inside a request, {windows_hit} in the window between the provider's rotation and the write"
-        );
-        // Not vacuous: the kills did land inside requests (which also shows
-        // that the log lines this test reads still exist).
-        assert!(in_request > 0, "no kill landed inside a request");
+        let world = World::start(Behaviour::wso2()).await;
+        sigkill_at_random_moments(world, None, 30).await;
     })
     .await;
+}
+
+/// The same, with the tokens kept in the keyring: durable first there
+/// too (the item is replaced and confirmed before the new access token is
+/// served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_with_tokens_in_the_keyring_loses_no_installation() {
+    within_for(Duration::from_secs(600), async {
+        let world = World::prepare(Behaviour::wso2()).await;
+        let keyring = GnomeKeyring::start(&world.bus).await;
+        world
+            .home
+            .write_config(&world.config("\n[daemon]\nstore = \"keyring\"\n"));
+        sigkill_at_random_moments(world, Some(&keyring), 20).await;
+    })
+    .await;
+}
+
+/// The refresh token stored for `name`: in its state file, or in the
+/// keyring.
+async fn stored_refresh_token(world: &World, keyring: Option<&GnomeKeyring>, name: &str) -> String {
+    let Some(keyring) = keyring else {
+        return world.stored_refresh_token(name);
+    };
+    let item = keyring
+        .items()
+        .await
+        .into_iter()
+        .find(|item| item.attributes.get("installation").map(String::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("{name} has an item in the keyring"));
+    let secret: serde_json::Value = serde_json::from_str(&item.secret).expect("JSON");
+    secret["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned()
+}
+
+async fn sigkill_at_random_moments(mut world: World, keyring: Option<&GnomeKeyring>, kills: usize) {
+    if world.tokd.is_none() {
+        world.start_tokd().await;
+    }
+    world.login("a").await;
+    world.login("b").await;
+    let seed = tokd::schedule::random_fraction();
+    let mut random = Random::new(seed);
+    let (mut in_request, mut windows_hit) = (0, 0);
+    for kill in 0..kills {
+        // Each request waits 0–400 ms at the provider before it is
+        // decided; the driver refreshes both installations back to back.
+        let delay = random.below(400);
+        world
+            .emulator
+            .fail_always(Fault::slow(Duration::from_millis(delay)));
+        let driver = {
+            let commands: Vec<_> = ["a", "b"]
+                .iter()
+                .map(|name| world.command(&["refresh", name]))
+                .collect();
+            tokio::spawn(async move {
+                let mut commands = commands;
+                loop {
+                    for command in &mut commands {
+                        let _ = command.output().await;
+                    }
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200 + random.below(1800))).await;
+        world.tokd().kill();
+        // Complete up to the kill: tokd writes each line at once.
+        let log_before_kill = world.log();
+        driver.abort();
+        world.emulator.clear_faults();
+        // A request tokd sent before it died is still decided by the
+        // provider (and may rotate): judge the provider's state after.
+        world.emulator.settled().await;
+
+        for name in ["a", "b"] {
+            let stored = stored_refresh_token(&world, keyring, name).await;
+            if world.emulator.refresh_token_is_valid(&stored) {
+                continue;
+            }
+            // Lost: allowed only when the kill landed inside a request
+            // of this installation, after the provider rotated the very
+            // token on disk (one rotation behind, not more).
+            let asking = requesting_at_kill(&log_before_kill, name);
+            assert!(
+                asking,
+                "kill {kill}: `{name}` lost its grant outside a request (seed {seed})\n{log_before_kill}"
+            );
+            let successor = world.emulator.successor_of(&stored);
+            assert!(
+                successor.is_some_and(|s| world.emulator.refresh_token_is_valid(&s)),
+                "kill {kill}: `{name}`'s file is more than one rotation behind (seed {seed})"
+            );
+            windows_hit += 1;
+            eprintln!("kill {kill}: `{name}` lost in the window (provider delay {delay} ms)");
+        }
+        if requesting_at_kill(&log_before_kill, "a") || requesting_at_kill(&log_before_kill, "b") {
+            in_request += 1;
+        }
+
+        world.start_tokd().await;
+        for name in ["a", "b"] {
+            let status = world.status(name).await;
+            let stored = stored_refresh_token(&world, keyring, name).await;
+            if world.emulator.refresh_token_is_valid(&stored) {
+                // Loaded and usable: a refresh works at once.
+                let out = world.tokctl(&["refresh", name]).await;
+                assert_eq!(
+                    out.status,
+                    0,
+                    "kill {kill}: `{name}` ({status}) {out:?}\n{}",
+                    world.log()
+                );
+            } else {
+                // The one unavoidable window: said clearly, fixed by a
+                // login.
+                let out = world.tokctl(&["refresh", name]).await;
+                assert_eq!(out.status, 4, "kill {kill}: {out:?}");
+                assert!(out.stderr.contains(&format!("tokctl login {name}")));
+                world.login(name).await;
+            }
+        }
+    }
+    eprintln!(
+        "{kills} kills (seed {seed}): {in_request} inside a request, {windows_hit} in the window between the provider's rotation and the write"
+    );
+    // Not vacuous: the kills did land inside requests (which also shows
+    // that the log lines this test reads still exist).
+    assert!(in_request > 0, "no kill landed inside a request");
 }
 
 /// Whether tokd's log shows `name` asking the provider for a token with no

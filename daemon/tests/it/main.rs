@@ -9,6 +9,7 @@ mod failures;
 mod first_hour;
 mod git;
 mod hardening;
+mod keyring;
 mod logins;
 mod notify;
 mod oauth;

@@ -60,6 +60,8 @@ fn valid(obtained: SystemTime, lifetime: Duration) -> Installation {
         unsaved: None,
         deadline: None,
         fell_short_at: None,
+        keyring_down: None,
+        tokens_unread: false,
     }
 }
 
@@ -567,4 +569,49 @@ fn a_caller_that_got_less_than_it_asked_pauses_further_refreshes() {
     installation.fell_short(mono());
     assert!(installation.fell_short_recently(mono() + Duration::from_secs(29)));
     assert!(!installation.fell_short_recently(mono() + FELL_SHORT_PAUSE));
+}
+
+#[test]
+fn a_down_keyring_shows_as_locked_refuses_requests_and_is_checked_again() {
+    let a = spec("a", None);
+    let mut installation = valid(at(0), HOUR);
+    installation.keyring_down = Some(KeyringDown::Locked);
+    assert_eq!(installation.kind(), InstallationState::Locked);
+    assert!(
+        matches!(installation.refusal(&a, at(10)), Err(Error::Locked(m)) if m.contains("is locked; unlock it")),
+        "no request whose answer could not be kept"
+    );
+    assert_eq!(
+        installation.next_due(&a, None, at(10), mono(), 0.0, 0.0),
+        Some(at(10) + KEYRING_RECHECK)
+    );
+    // The held token is still served.
+    assert!(
+        installation
+            .token_valid_for(at(10), mono(), Duration::from_secs(60))
+            .is_some()
+    );
+    installation.keyring_down = Some(KeyringDown::Gone);
+    assert!(
+        installation
+            .message(&a, at(10))
+            .contains("no keyring (Secret Service) answers")
+    );
+
+    // Tokens kept in the keyring and not read yet: read, then valid.
+    let mut unread = Installation::loaded(
+        &a,
+        Ok(Loaded::Found(Record {
+            secrets: SecretStore::Keyring,
+            ..holding(at(0), HOUR).without_tokens()
+        })),
+    );
+    assert!(unread.tokens_unread);
+    assert_eq!(unread.record.access_token, None);
+    unread.tokens_read(
+        Some(AccessToken::new("access".to_owned())),
+        Some(RefreshToken::new("refresh".to_owned())),
+    );
+    assert_eq!(unread.state, State::Valid);
+    assert!(!unread.tokens_unread);
 }

@@ -55,6 +55,17 @@ impl World {
 
     /// As `start`, with tokd's `TOKD_LOG` set to `filter`.
     pub async fn start_with_log(behaviour: Behaviour, filter: &'static str) -> Self {
+        let mut world = Self::prepare_with_log(behaviour, filter).await;
+        world.start_tokd().await;
+        world
+    }
+
+    /// As `start`, without starting tokd (`start_tokd` does).
+    pub async fn prepare(behaviour: Behaviour) -> Self {
+        Self::prepare_with_log(behaviour, "debug").await
+    }
+
+    async fn prepare_with_log(behaviour: Behaviour, filter: &'static str) -> Self {
         let emulator = Emulator::start(behaviour).await;
         emulator.register_client(CLIENT_ID, SECRET);
         let bus = PrivateBus::start();
@@ -69,8 +80,6 @@ impl World {
             log_filter: filter,
         };
         world.home.write_config(&world.config(""));
-        let mut world = world;
-        world.start_tokd().await;
         world
     }
 

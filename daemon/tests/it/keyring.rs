@@ -1,0 +1,442 @@
+//! The keyring store: tokd's Secret Service client, then the real tokd
+//! and tokctl, against a real gnome-keyring-daemon on a private bus:
+//! tokens kept there and nowhere in plain text, restarts without a
+//! refresh, a locked or vanished keyring (`locked`, held tokens served,
+//! nothing written), and moves between the files and the keyring.
+
+use crate::support::{World, eventually, within};
+use std::time::{Duration, Instant};
+use tokd::keyring::{Keyring, KeyringError, Secrets};
+use tokd::secret::{AccessToken, RefreshToken};
+use tokd_testkit::{Behaviour, GnomeKeyring, PrivateBus};
+
+fn secrets(name: &str, generation: u32) -> Secrets {
+    Secrets {
+        installation: name.to_owned(),
+        access_token: Some(AccessToken::new(format!("access-{name}-{generation}"))),
+        refresh_token: Some(RefreshToken::new(format!("refresh-{name}-{generation}"))),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_saves_loads_replaces_deletes_and_sees_a_lock() {
+    within(async {
+        let bus = PrivateBus::start();
+        let mut gnome = GnomeKeyring::start(&bus).await;
+        let keyring = Keyring::new(bus.connect().await);
+        keyring.present().await.expect("present");
+        keyring.ready().await.expect("unlocked");
+
+        keyring.save("bb", &secrets("a", 1)).await.expect("save");
+        keyring.save("bb", &secrets("b", 1)).await.expect("save");
+        keyring.save("bb", &secrets("a", 2)).await.expect("replace");
+        let items = gnome.items().await;
+        assert_eq!(items.len(), 2, "replaced, not added: {items:?}");
+        let a = items
+            .iter()
+            .find(|item| item.attributes.get("installation").map(String::as_str) == Some("a"))
+            .expect("a's item");
+        assert_eq!(a.label, "tokd: a (bb)");
+        assert_eq!(a.attributes["application"], "tokd");
+        assert_eq!(a.attributes["consumer"], "bb");
+        assert!(a.secret.contains("refresh-a-2"), "the newest tokens");
+        assert_eq!(
+            keyring.load("a").await.expect("load"),
+            Some(secrets("a", 2))
+        );
+        assert_eq!(keyring.load("c").await.expect("load"), None);
+        let all = keyring.load_all().await.expect("all");
+        assert_eq!(all.len(), 2);
+        assert_eq!(all["b"], secrets("b", 1));
+
+        gnome.lock().await;
+        assert_eq!(keyring.ready().await, Err(KeyringError::Locked));
+        assert_eq!(keyring.load("a").await, Err(KeyringError::Locked));
+        assert_eq!(
+            keyring.save("bb", &secrets("a", 3)).await,
+            Err(KeyringError::Locked)
+        );
+        // No desktop to show the prompt: it ends, and the keyring stays
+        // locked.
+        let asked = Instant::now();
+        assert_eq!(keyring.unlock().await, Ok(false));
+        eprintln!("the prompt ended after {:?}", asked.elapsed());
+        gnome.unlock().await;
+        assert_eq!(keyring.unlock().await, Ok(true));
+        assert_eq!(
+            keyring.load("a").await.expect("load"),
+            Some(secrets("a", 2))
+        );
+
+        keyring.delete("a").await.expect("delete");
+        assert_eq!(keyring.load("a").await.expect("load"), None);
+        assert_eq!(gnome.items().await.len(), 1);
+
+        gnome.stop();
+        assert_eq!(keyring.present().await, Err(KeyringError::Gone));
+        assert_eq!(
+            keyring.save("bb", &secrets("b", 2)).await,
+            Err(KeyringError::Gone)
+        );
+        gnome.restart().await;
+        keyring
+            .save("bb", &secrets("b", 2))
+            .await
+            .expect("a new session after a restart");
+        assert_eq!(
+            keyring.load("b").await.expect("load"),
+            Some(secrets("b", 2))
+        );
+    })
+    .await;
+}
+
+/// Every file under `dir`, read whole.
+fn everything_in(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(everything_in(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            found.push((path, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+    found
+}
+
+/// Asserts that no file of the state folder holds any of `secrets`.
+fn nothing_secret_in_the_state_folder(world: &World, secrets: &[&str]) {
+    for (path, text) in everything_in(&world.home.state_dir()) {
+        for secret in secrets {
+            assert!(
+                !text.contains(secret),
+                "{} holds a token in plain text",
+                path.display()
+            );
+        }
+    }
+}
+
+/// The refresh token the keyring keeps for `name`.
+async fn kept_refresh_token(gnome: &GnomeKeyring, name: &str) -> Option<String> {
+    gnome
+        .items()
+        .await
+        .into_iter()
+        .find(|item| item.attributes.get("installation").map(String::as_str) == Some(name))
+        .and_then(|item| {
+            let secret: serde_json::Value = serde_json::from_str(&item.secret).ok()?;
+            secret["refresh_token"].as_str().map(str::to_owned)
+        })
+}
+
+/// A world whose session has a keyring before tokd's first start (so
+/// tokd chooses it), with `a` logged in.
+async fn keyring_world() -> (World, GnomeKeyring) {
+    let mut world = World::prepare(Behaviour::wso2()).await;
+    let gnome = GnomeKeyring::start(&world.bus).await;
+    world.start_tokd().await;
+    world.login("a").await;
+    (world, gnome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_keyring_on_the_bus_tokens_live_there_and_survive_a_restart() {
+    within(async {
+        let (mut world, gnome) = keyring_world().await;
+        assert!(
+            world.log().contains("tokens are kept in the keyring"),
+            "the default, said in the log\n{}",
+            world.log()
+        );
+        let token = world.get("a").await;
+        let refresh = kept_refresh_token(&gnome, "a").await.expect("a's item");
+        let items = gnome.items().await;
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0].label, "tokd: a (acme)");
+        assert_eq!(items[0].attributes["consumer"], "acme");
+        nothing_secret_in_the_state_folder(&world, &[&token, &refresh]);
+        let status = world.status("a").await;
+        assert_eq!(status["tokens_in"], "keyring", "{status}");
+        assert_eq!(
+            world.status("b").await["tokens_in"],
+            serde_json::Value::Null
+        );
+        let text = world.tokctl(&["status", "a"]).await.stdout;
+        assert!(
+            text.contains("tokens in     the keyring (Secret Service)"),
+            "{text}"
+        );
+
+        let refreshes = world.emulator.counters().refresh_token;
+        world.tokd = None;
+        world.start_tokd().await;
+        assert_eq!(
+            world.get("a").await,
+            token,
+            "the same token after a restart"
+        );
+        assert_eq!(
+            world.emulator.counters().refresh_token,
+            refreshes,
+            "no refresh"
+        );
+
+        // A rotation goes to the keyring, and still not to the folder.
+        assert_eq!(world.tokctl(&["refresh", "a"]).await.status, 0);
+        let rotated = kept_refresh_token(&gnome, "a").await.expect("a's item");
+        assert_ne!(rotated, refresh);
+        assert!(world.emulator.refresh_token_is_valid(&rotated));
+        let newer = world.get("a").await;
+        nothing_secret_in_the_state_folder(&world, &[&token, &refresh, &rotated, &newer]);
+
+        // Revoking deletes the item.
+        assert_eq!(world.tokctl(&["revoke", "a"]).await.status, 0);
+        assert!(gnome.items().await.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_keyring_locks_the_installation_serves_held_tokens_and_writes_nothing() {
+    within(async {
+        let (world, gnome) = keyring_world().await;
+        let token = world.get("a").await;
+        let refresh = kept_refresh_token(&gnome, "a").await.expect("item");
+        let refreshes = world.emulator.counters().refresh_token;
+        gnome.lock().await;
+
+        let out = world.tokctl(&["refresh", "a"]).await;
+        assert_eq!(out.status, 8, "{out:?}");
+        assert!(out.stderr.contains("is locked; unlock it"), "{out:?}");
+        assert!(
+            world
+                .log()
+                .contains("asked the desktop to unlock the keyring"),
+            "a caller asked, so tokd asked the desktop\n{}",
+            world.log()
+        );
+        let status = world.status("a").await;
+        assert_eq!(status["state"], "locked", "{status}");
+        // The held token is served while valid; asked for more than it
+        // has left, it comes with a warning rather than a refresh.
+        assert_eq!(world.get("a").await, token);
+        let long = world.tokctl(&["get", "a", "--min-valid", "23h"]).await;
+        assert_eq!(long.status, 0, "{long:?}");
+        assert_eq!(long.stdout.trim(), token);
+        assert!(
+            long.stderr.contains("tokctl: warning:") && long.stderr.contains("locked"),
+            "{long:?}"
+        );
+        assert_eq!(
+            world.emulator.counters().refresh_token,
+            refreshes,
+            "nothing asked of the provider while its answer could not be kept"
+        );
+        nothing_secret_in_the_state_folder(&world, &[&token, &refresh]);
+        // A login is refused before its code is used.
+        let login = world.tokctl(&["login", "b", "--code", "x"]).await;
+        assert_eq!(login.status, 8, "{login:?}");
+
+        gnome.unlock().await;
+        let out = world.tokctl(&["refresh", "a"]).await;
+        assert_eq!(out.status, 0, "{out:?}\n{}", world.log());
+        assert_eq!(world.status("a").await["state"], "valid");
+        let rotated = kept_refresh_token(&gnome, "a").await.expect("item");
+        assert_ne!(rotated, refresh);
+        let newer = world.get("a").await;
+        nothing_secret_in_the_state_folder(&world, &[&newer, &rotated]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_gone_or_locked_at_start_is_waited_for_without_a_plaintext_fallback() {
+    within(async {
+        let (mut world, mut gnome) = keyring_world().await;
+        let token = world.get("a").await;
+        let refresh = kept_refresh_token(&gnome, "a").await.expect("item");
+        gnome.stop();
+        let out = world.tokctl(&["refresh", "a"]).await;
+        assert_eq!(out.status, 8, "{out:?}");
+        assert!(
+            out.stderr.contains("no keyring (Secret Service) answers"),
+            "{out:?}"
+        );
+        assert_eq!(world.get("a").await, token, "the held token, from memory");
+        nothing_secret_in_the_state_folder(&world, &[&token, &refresh]);
+
+        // tokd restarts while the keyring is away: locked, no token.
+        world.tokd = None;
+        world.start_tokd().await;
+        assert_eq!(world.status("a").await["state"], "locked");
+        assert_eq!(world.tokctl(&["get", "a"]).await.status, 8);
+        nothing_secret_in_the_state_folder(&world, &[&token, &refresh]);
+
+        // Back (unlocked by its password): the next caller carries on.
+        gnome.restart().await;
+        assert_eq!(world.get("a").await, token, "read from the keyring");
+        assert_eq!(world.status("a").await["state"], "valid");
+
+        // Locked at start, then unlocked: the same.
+        gnome.lock().await;
+        world.tokd = None;
+        world.start_tokd().await;
+        assert_eq!(world.status("a").await["state"], "locked");
+        gnome.unlock().await;
+        assert_eq!(world.get("a").await, token);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_move_between_the_files_and_the_keyring_without_a_login() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        let token = world.get("a").await;
+        let refresh = world.stored_refresh_token("a");
+        let gnome = GnomeKeyring::start(&world.bus).await;
+        let refreshes = world.emulator.counters().refresh_token;
+
+        world
+            .home
+            .write_config(&world.config("\n[daemon]\nstore = \"keyring\"\n"));
+        assert_eq!(world.tokctl(&["reload"]).await.status, 0);
+        assert_eq!(
+            kept_refresh_token(&gnome, "a").await.as_deref(),
+            Some(refresh.as_str())
+        );
+        nothing_secret_in_the_state_folder(&world, &[&token, &refresh]);
+        assert_eq!(world.status("a").await["tokens_in"], "keyring");
+        assert_eq!(world.get("a").await, token);
+
+        world
+            .home
+            .write_config(&world.config("\n[daemon]\nstore = \"file\"\n"));
+        assert_eq!(world.tokctl(&["reload"]).await.status, 0);
+        assert_eq!(world.stored_refresh_token("a"), refresh);
+        assert!(
+            gnome.items().await.is_empty(),
+            "the keyring's copy is deleted"
+        );
+        assert_eq!(world.status("a").await["tokens_in"], "file");
+        assert_eq!(world.get("a").await, token);
+        assert_eq!(
+            world.emulator.counters().refresh_token,
+            refreshes,
+            "moved, not refreshed"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_cut_short_is_finished_at_the_next_start() {
+    within(async {
+        let (mut world, gnome) = keyring_world().await;
+        let token = world.get("a").await;
+        let refresh = kept_refresh_token(&gnome, "a").await.expect("item");
+        let refreshes = world.emulator.counters().refresh_token;
+        world.tokd = None;
+
+        // A move to the files that wrote the state file and was killed
+        // before it deleted the keyring's item.
+        let store = tokd::store::Store::open(world.home.state_dir()).expect("store");
+        let tokd::store::Loaded::Found(mut record) = store.load("a").expect("load") else {
+            panic!("a has a state file");
+        };
+        assert_eq!(record.secrets, tokd::store::SecretStore::Keyring);
+        record.secrets = tokd::store::SecretStore::File;
+        record.access_token = Some(AccessToken::new(token.clone()));
+        record.refresh_token = Some(RefreshToken::new(refresh.clone()));
+        store.save("a", &record).expect("save");
+        world
+            .home
+            .write_config(&world.config("\n[daemon]\nstore = \"file\"\n"));
+        world.start_tokd().await;
+        // Moves run once tokd owns its name, beside the first calls.
+        assert!(
+            eventually(Duration::from_secs(10), async || gnome
+                .items()
+                .await
+                .is_empty())
+            .await,
+            "the leftover item is deleted"
+        );
+        assert_eq!(world.get("a").await, token);
+
+        // A move to the keyring that wrote the item and was killed before
+        // it rewrote the state file without the tokens.
+        world.tokd = None;
+        let keyring = Keyring::new(world.bus.connect().await);
+        keyring
+            .save(
+                "acme",
+                &Secrets {
+                    installation: "a".to_owned(),
+                    access_token: Some(AccessToken::new(token.clone())),
+                    refresh_token: Some(RefreshToken::new(refresh.clone())),
+                },
+            )
+            .await
+            .expect("the item");
+        world
+            .home
+            .write_config(&world.config("\n[daemon]\nstore = \"keyring\"\n"));
+        world.start_tokd().await;
+        let path = world.home.state_dir().join("a.json");
+        assert!(
+            eventually(Duration::from_secs(10), async || {
+                std::fs::read_to_string(&path).is_ok_and(|text| !text.contains(&refresh))
+            })
+            .await,
+            "the state file is rewritten without the tokens"
+        );
+        nothing_secret_in_the_state_folder(&world, &[&token, &refresh]);
+        assert_eq!(gnome.items().await.len(), 1);
+        assert_eq!(world.get("a").await, token);
+        assert_eq!(
+            world.emulator.counters().refresh_token,
+            refreshes,
+            "no login, no refresh"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_a_locked_keyring_waits_for_it_and_then_happens() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        let gnome = GnomeKeyring::start(&world.bus).await;
+        gnome.lock().await;
+        world
+            .home
+            .write_config(&world.config("\n[daemon]\nstore = \"keyring\"\n"));
+        assert_eq!(world.tokctl(&["reload"]).await.status, 0);
+        assert_eq!(world.status("a").await["state"], "locked");
+        assert_eq!(
+            world.status("a").await["tokens_in"],
+            "file",
+            "not moved yet"
+        );
+        let token = world.get("a").await;
+
+        gnome.unlock().await;
+        let out = world.tokctl(&["refresh", "a"]).await;
+        assert_eq!(out.status, 0, "{out:?}\n{}", world.log());
+        assert_eq!(world.status("a").await["tokens_in"], "keyring");
+        let refresh = kept_refresh_token(&gnome, "a")
+            .await
+            .expect("moved, then rotated");
+        let newer = world.get("a").await;
+        nothing_secret_in_the_state_folder(&world, &[&token, &refresh, &newer]);
+    })
+    .await;
+}
