@@ -440,3 +440,55 @@ async fn a_move_to_a_locked_keyring_waits_for_it_and_then_happens() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_that_locks_mid_refresh_keeps_the_new_tokens_in_memory_until_it_can_write() {
+    within(async {
+        let (world, gnome) = keyring_world().await;
+        let old = world.get("a").await;
+        let old_refresh = kept_refresh_token(&gnome, "a").await.expect("item");
+        // The keyring locks while the provider is deciding: it has rotated
+        // by the time tokd writes.
+        let mut hold = world.emulator.hold_next();
+        let refresh = world.command(&["refresh", "a"]).output();
+        let refresh = tokio::spawn(refresh);
+        hold.arrived().await;
+        gnome.lock().await;
+        hold.release();
+        let out = refresh.await.expect("join").expect("tokctl");
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            !world.emulator.refresh_token_is_valid(&old_refresh),
+            "strict rotation: the old refresh token is dead"
+        );
+        // The new token is served from memory, the state says why, and
+        // nothing reached the state folder.
+        let new = world.get("a").await;
+        assert_ne!(new, old);
+        let status = world.status("a").await;
+        assert!(
+            status["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("held in memory only")),
+            "{status}"
+        );
+        nothing_secret_in_the_state_folder(&world, &[&new, &old, &old_refresh]);
+
+        // Unlocked: the retried write lands, with the live refresh token.
+        gnome.unlock().await;
+        assert!(
+            eventually(Duration::from_secs(15), async || {
+                kept_refresh_token(&gnome, "a")
+                    .await
+                    .is_some_and(|token| world.emulator.refresh_token_is_valid(&token))
+            })
+            .await,
+            "the tokens held in memory were written\n{}",
+            world.log()
+        );
+        let status = world.status("a").await;
+        assert_eq!(status["state"], "valid", "{status}");
+        assert_eq!(status["message"], serde_json::Value::Null, "{status}");
+    })
+    .await;
+}
