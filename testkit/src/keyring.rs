@@ -157,12 +157,8 @@ impl GnomeKeyring {
     /// Whether the login keyring is locked.
     pub async fn is_locked(&self) -> bool {
         let connection = self.connect().await;
-        let proxy = zbus::fdo::PropertiesProxy::builder(&connection)
-            .destination(SERVICE)
-            .path(LOGIN)
-            .build()
-            .await
-            .expect("properties");
+        let login = OwnedObjectPath::try_from(LOGIN).expect("path");
+        let proxy = properties(&connection, &login).await.expect("properties");
         let interface = zbus::names::InterfaceName::try_from("org.freedesktop.Secret.Collection")
             .expect("name");
         let locked = proxy.get(interface, "Locked").await.expect("Locked");
@@ -231,18 +227,25 @@ impl Drop for GnomeKeyring {
     }
 }
 
+/// The properties of the Secret Service's object at `path`.
+async fn properties(
+    connection: &zbus::Connection,
+    path: &OwnedObjectPath,
+) -> zbus::Result<zbus::fdo::PropertiesProxy<'static>> {
+    zbus::fdo::PropertiesProxy::builder(connection)
+        .destination(SERVICE)
+        .path(path.clone())
+        .build()
+        .await
+}
+
 /// One item's label, attributes and secret; `None` when it is gone.
 async fn read_item(
     connection: &zbus::Connection,
     path: &OwnedObjectPath,
     session: &OwnedObjectPath,
 ) -> Option<StoredItem> {
-    let properties = zbus::fdo::PropertiesProxy::builder(connection)
-        .destination(SERVICE)
-        .path(path.clone())
-        .build()
-        .await
-        .ok()?;
+    let properties = properties(connection, path).await.ok()?;
     let interface = zbus::names::InterfaceName::try_from("org.freedesktop.Secret.Item").ok()?;
     let label = String::try_from(properties.get(interface.clone(), "Label").await.ok()?).ok()?;
     let attributes =

@@ -4,7 +4,7 @@
 //! browser, closed when valid again; `notify = false`, no server, a
 //! stalled server, and no portal (`xdg-open`).
 
-use crate::support::{World, browse, browser, eventually, tokd_bin, within, within_for};
+use crate::support::{World, eventually, tokd_bin, within, within_for};
 use std::time::Duration;
 use tokd_testkit::{Behaviour, Desktop, DesktopOptions, Notification, Tokd};
 
@@ -15,22 +15,6 @@ fn about(desktop: &Desktop, name: &str) -> Vec<Notification> {
         .into_iter()
         .filter(|n| n.summary.starts_with(&format!("{name}:")))
         .collect()
-}
-
-/// Plays the browser for a login the daemon started (its URL opened by
-/// the portal or xdg-open) and checks the page.
-async fn follow(world: &World, url: &str) {
-    assert!(url.starts_with(&world.emulator.auth_url()), "{url}");
-    let location = browse(url).await;
-    let page = browser()
-        .get(&location)
-        .send()
-        .await
-        .expect("the daemon's listener answers")
-        .text()
-        .await
-        .expect("page");
-    assert!(page.contains("Logged in"), "{page}\nlog:\n{}", world.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +44,7 @@ async fn one_notification_per_episode_and_its_action_logs_in() {
         desktop.invoke(note.id, "login").await;
         desktop.until(|d| !d.opened().is_empty()).await;
         let url = desktop.opened().remove(0);
-        follow(&world, &url).await;
+        world.play_browser(&url).await;
         desktop.until(|d| d.closed().contains(&note.id)).await;
         world.get("a").await;
         assert_eq!(about(&desktop, "a").len(), 1);
@@ -205,7 +189,7 @@ async fn without_a_portal_the_browser_is_opened_with_xdg_open() {
             world.log()
         );
         let url = std::fs::read_to_string(&opened).expect("the URL");
-        follow(&world, &url).await;
+        world.play_browser(&url).await;
         world.get("a").await;
     })
     .await;

@@ -229,9 +229,10 @@ grant = "client_credentials"
         self.finish_login(child, &url).await;
     }
 
-    /// Plays the browser for a login `begin_login` started, and checks
-    /// that tokctl says it is done.
-    pub async fn finish_login(&self, child: tokio::process::Child, url: &str) {
+    /// Plays the browser at a login URL tokd made: the provider sends it
+    /// back to tokd's loopback listener, whose page must say it is done.
+    pub async fn play_browser(&self, url: &str) {
+        assert!(url.starts_with(&self.emulator.auth_url()), "{url}");
         let location = browse(url).await;
         let callback = format!("http://127.0.0.1:{}/callback?", self.port);
         assert!(location.starts_with(&callback), "{location}");
@@ -244,6 +245,12 @@ grant = "client_credentials"
             .await
             .expect("page");
         assert!(page.contains("Logged in"), "{page}\nlog:\n{}", self.log());
+    }
+
+    /// Plays the browser for a login `begin_login` started, and checks
+    /// that tokctl says it is done.
+    pub async fn finish_login(&self, child: tokio::process::Child, url: &str) {
+        self.play_browser(url).await;
         let output = child.wait_with_output().await.expect("tokctl login ends");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{stderr}");
