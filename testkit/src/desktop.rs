@@ -35,6 +35,9 @@ pub struct DesktopOptions {
     pub stall: bool,
     /// An `OpenURI` portal on the bus.
     pub portal: bool,
+    /// Invokes this action of every notification at once, even before
+    /// answering `Notify` (so the click reaches tokd before the id does).
+    pub click_at_once: Option<&'static str>,
 }
 
 impl Default for DesktopOptions {
@@ -44,6 +47,7 @@ impl Default for DesktopOptions {
             actions: true,
             stall: false,
             portal: true,
+            click_at_once: None,
         }
     }
 }
@@ -86,6 +90,7 @@ impl NotificationServer {
     #[allow(clippy::too_many_arguments)]
     async fn notify(
         &self,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
         app_name: String,
         replaces_id: u32,
         _app_icon: String,
@@ -113,6 +118,11 @@ impl NotificationServer {
             id
         };
         self.changed.notify_waiters();
+        if let Some(key) = self.options.click_at_once {
+            // Before the answer: tokd hears the click before it knows the
+            // id, the hardest order for it.
+            let _ = Self::action_invoked(&emitter, id, key).await;
+        }
         id
     }
 

@@ -98,6 +98,8 @@ struct Shared {
     listening: AtomicBool,
     /// Whether "no notification server" was logged already.
     told_none: AtomicBool,
+    /// Woken when a notification's id is known.
+    shown: tokio::sync::Notify,
 }
 
 impl Notifier {
@@ -110,6 +112,7 @@ impl Notifier {
                 episodes: Mutex::default(),
                 listening: AtomicBool::new(false),
                 told_none: AtomicBool::new(false),
+                shown: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -186,6 +189,7 @@ impl Shared {
                     }
                     None => true,
                 };
+                self.shown.notify_waiters();
                 // Logged in meanwhile: take it back.
                 if ended {
                     self.close(id).await;
@@ -281,15 +285,32 @@ impl Shared {
             if !LOGIN_ACTIONS.contains(&args.action_key.as_str()) {
                 continue;
             }
-            let id = args.id;
+            let (id, shared) = (args.id, self.clone());
+            self.tasks.spawn_until_stopped(async move {
+                if let Some(name) = shared.name_of(id).await {
+                    shared.log_in(&name).await;
+                }
+            });
+        }
+    }
+
+    /// The installation notification `id` is about. A click can arrive
+    /// before tokd has read the id from the server's answer (both come
+    /// from the server; they are handled by different tasks), so an
+    /// unknown id is waited for a moment.
+    async fn name_of(&self, id: u32) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        loop {
+            let shown = self.shown.notified();
             let name = lock(&self.episodes)
                 .iter()
                 .find(|(_, episode)| **episode == Episode::Shown(id))
                 .map(|(name, _)| name.clone());
-            if let Some(name) = name {
-                let shared = self.clone();
-                self.tasks
-                    .spawn_until_stopped(async move { shared.log_in(&name).await });
+            if name.is_some() {
+                return name;
+            }
+            if tokio::time::timeout_at(deadline, shown).await.is_err() {
+                return None;
             }
         }
     }
