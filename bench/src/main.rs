@@ -1065,6 +1065,30 @@ fn rss_kib(pid: u32) -> Fallible<u64> {
     status_field(pid, "VmRSS:")
 }
 
+/// The size of `program`'s executable mappings in `pid`, from
+/// `/proc/PID/smaps`: how much code there is to be mapped.
+fn code_kib(pid: u32, program: &std::path::Path) -> Fallible<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let program = std::fs::canonicalize(program)?;
+    let mut total = 0;
+    let mut counting = false;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first().is_some_and(|range| range.contains('-')) && fields.len() >= 5 {
+            counting = fields[1].contains('x')
+                && fields
+                    .get(5)
+                    .is_some_and(|path| std::path::Path::new(path) == program);
+        } else if counting && fields.first() == Some(&"Size:") {
+            total += fields
+                .get(1)
+                .and_then(|kib| kib.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
 fn status_field(pid: u32, field: &str) -> Fallible<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -1180,6 +1204,9 @@ async fn many_installations(
     let cpu = cpu_time(pid)? - cpu_before;
     let requests = emulator.counters().token_requests() - requests_before;
     let rss = rss_kib(pid)?;
+    let anon = status_field(pid, "RssAnon:")?;
+    let file = status_field(pid, "RssFile:")?;
+    let code = code_kib(pid, &bin.tokd)?;
     let peak = status_field(pid, "VmHWM:")?;
     let threads = status_field(pid, "Threads:")?;
     let mut start_ms = starts.clone();
@@ -1199,6 +1226,11 @@ async fn many_installations(
          | start to name owned (median, max of {starts}) | SIGTERM to exit (median) | RSS after idling | peak RSS | threads | CPU over {idle} s idle | provider requests while idle |\n\
          |---|---|---|---|---|---|---|\n\
          | {start_median:.0} ms, {start_max:.0} ms | {stop_median:.0} ms | {rss:.1} MiB | {peak:.1} MiB | {threads} | {cpu:.3} s | {requests} |\n\n\
+         Of the RSS after idling, {anon:.1} MiB is tokd's own memory (anonymous: \
+         heap and stacks) and {file:.1} MiB is pages of the program and its libraries \
+         mapped from their files (clean, shared with the page cache, dropped first \
+         under memory pressure); tokd's executable code is {code:.1} MiB, and the \
+         kernel maps most of it once a few pages are touched (fault-around).\n\n\
          For scale: tokd with the one installation of the sections above held \
          {small:.1} MiB.\n\n",
         starts = plan.starts,
@@ -1207,11 +1239,19 @@ async fn many_installations(
         peak = peak as f64 / 1024.0,
         cpu = cpu.as_secs_f64(),
         small = small_rss as f64 / 1024.0,
+        anon = anon as f64 / 1024.0,
+        file = file as f64 / 1024.0,
+        code = code as f64 / 1024.0,
     );
     let scaled = |limit: f64| limit * plan.idle.as_secs_f64() / 60.0;
     targets.push(Target {
         what: format!("{n} installations: RSS ≤ 30 MiB"),
-        measured: format!("{:.1} MiB", rss as f64 / 1024.0),
+        measured: format!(
+            "{:.1} MiB ({:.1} anonymous, {:.1} mapped from files)",
+            rss as f64 / 1024.0,
+            anon as f64 / 1024.0,
+            file as f64 / 1024.0
+        ),
         met: rss <= 30 * 1024,
     });
     targets.push(Target {
