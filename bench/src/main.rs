@@ -283,6 +283,20 @@ async fn wait_for_a_stop() -> Fallible<()> {
     Ok(())
 }
 
+/// What to say after the commit when the work tree differs from it: the
+/// figures are then not that commit's.
+fn uncommitted() -> &'static str {
+    let changed = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .is_ok_and(|out| out.status.success() && !out.stdout.is_empty());
+    if changed {
+        " with uncommitted changes"
+    } else {
+        ""
+    }
+}
+
 /// The machine, the toolchain and the date, for the top of the report.
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -341,7 +355,7 @@ fn machine() -> String {
             .ok()
             .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
             .filter(|rev| !rev.is_empty())
-            .unwrap_or_else(|| "unknown".into()),
+            .map_or_else(|| "unknown".into(), |rev| rev + uncommitted()),
         kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map_or_else(|_| "unknown".into(), |text| text.trim().to_owned()),
         rustc = first_line("rustc", "-V"),
