@@ -127,15 +127,7 @@ impl GnomeKeyring {
     /// Unlocks the login keyring with its password, without a prompt.
     pub async fn unlock(&self) {
         let connection = self.connect().await;
-        let (_, session): (OwnedVariant, OwnedObjectPath) = call(
-            &connection,
-            PATH,
-            "org.freedesktop.Secret.Service",
-            "OpenSession",
-            &("plain", zbus::Variant::from("")),
-        )
-        .await
-        .expect("a session");
+        let session = plain_session(&connection).await;
         let login = zbus::ObjectPath::try_from(LOGIN).expect("path");
         let secret = (
             session,
@@ -194,15 +186,7 @@ impl GnomeKeyring {
         .await
         .expect("search");
         assert!(locked.is_empty(), "the test reads an unlocked keyring");
-        let (_, session): (OwnedVariant, OwnedObjectPath) = call(
-            &connection,
-            PATH,
-            "org.freedesktop.Secret.Service",
-            "OpenSession",
-            &("plain", zbus::Variant::from("")),
-        )
-        .await
-        .expect("a session");
+        let session = plain_session(&connection).await;
         let mut items = Vec::new();
         for path in unlocked {
             // An item deleted since the search (tokd works meanwhile) is
@@ -225,6 +209,20 @@ impl Drop for GnomeKeyring {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A session with no encryption, in which secrets travel as they are.
+async fn plain_session(connection: &zbus::Connection) -> OwnedObjectPath {
+    let (_, session): (OwnedVariant, OwnedObjectPath) = call(
+        connection,
+        PATH,
+        "org.freedesktop.Secret.Service",
+        "OpenSession",
+        &("plain", zbus::Variant::from("")),
+    )
+    .await
+    .expect("a session");
+    session
 }
 
 /// The properties of the Secret Service's object at `path`.

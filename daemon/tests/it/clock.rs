@@ -14,6 +14,28 @@ use tokd_testkit::{Behaviour, Emulator, Home};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// The broker in-process on `config`, keeping its state in `home`, and
+/// the events it sends.
+fn broker(
+    config: Config,
+    home: &Home,
+    options: Options,
+) -> (
+    std::sync::Arc<Broker>,
+    tokio::sync::mpsc::UnboundedReceiver<Event>,
+) {
+    let (events, heard) = tokio::sync::mpsc::unbounded_channel();
+    let broker = Broker::start(
+        config,
+        None,
+        Store::open(home.state_dir()).expect("store"),
+        OAuthClient::new().expect("client"),
+        events,
+        options,
+    );
+    (broker, heard)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_jump_past_expiry_tokens_are_refreshed_at_once_and_never_served_expired() {
     within(async {
@@ -36,13 +58,9 @@ grant = "client_credentials"
         ))
         .expect("config");
         let clock = Clock::default();
-        let (events, mut heard) = tokio::sync::mpsc::unbounded_channel();
-        let broker = Broker::start(
+        let (broker, mut heard) = broker(
             config,
-            None,
-            Store::open(home.state_dir()).expect("store"),
-            OAuthClient::new().expect("client"),
-            events,
+            &home,
             Options {
                 clock: clock.clone(),
                 // The real cap is a minute; the rule is the same.
@@ -130,13 +148,9 @@ async fn after_the_clock_is_set_back_an_expired_token_is_not_served() {
         ))
         .expect("config");
         let clock = Clock::default();
-        let (events, _heard) = tokio::sync::mpsc::unbounded_channel();
-        let broker = Broker::start(
+        let (broker, _heard) = broker(
             config,
-            None,
-            Store::open(home.state_dir()).expect("store"),
-            OAuthClient::new().expect("client"),
-            events,
+            &home,
             Options {
                 clock: clock.clone(),
                 ..Options::default()
