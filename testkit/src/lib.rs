@@ -364,4 +364,13 @@ impl RecordedRequest {
             .find(|(name, _)| name == key)
             .map(|(_, value)| value.as_str())
     }
+
+    /// The scopes the form's `scope` field asks for (none when absent).
+    pub fn scopes(&self) -> Vec<String> {
+        self.form_value("scope")
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
 }

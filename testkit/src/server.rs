@@ -1043,12 +1043,7 @@ fn device_authorization(state: &mut State, request: &RecordedRequest) -> HttpRes
         &letters[..4.min(letters.len())],
         &letters[4.min(letters.len())..]
     );
-    let scopes: Vec<String> = request
-        .form_value("scope")
-        .unwrap_or("")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    let scopes = request.scopes();
     let behaviour = &state.behaviour;
     let (interval, expires_in) = (behaviour.device_interval, behaviour.device_expires_in);
     state.devices.insert(
@@ -1168,12 +1163,7 @@ fn token(state: &mut State, request: &RecordedRequest) -> HttpResponse {
         }
         Some("client_credentials") => {
             state.counters.client_credentials += 1;
-            let scopes: Vec<String> = request
-                .form_value("scope")
-                .unwrap_or("")
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
+            let scopes = request.scopes();
             let access = issue_access(state, None, &client_id);
             token_body(state, &access, None, &scopes)
         }
