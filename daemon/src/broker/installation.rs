@@ -189,15 +189,33 @@ impl Token {
     }
 }
 
+/// Why new tokens are held in memory only, and what the user can do about
+/// it (which depends on where they were to be written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsaved {
+    pub why: String,
+    pub remedy: &'static str,
+}
+
+impl Unsaved {
+    /// The sentence for humans.
+    pub fn sentence(&self) -> String {
+        format!(
+            "the new tokens could not be written ({}); they are held in memory only and tokd keeps trying to write them: {}",
+            self.why, self.remedy
+        )
+    }
+}
+
 /// One installation's tokens and state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Installation {
     /// The tokens, as stored (or to be stored).
     pub record: Record,
     pub state: State,
-    /// Set while the record in memory is newer than the file: why the
+    /// Set while the record in memory is newer than what is kept: why the
     /// write failed. The write is being retried.
-    pub unsaved: Option<String>,
+    pub unsaved: Option<Unsaved>,
     /// When the held token expires by the monotonic clock, if it was
     /// obtained since tokd started: a wall clock set back must not make an
     /// expired token look valid.
@@ -389,7 +407,7 @@ impl Installation {
     pub fn succeeded(
         &mut self,
         record: Record,
-        unsaved: Option<String>,
+        unsaved: Option<Unsaved>,
         now: SystemTime,
         monotonic: Instant,
     ) {
@@ -397,7 +415,7 @@ impl Installation {
             .expires_at
             .map(|at| monotonic + at.duration_since(now).unwrap_or_default());
         self.record = record;
-        self.record.last_error = unsaved.as_deref().map(self::unsaved);
+        self.record.last_error = unsaved.as_ref().map(Unsaved::sentence);
         self.state = State::Valid;
         self.unsaved = unsaved;
     }
@@ -452,16 +470,15 @@ impl Installation {
 
     /// A write owed since an earlier failure happened (`Ok`) or failed
     /// again.
-    pub fn write_retried(&mut self, outcome: Result<(), &dyn std::fmt::Display>) {
+    pub fn write_retried(&mut self, outcome: Result<(), Unsaved>) {
         match outcome {
             Ok(()) => {
                 self.unsaved = None;
                 self.record.last_error = None;
             }
-            Err(error) => {
-                let why = error.to_string();
-                self.record.last_error = Some(unsaved(&why));
-                self.unsaved = Some(why);
+            Err(unsaved) => {
+                self.record.last_error = Some(unsaved.sentence());
+                self.unsaved = Some(unsaved);
             }
         }
     }
@@ -569,7 +586,7 @@ pub fn no_token(spec: &Spec) -> Error {
 
 mod sentences;
 
-use sentences::{risk, unsaved};
+use sentences::risk;
 
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@
 //! lock, so it never overwrites a newer record.
 
 use super::installation::{self, Spec};
+use super::vault::SaveError;
 use super::{Broker, Error, Event, Slot};
 use crate::oauth::{ErrorKind, TokenResponse};
 use crate::schedule;
@@ -256,7 +257,7 @@ impl Broker {
                 // them (the old refresh token may already be dead), say so
                 // loudly and keep trying to write them.
                 error!(installation = %slot.name, %error, "cannot write the new tokens; they are held in memory only until a write succeeds");
-                Some(error.to_string())
+                Some(error.unsaved())
             }
         };
         let expires_at = record.expires_at;
@@ -326,7 +327,7 @@ impl Broker {
         let target = self.target();
         let mut inner = lock(&slot.inner);
         self.change(slot, &mut inner, |installation, _| {
-            installation.write_retried(outcome.as_ref().map(|_| ()).map_err(|e| e as _));
+            installation.write_retried(outcome.as_ref().map(|_| ()).map_err(SaveError::unsaved));
             if written {
                 installation.record.secrets = target;
             }

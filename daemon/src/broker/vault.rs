@@ -18,7 +18,7 @@
 //!   other place. An interrupted move is found and finished at the next
 //!   start.
 
-use super::installation::KeyringDown;
+use super::installation::{KeyringDown, Unsaved};
 use super::{Broker, Error, Slot};
 use crate::keyring::{Keyring, KeyringError, Secrets};
 use crate::secret::RefreshToken;
@@ -37,6 +37,26 @@ pub enum SaveError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Keyring(#[from] KeyringError),
+}
+
+impl SaveError {
+    /// The failure as the installation's state tells it, with what the
+    /// user can do: the fix for a full disk is not the fix for a locked
+    /// keyring.
+    pub fn unsaved(&self) -> Unsaved {
+        let remedy = match self {
+            SaveError::Store(_) => "free space or fix the state folder",
+            SaveError::Keyring(KeyringError::Locked) => "unlock the keyring",
+            SaveError::Keyring(KeyringError::Gone) => {
+                "start the keyring (GNOME Keyring, KWallet, KeePassXC)"
+            }
+            SaveError::Keyring(KeyringError::Failed(_)) => "see tokd's log",
+        };
+        Unsaved {
+            why: self.to_string(),
+            remedy,
+        }
+    }
 }
 
 /// The target when the config names none: the first start's choice, made

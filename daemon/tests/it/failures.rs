@@ -332,6 +332,10 @@ async fn a_state_write_that_fails_keeps_the_tokens_in_memory_and_is_retried() {
         let message = status["message"].as_str().expect("message");
         assert!(message.contains("held in memory only"), "{status}");
         assert!(message.contains("could not be written"), "{status}");
+        assert!(
+            message.ends_with("free space or fix the state folder"),
+            "{status}"
+        );
         // The file on disk is untouched and no temporary is left behind.
         assert_eq!(
             std::fs::read(state.join("a.json")).expect("a's file"),

@@ -1,7 +1,9 @@
 //! The sentences a human reads about an installation: derived from its
 //! state when asked, so that a wait ("tries again in 23s") is never stale.
 
-use super::{Empty, Installation, KeyringDown, LoginNeeded, Misconfiguration, Spec, State};
+use super::{
+    Empty, Installation, KeyringDown, LoginNeeded, Misconfiguration, Spec, State, Unsaved,
+};
 use crate::config::Grant;
 use std::time::{Duration, SystemTime};
 
@@ -53,7 +55,11 @@ impl Installation {
                 moved_to.display(),
                 not_logged_in(spec)
             ),
-            State::Valid => self.unsaved.as_deref().map(unsaved).unwrap_or_default(),
+            State::Valid => self
+                .unsaved
+                .as_ref()
+                .map(Unsaved::sentence)
+                .unwrap_or_default(),
             State::Refreshing { .. } => String::new(),
             State::Failing {
                 retry_at,
@@ -127,10 +133,4 @@ fn keyring_down(name: &str, down: &KeyringDown) -> String {
             "the keyring that keeps the tokens of `{name}` fails ({detail}); tokd tries again by itself"
         ),
     }
-}
-
-pub(super) fn unsaved(why: &str) -> String {
-    format!(
-        "the new tokens could not be written ({why}); they are held in memory only and tokd keeps trying to write them: free space or fix the state folder"
-    )
 }

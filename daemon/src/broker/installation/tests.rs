@@ -3,7 +3,9 @@
 //! an argument.
 
 use super::*;
+use crate::broker::vault::SaveError;
 use crate::config::Config;
+use crate::keyring::KeyringError;
 use crate::oauth::OAuthError;
 use crate::secret::RefreshToken;
 use std::time::UNIX_EPOCH;
@@ -310,23 +312,36 @@ fn an_unsaved_record_says_so_until_a_write_succeeds() {
     let mut installation = valid(at(0), HOUR);
     installation.succeeded(
         holding(at(10), HOUR),
-        Some("disk full".into()),
+        Some(Unsaved {
+            why: "disk full".into(),
+            remedy: "free space or fix the state folder",
+        }),
         at(10),
         mono(),
     );
     let said = installation.message(&a, at(10));
-    assert!(
-        said.starts_with(
-            "the new tokens could not be written (disk full); they are held in memory only"
-        ),
-        "{said}"
+    assert_eq!(
+        said,
+        "the new tokens could not be written (disk full); they are held in memory only \
+         and tokd keeps trying to write them: free space or fix the state folder"
     );
     assert_eq!(
         installation.record.last_error.as_deref(),
         Some(said.as_str())
     );
-    installation.write_retried(Err(&StoreError::Interrupted("still full".into())));
+    installation.write_retried(Err(SaveError::Store(StoreError::Interrupted(
+        "still full".into(),
+    ))
+    .unsaved()));
     assert!(installation.message(&a, at(10)).contains("still full)"));
+    installation.write_retried(Err(SaveError::Keyring(KeyringError::Locked).unsaved()));
+    assert!(
+        installation
+            .message(&a, at(10))
+            .ends_with("(the keyring is locked); they are held in memory only and tokd keeps trying to write them: unlock the keyring"),
+        "the remedy fits the store: {}",
+        installation.message(&a, at(10))
+    );
     installation.write_retried(Ok(()));
     assert_eq!(installation.message(&a, at(10)), "");
     assert_eq!(installation.record.last_error, None);
