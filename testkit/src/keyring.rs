@@ -66,7 +66,7 @@ impl GnomeKeyring {
             .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log_file())
             .spawn()
             .expect("start gnome-keyring-daemon (Debian: gnome-keyring)");
         {
@@ -88,6 +88,37 @@ impl GnomeKeyring {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("gnome-keyring-daemon did not come up on the private bus");
+    }
+
+    /// Where the daemon's stderr goes (appended across restarts), for
+    /// the panic messages of a test that finds it misbehaving.
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("gnome-keyring.log"))
+            .expect("the keyring's log")
+    }
+
+    /// Whether the daemon still runs, and what it said: for a test that
+    /// got an error it did not expect.
+    fn describe_now(&self) -> String {
+        let alive = match &self.child {
+            None => "stopped by the test".to_owned(),
+            Some(child) => {
+                let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+                    .unwrap_or_default();
+                let state = status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("State:"))
+                    .map(str::trim)
+                    .unwrap_or("gone");
+                format!("pid {} in state {state}", child.id())
+            }
+        };
+        let said =
+            std::fs::read_to_string(self.dir.path().join("gnome-keyring.log")).unwrap_or_default();
+        format!("gnome-keyring-daemon: {alive}; its stderr:\n{said}")
     }
 
     async fn login_exists(&self, connection: &zbus::Connection) -> bool {
@@ -176,15 +207,29 @@ impl GnomeKeyring {
     pub async fn items(&self) -> Vec<StoredItem> {
         let connection = self.connect().await;
         let attributes = HashMap::from([("application", "tokd")]);
-        let (unlocked, locked): (Vec<OwnedObjectPath>, Vec<OwnedObjectPath>) = call(
-            &connection,
-            PATH,
-            "org.freedesktop.Secret.Service",
-            "SearchItems",
-            &(attributes,),
-        )
-        .await
-        .expect("search");
+        // The daemon answered a search with an error once in a loaded run
+        // of the whole suite (the text was not kept): a failure is retried
+        // for a while, said on stderr, and the panic tells whether the
+        // daemon still runs and what it printed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let (unlocked, locked): (Vec<OwnedObjectPath>, Vec<OwnedObjectPath>) = loop {
+            let searched = call(
+                &connection,
+                PATH,
+                "org.freedesktop.Secret.Service",
+                "SearchItems",
+                &(attributes.clone(),),
+            )
+            .await;
+            match searched {
+                Ok(found) => break found,
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("the test keyring refused a search, trying again: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("search: {error}\n{}", self.describe_now()),
+            }
+        };
         assert!(locked.is_empty(), "the test reads an unlocked keyring");
         let session = plain_session(&connection).await;
         let mut items = Vec::new();
