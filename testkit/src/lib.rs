@@ -92,6 +92,14 @@ pub struct Behaviour {
     /// Device codes: the polling interval announced, and their life.
     pub device_interval: Duration,
     pub device_expires_in: Duration,
+    /// Whether a rotation also kills the access tokens issued before it
+    /// under the same grant (django-oauth-toolkit deletes the old access
+    /// token the moment it rotates).
+    pub revoke_access_on_rotation: bool,
+    /// Whether the device endpoint wants `client_id` in the body even
+    /// from a client that authenticates with HTTP Basic (oauthlib:
+    /// `400 invalid_request` "Missing client_id parameter.").
+    pub device_needs_client_id_in_body: bool,
 }
 
 impl Behaviour {
@@ -115,6 +123,8 @@ impl Behaviour {
             required_auth_params: &[],
             device_interval: Duration::from_secs(5),
             device_expires_in: Duration::from_secs(600),
+            revoke_access_on_rotation: false,
+            device_needs_client_id_in_body: false,
         }
     }
 
@@ -149,6 +159,22 @@ impl Behaviour {
             required_auth_params: &[],
             device_interval: Duration::from_secs(5),
             device_expires_in: Duration::from_secs(600),
+            revoke_access_on_rotation: false,
+            device_needs_client_id_in_body: false,
+        }
+    }
+
+    /// django-oauth-toolkit (oauthlib), widely deployed in Django
+    /// projects: strict rotation that deletes the old access token with
+    /// the old refresh token, and a device endpoint that wants
+    /// `client_id` in the body whatever the client authentication.
+    pub fn django_oauth_toolkit() -> Self {
+        Self {
+            name: "django-oauth-toolkit",
+            rotation: Rotation::Strict,
+            revoke_access_on_rotation: true,
+            device_needs_client_id_in_body: true,
+            ..Self::wso2()
         }
     }
 

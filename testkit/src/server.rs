@@ -85,6 +85,9 @@ struct State {
     faults: VecDeque<Fault>,
     sticky_fault: Option<Fault>,
     holds: VecDeque<HeldGate>,
+    /// Requests decided (tokens issued, old ones used up) whose answer is
+    /// held back: a slow network after a fast provider.
+    answer_holds: VecDeque<HeldGate>,
     counters: Counters,
     last_request: Option<RecordedRequest>,
     /// Token and revocation requests being decided now.
@@ -128,6 +131,21 @@ impl Hold {
             let _ = release.send(());
         }
     }
+}
+
+fn held_gate() -> (HeldGate, Hold) {
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    (
+        HeldGate {
+            arrived: arrived_tx,
+            release: release_rx,
+        },
+        Hold {
+            arrived: Some(arrived),
+            release: Some(release),
+        },
+    )
 }
 
 /// A running emulator. Dropping it stops the server.
@@ -200,6 +218,7 @@ impl Emulator {
             faults: VecDeque::new(),
             sticky_fault: None,
             holds: VecDeque::new(),
+            answer_holds: VecDeque::new(),
             counters: Counters::default(),
             last_request: None,
             deciding: 0,
@@ -393,16 +412,18 @@ impl Emulator {
     /// anything about it is decided, until the returned [`Hold`] is
     /// released or dropped.
     pub fn hold_next(&self) -> Hold {
-        let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
-        let (release, release_rx) = tokio::sync::oneshot::channel();
-        self.lock().holds.push_back(HeldGate {
-            arrived: arrived_tx,
-            release: release_rx,
-        });
-        Hold {
-            arrived: Some(arrived),
-            release: Some(release),
-        }
+        let (gate, hold) = held_gate();
+        self.lock().holds.push_back(gate);
+        hold
+    }
+
+    /// Decides the next token or revocation request at once (tokens
+    /// issued, a rotated refresh token used up) and holds its answer until
+    /// [`Hold::release`]; [`Hold::arrived`] returns once it is decided.
+    pub fn hold_next_answer(&self) -> Hold {
+        let (gate, hold) = held_gate();
+        self.lock().answer_holds.push_back(gate);
+        hold
     }
 
     /// Waits until no token or revocation request is being decided (one
@@ -703,14 +724,19 @@ async fn decide(state: Arc<Mutex<State>>, path: &str, recorded: RecordedRequest)
         }
         mangle = fault.mangle;
     }
-    let response = {
+    let (response, answer_hold) = {
         let mut state = lock();
-        if path == "/revoke" {
+        let response = if path == "/revoke" {
             revoke(&mut state, &recorded)
         } else {
             token(&mut state, &recorded)
-        }
+        };
+        (response, state.answer_holds.pop_front())
     };
+    if let Some(HeldGate { arrived, release }) = answer_hold {
+        let _ = arrived.send(());
+        let _ = release.await;
+    }
     match mangle {
         Some(mangle) => mangled(response, mangle).await,
         None => response,
@@ -1026,6 +1052,9 @@ fn discovery_document(state: &mut State, path: &str) -> HttpResponse {
 }
 
 fn device_authorization(state: &mut State, request: &RecordedRequest) -> HttpResponse {
+    if state.behaviour.device_needs_client_id_in_body && request.form_value("client_id").is_none() {
+        return oauth_error(400, "invalid_request", "Missing client_id parameter.");
+    }
     let client_id = match identify(state, request) {
         Ok(client_id) => client_id,
         Err(refusal) => return *refusal,
@@ -1257,6 +1286,13 @@ fn use_refresh_token(
             new
         }
     };
+    if behaviour.rotation != Rotation::Never && behaviour.revoke_access_on_rotation {
+        for access in state.access_tokens.values_mut() {
+            if access.grant == Some(grant) {
+                access.revoked = true;
+            }
+        }
+    }
     let scopes = state.grants[grant as usize].scopes.clone();
     let access = issue_access(state, Some(grant), client_id);
     token_body(state, &access, Some(&refresh), &scopes)
