@@ -56,7 +56,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 use tokd_shared::InstallationState;
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 /// The largest `min_valid` a caller may ask for.
 pub const MAX_MIN_VALID: Duration = Duration::from_secs(24 * 3600);
@@ -64,6 +64,10 @@ pub const MAX_MIN_VALID: Duration = Duration::from_secs(24 * 3600);
 /// than a refresh's own timeout (60 s, see `oauth::Timeouts`), so that one
 /// always finishes and its rotated refresh token is written.
 pub const STOP_BOUND: Duration = Duration::from_secs(65);
+/// How long a caller whose held token would do waits for a refresh already
+/// in flight (its answer may have made the held token dead) before it is
+/// given the held token anyway.
+pub const ROTATION_WAIT: Duration = Duration::from_secs(5);
 /// Why a token shorter than asked is served after a refresh.
 const SHORT_LIVED: &str = "the provider's tokens do not live that long, and this one is the newest";
 
@@ -338,8 +342,16 @@ impl Broker {
         let _ = self.events.send(event);
     }
 
-    /// Applies `change` to the slot's installation and emits
-    /// `StateChanged` when its state or sentence changed.
+    /// Applies `change` to the slot's installation, puts it in the queue at
+    /// its new due time, and emits `StateChanged` when its state or
+    /// sentence changed.
+    ///
+    /// Every change of an installation goes through here, so none can
+    /// leave it out of the queue: tokens read from the keyring after start,
+    /// a state file read again on reload, a keyring that is back, a
+    /// revocation. (A restarted tokd with its tokens in the keyring once
+    /// armed nothing: the schedule was computed before the tokens were
+    /// read, and the read did not compute it again.)
     fn change<T>(
         &self,
         slot: &Slot,
@@ -347,12 +359,13 @@ impl Broker {
         change: impl FnOnce(&mut Installation, &Spec) -> T,
     ) -> T {
         let spec = slot.spec();
-        let now = self.clock.now();
+        let (now, monotonic) = (self.clock.now(), self.clock.monotonic());
         let before = (
             inner.installation.kind(),
             inner.installation.message(&spec, now),
         );
         let result = change(&mut inner.installation, &spec);
+        self.arm(slot, &spec, &inner.installation, now, monotonic);
         let after = (
             inner.installation.kind(),
             inner.installation.message(&spec, now),
@@ -365,6 +378,27 @@ impl Broker {
             });
         }
         result
+    }
+
+    /// Puts the slot in the queue at the installation's next due time, as
+    /// of `now` (or takes it out).
+    fn arm(
+        &self,
+        slot: &Slot,
+        spec: &Spec,
+        installation: &Installation,
+        now: SystemTime,
+        monotonic: std::time::Instant,
+    ) {
+        let due = installation.next_due(
+            spec,
+            self.margin(),
+            now,
+            monotonic,
+            schedule::random_fraction(),
+            schedule::random_fraction(),
+        );
+        self.queue.set(&slot.name, due);
     }
 
     /// A token for `name` valid for at least `min_valid`, refreshing first
@@ -395,20 +429,46 @@ impl Broker {
         let (now, monotonic) = (self.clock.now(), self.clock.monotonic());
         // The fast path, a held token that lasts: one lock, nothing cloned
         // but the token.
-        let spec = {
+        let held_during_refresh = {
             let inner = lock(&slot.inner);
             let installation = &inner.installation;
             // A lost grant takes its access tokens with it at the provider
             // (revocation, Bitbucket's scope change): say so at once rather
             // than hand out a token that will be refused.
-            if !matches!(installation.state, State::NeedsLogin(_))
-                && let Some(token) = installation.token_valid_for(now, monotonic, min_valid)
+            match installation.token_valid_for(now, monotonic, min_valid) {
+                Some(token) if matches!(installation.state, State::Refreshing { .. }) => {
+                    Some(token)
+                }
+                Some(token) if !matches!(installation.state, State::NeedsLogin(_)) => {
+                    return Ok(token);
+                }
+                _ => None,
+            }
+        };
+        // A refresh is in flight: a provider that rotates may already have
+        // killed the held access token with its refresh token
+        // (django-oauth-toolkit deletes it at once), so wait for the new
+        // one, within a bound; a refresh still unanswered by then leaves
+        // the held token to the caller.
+        if let Some(held) = held_during_refresh {
+            debug!(installation = %name, "a refresh is in flight; waiting for its token");
+            let finished = tokio::time::timeout(ROTATION_WAIT, slot.flight.lock()).await;
+            let Ok(guard) = finished else {
+                debug!(installation = %name, "the refresh in flight is still unanswered; serving the held token");
+                return Ok(held);
+            };
+            drop(guard);
+            let (now, monotonic) = (self.clock.now(), self.clock.monotonic());
+            let inner = lock(&slot.inner);
+            if !matches!(inner.installation.state, State::NeedsLogin(_))
+                && let Some(token) = inner
+                    .installation
+                    .token_valid_for(now, monotonic, min_valid)
             {
                 return Ok(token);
             }
-            drop(inner);
-            slot.spec()
-        };
+        }
+        let spec = slot.spec();
         // Tokens kept in a keyring that was locked or away: read them
         // first (asking the desktop to unlock it); they may do.
         let waiting_for_keyring = {
@@ -538,6 +598,13 @@ impl Broker {
 
 /// A slot for `spec` from what loading its record found.
 fn slot_from(spec: Arc<Spec>, loaded: Result<Loaded, StoreError>) -> Slot {
+    let installation = loaded_installation(&spec, loaded);
+    Slot::new(spec, installation)
+}
+
+/// The installation of `spec` from what loading its record found, with
+/// what the log should hear about it.
+fn loaded_installation(spec: &Spec, loaded: Result<Loaded, StoreError>) -> Installation {
     let name = spec.name();
     match &loaded {
         Ok(Loaded::Found(record))
@@ -554,8 +621,7 @@ fn slot_from(spec: Arc<Spec>, loaded: Result<Loaded, StoreError>) -> Slot {
         Err(error) => error!(installation = %name, %error, "cannot load state"),
         Ok(_) => {}
     }
-    let installation = Installation::loaded(&spec, loaded);
-    Slot::new(spec, installation)
+    Installation::loaded(spec, loaded)
 }
 
 fn specs_of(config: &Config) -> Vec<Arc<Spec>> {

@@ -85,15 +85,15 @@ impl Broker {
 
     /// Puts the slot in the queue at its next due time (or takes it out).
     pub(crate) fn schedule(&self, slot: &Slot) {
-        let due = lock(&slot.inner).installation.next_due(
-            &slot.spec(),
-            self.margin(),
+        let spec = slot.spec();
+        let inner = lock(&slot.inner);
+        self.arm(
+            slot,
+            &spec,
+            &inner.installation,
             self.clock.now(),
             self.clock.monotonic(),
-            schedule::random_fraction(),
-            schedule::random_fraction(),
         );
-        self.queue.set(&slot.name, due);
     }
 
     /// Makes one request to the provider unless one finished since the
@@ -235,7 +235,6 @@ impl Broker {
                     warn!(installation = %slot.name, error = %failure.message, state = %inner.installation.kind(), "request to the provider failed");
                     error
                 };
-                self.schedule(slot);
                 Err(error)
             }
         }
@@ -278,7 +277,6 @@ impl Broker {
             name: slot.name.to_string(),
             expires_at,
         });
-        self.schedule(slot);
     }
 
     /// Retries the write of `name`'s record until it succeeds, the slot

@@ -281,8 +281,6 @@ impl Broker {
                     self.change(slot, &mut inner, |installation, _| {
                         installation.keyring_down = Some(down(error));
                     });
-                    drop(inner);
-                    self.schedule(slot);
                 }
                 false
             }
