@@ -302,6 +302,30 @@ impl Installation {
         }
     }
 
+    /// Whether its state file could not be loaded (a loose mode that could
+    /// not be fixed, a damaged folder): a reload reads it again.
+    pub fn state_file_unusable(&self) -> bool {
+        matches!(
+            self.state,
+            State::Misconfigured(Misconfiguration::StateFile { .. })
+        )
+    }
+
+    /// The config was reloaded and this installation's identity did not
+    /// change: a refusal of the client was the old config's to answer for
+    /// (a secret file since put back, a discovery document since fixed),
+    /// so the next request tries again. Other states stand.
+    pub fn reconfigured(&mut self) {
+        if let State::Misconfigured(Misconfiguration::Refused { .. }) = self.state {
+            let holds = self.record.access_token.is_some() || self.record.refresh_token.is_some();
+            self.state = if holds {
+                State::Valid
+            } else {
+                State::Empty(Empty::Never)
+            };
+        }
+    }
+
     /// An installation whose consumer identity or scopes changed since its
     /// tokens were issued: the tokens are not its own any more.
     pub fn identity_changed(spec: &Spec) -> Self {

@@ -3,6 +3,11 @@
 //! client, token URL, scopes and grant are unchanged keep their tokens and
 //! schedules; those whose identity changed need a new login; new ones are
 //! loaded from disk; removed ones are dropped with their pending logins.
+//!
+//! What the sentences tell users to fix and reload is what a reload
+//! re-reads: a `misconfigured` installation is tried again under the new
+//! config (its secret file back, its discovery document fixed), and one
+//! whose state file could not be loaded reads it again.
 
 use super::installation::Installation;
 use super::{Broker, Error, Event, Slot, specs_of};
@@ -53,10 +58,25 @@ impl Broker {
         let mut slots: BTreeMap<Arc<str>, Arc<Slot>> = BTreeMap::new();
         let mut changed = Vec::new();
         let mut added = Vec::new();
+        // Kept installations whose state file could not be loaded: read
+        // again (its mode fixed, say), as the sentence told the user.
+        let mut reread = Vec::new();
         for spec in specs_of(&config) {
             let slot = match old.get(spec.name()) {
                 Some(slot) if slot.spec().same_identity(&spec) => {
                     *lock(&slot.spec) = spec;
+                    let mut inner = lock(&slot.inner);
+                    if inner.installation.state_file_unusable() {
+                        reread.push(slot.clone());
+                    } else {
+                        // A misconfiguration is the old config's: the
+                        // next request (a get, or the schedule) tries the
+                        // new one.
+                        self.change(slot, &mut inner, |installation, _| {
+                            installation.reconfigured();
+                        });
+                    }
+                    drop(inner);
                     slot.clone()
                 }
                 Some(_) => {
@@ -81,19 +101,33 @@ impl Broker {
         // New installations' records are read off the runtime thread: calls
         // are being answered meanwhile.
         let store = self.store.clone();
-        let names: Vec<String> = added.iter().map(|spec| spec.name().to_owned()).collect();
+        let names: Vec<String> = added
+            .iter()
+            .map(|spec| spec.name().to_owned())
+            .chain(reread.iter().map(|slot| slot.name.to_string()))
+            .collect();
         let mut loaded =
             tokio::task::spawn_blocking(move || store.load_many(names.iter().map(String::as_str)))
                 .await
                 .unwrap_or_default()
                 .into_iter();
+        let mut next = || {
+            loaded
+                .next()
+                .unwrap_or_else(|| Err(StoreError::Interrupted("the state loader failed".into())))
+        };
         let mut new_slots = Vec::new();
         for spec in added {
-            let result = loaded
-                .next()
-                .unwrap_or_else(|| Err(StoreError::Interrupted("the state loader failed".into())));
-            let slot = Arc::new(super::slot_from(spec, result));
+            let slot = Arc::new(super::slot_from(spec, next()));
             slots.insert(slot.name.clone(), slot.clone());
+            new_slots.push(slot);
+        }
+        for slot in reread {
+            let loaded = super::loaded_installation(&slot.spec(), next());
+            let mut inner = lock(&slot.inner);
+            self.change(&slot, &mut inner, |installation, _| *installation = loaded);
+            drop(inner);
+            info!(installation = %slot.name, "read its state file again");
             new_slots.push(slot);
         }
         for name in old.keys().filter(|name| !slots.contains_key(*name)) {

@@ -271,6 +271,66 @@ fn permanent_failures_say_what_to_do() {
     assert_eq!(installation.refusal(&a, at(1)), Err(error));
 }
 
+/// "Fix the config and run `tokctl reload`" must be true: a reload with the
+/// identity unchanged lets a refused client try again (and puts it back in
+/// the queue: an expired token is due at once); a lost grant stands.
+#[test]
+fn a_reload_lets_a_misconfigured_installation_try_again_and_nothing_else() {
+    let a = spec("a", None);
+    let misconfigured = |record: Record| {
+        let mut installation = valid(at(0), HOUR);
+        installation.record = record;
+        installation.failed(
+            &a,
+            &failure(
+                ErrorKind::Misconfigured,
+                "cannot read client secret file",
+                None,
+            ),
+            at(0),
+            0.5,
+        );
+        installation
+    };
+    let mut holding_one = misconfigured(holding(at(0), HOUR));
+    assert_eq!(
+        holding_one.next_due(&a, None, at(2 * 3600), mono(), 0.0, 0.0),
+        None
+    );
+    holding_one.reconfigured();
+    assert_eq!(holding_one.state, State::Valid);
+    assert_eq!(holding_one.refusal(&a, at(2 * 3600)), Ok(()));
+    assert_eq!(
+        holding_one.next_due(&a, None, at(2 * 3600), mono(), 0.0, 0.0),
+        Some(at(2 * 3600)),
+        "expired: due at once"
+    );
+    let mut empty = misconfigured(Record::default());
+    empty.reconfigured();
+    assert_eq!(empty.state, State::Empty(Empty::Never));
+
+    let mut lost = valid(at(0), HOUR);
+    lost.failed(
+        &a,
+        &failure(ErrorKind::NeedsLogin, "invalid_grant", None),
+        at(0),
+        0.5,
+    );
+    let before = lost.clone();
+    lost.reconfigured();
+    assert_eq!(lost, before, "a lost grant needs a login, not a reload");
+
+    let unusable = Installation::loaded(
+        &a,
+        Err(StoreError::NewerFormat {
+            path: PathBuf::from("/state/a.json"),
+            found: 9,
+        }),
+    );
+    assert!(unusable.state_file_unusable());
+    assert!(!holding_one.state_file_unusable());
+}
+
 #[test]
 fn what_may_ask_the_provider_now() {
     let a = spec("a", None);
