@@ -79,6 +79,7 @@ impl Broker {
             .await
             .map_err(|error| {
                 let message = format!("cannot start a device login of `{name}`: {}", error.message);
+                warn!(installation = %name, error = %error.message, "the device login could not start");
                 if error.kind == ErrorKind::Misconfigured && error.status.is_none() {
                     // No device endpoint: a usage question, not a fault.
                     Error::InvalidArgument(message)

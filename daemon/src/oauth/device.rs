@@ -66,6 +66,7 @@ impl OAuthClient {
             ));
         };
         let mut request = Request::new(url.clone(), "device endpoint");
+        request.client_id_in_body();
         if !scopes.is_empty() {
             request.field("scope", &scopes.join(" "));
         }

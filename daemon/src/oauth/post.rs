@@ -30,6 +30,8 @@ pub(super) struct Request {
     fields: Vec<(Key, Zeroizing<String>)>,
     scrubber: Scrubber,
     timeout: Option<Duration>,
+    /// `client_id` goes in the body whatever the client authentication.
+    client_id_in_body: bool,
 }
 
 impl Request {
@@ -40,7 +42,17 @@ impl Request {
             fields: Vec::new(),
             scrubber: Scrubber::default(),
             timeout: None,
+            client_id_in_body: false,
         }
+    }
+
+    /// Names the client with `client_id` in the body also when it
+    /// authenticates with HTTP Basic (the device authorization request:
+    /// RFC 8628 §3.1 asks for it, and oauthlib-based servers such as
+    /// django-oauth-toolkit refuse the request without it even under
+    /// Basic).
+    pub fn client_id_in_body(&mut self) {
+        self.client_id_in_body = true;
     }
 
     /// A request to the token endpoint for `grant_type`, with the
@@ -132,6 +144,9 @@ impl OAuthClient {
         }
         match (endpoints.client_auth, &secret) {
             (ClientAuth::Basic, Some(secret)) => {
+                if request.client_id_in_body {
+                    request.field("client_id", &consumer.client_id);
+                }
                 let credentials = basic_credentials(&consumer.client_id, secret);
                 request.scrubber.add(secret.expose());
                 request.scrubber.add(&credentials);
