@@ -2,7 +2,7 @@
 //! the provider emulator over loopback HTTP.
 
 use crate::support::{
-    CLIENT_ID, World, browse, browser, eventually, query_value, tokctl_bin, tokd_bin, within,
+    CLIENT_ID, World, browse, browser, query_value, tokctl_bin, tokd_bin, within,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -122,71 +122,6 @@ async fn login_with_a_code_copied_by_hand() {
         assert!(again.stdout.is_empty());
         assert!(again.stderr.contains("tokctl login m"), "{again:?}");
         assert_eq!(world.get("m").await, token, "the held token is kept");
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_provider_still_gets_the_held_token_with_a_warning() {
-    within(async {
-        let world = World::start(Behaviour::wso2()).await;
-        world.login("a").await;
-        let token = world.get("a").await;
-        world
-            .emulator
-            .fail_always(Fault::status(503, tokd_testkit::FaultBody::Html));
-        // Two hours cannot be had from a one-hour token: tokd tries, the
-        // provider fails, and the held token is served with one warning.
-        for _ in 0..2 {
-            let out = world.tokctl(&["get", "a", "--min-valid", "2h"]).await;
-            assert_eq!(out.status, 0, "{out:?}");
-            assert_eq!(out.stdout, format!("{token}\n"));
-            assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
-            assert!(out.stderr.starts_with("tokctl: warning: "), "{out:?}");
-            assert!(out.stderr.contains("503"), "{out:?}");
-        }
-        // The second get waited for the backoff instead of asking again.
-        assert_eq!(world.emulator.counters().refused, 1);
-        let status = world.status("a").await;
-        assert_eq!(status["state"], "failing");
-        assert!(status["next_refresh"].as_i64().is_some(), "{status}");
-        // A plain get is satisfied by the held token without a word.
-        let plain = world.tokctl(&["get", "a"]).await;
-        assert_eq!((plain.status, plain.stderr.as_str()), (0, ""));
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refresh_happens_ahead_of_expiry_with_no_caller() {
-    within(async {
-        let mut behaviour = Behaviour::wso2();
-        behaviour.access_lifetime = Duration::from_secs(12);
-        let world = World::start(behaviour).await;
-        let (_connection, proxy) = world.proxy().await;
-        use futures_util::StreamExt;
-        let mut refreshed = proxy.receive_token_refreshed().await.expect("signal");
-        world.login("a").await;
-        // (The default --min-valid of 60 s would refresh a 12 s token.)
-        let first = world.get_with("a", &["--min-valid", "1s"]).await;
-        assert_eq!(world.emulator.counters().refresh_token, 0);
-        // The login itself announces a token; then the scheduler refreshes
-        // (12 s lifetime: due after about 6 s) while nobody asks.
-        let mut refreshes = 0;
-        while refreshes < 2 {
-            let signal = refreshed.next().await.expect("TokenRefreshed");
-            let args = signal.args().expect("args");
-            if args.name == "a" {
-                refreshes += 1;
-            }
-        }
-        assert_eq!(world.emulator.counters().refresh_token, 1);
-        let info = proxy.status("a").await.expect("status");
-        assert_eq!(info.state, "valid");
-        assert!(info.next_refresh > info.last_refresh, "{info:?}");
-        let second = world.get_with("a", &["--min-valid", "1s"]).await;
-        assert_ne!(first, second);
-        assert!(world.emulator.access_token_is_valid(&second));
     })
     .await;
 }
@@ -386,71 +321,6 @@ async fn tokctl_runs_on_a_single_thread() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoke_tells_the_provider_and_forgets_the_tokens() {
-    within(async {
-        let world = World::start(Behaviour::wso2()).await;
-        world.login("a").await;
-        world.login("b").await;
-        let a = world.get("a").await;
-        let record = world.home.state_dir().join("a.json");
-        assert!(record.exists());
-        let out = world.tokctl(&["revoke", "a"]).await;
-        assert_eq!(out.status, 0, "{out:?}");
-        assert!(out.stdout.is_empty());
-        assert!(
-            out.stderr.contains("revoked `a` at the provider"),
-            "{out:?}"
-        );
-        assert_eq!(
-            world.emulator.counters().revoke,
-            2,
-            "refresh token, then access token"
-        );
-        assert!(!world.emulator.access_token_is_valid(&a));
-        assert!(!record.exists(), "the state file is removed");
-        let get = world.tokctl(&["get", "a"]).await;
-        assert_eq!(get.status, 4, "{get:?}");
-        assert!(get.stderr.contains("tokctl login a"), "{get:?}");
-        // Nothing left to revoke; `b` is untouched.
-        let again = world.tokctl(&["revoke", "a"]).await;
-        assert_eq!(again.status, 0, "{again:?}");
-        assert!(again.stderr.contains("nothing to revoke"), "{again:?}");
-        assert!(world.emulator.access_token_is_valid(&world.get("b").await));
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_keeps_every_token_in_private_files() {
-    within(async {
-        let mut world = World::start(Behaviour::wso2()).await;
-        world.login("a").await;
-        let a = world.get("a").await;
-        let bot = world.get("bot").await;
-        let status = world.tokd.as_mut().expect("tokd").terminate();
-        assert!(status.success(), "SIGTERM ends tokd cleanly: {status}");
-        let state = world.home.state_dir();
-        let mode = |p: &std::path::Path| {
-            std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
-        };
-        assert_eq!(mode(&state), 0o700);
-        for name in ["a", "bot"] {
-            assert_eq!(mode(&state.join(format!("{name}.json"))), 0o600, "{name}");
-        }
-        let before = world.emulator.counters();
-        world.start_tokd().await;
-        assert_eq!(world.get("a").await, a);
-        assert_eq!(world.get("bot").await, bot);
-        assert_eq!(
-            world.emulator.counters().token_requests(),
-            before.token_requests(),
-            "no new request, no new login"
-        );
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_leave_stdout_empty_with_distinct_statuses() {
     within(async {
         let world = World::start(Behaviour::wso2()).await;
@@ -486,85 +356,6 @@ async fn failures_leave_stdout_empty_with_distinct_statuses() {
             .expect("tokctl");
         assert_eq!(out.status.code(), Some(7), "{out:?}");
         assert!(out.stdout.is_empty());
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reload_keeps_the_tokens_of_unchanged_installations() {
-    within(async {
-        let world = World::start(Behaviour::wso2()).await;
-        world.login("a").await;
-        world.login("b").await;
-        let a = world.get("a").await;
-        let b = world.get("b").await;
-        let before = world.emulator.counters();
-        // `b` now asks for other scopes; `c` is new; `a` is unchanged.
-        let config =
-            with_b_asking_for_write(&world.config("\n[installations.c]\nconsumer = \"acme\"\n"));
-        world.home.write_config(&config);
-        let out = world.tokctl(&["reload"]).await;
-        assert_eq!(out.status, 0, "{out:?}");
-        assert_eq!(world.get("a").await, a);
-        assert_eq!(world.emulator.counters(), before, "no request for `a`");
-        let b_now = world.tokctl(&["get", "b"]).await;
-        assert_eq!(b_now.status, 4, "scopes changed: {b_now:?}");
-        let c = world.status("c").await;
-        assert_eq!(c["state"], "empty");
-        // An invalid file is refused and the running config stays.
-        world
-            .home
-            .write_config("[installations.x]\nconsumer = \"missing\"\n");
-        let out = world.tokctl(&["reload"]).await;
-        assert_eq!(out.status, 6, "{out:?}");
-        assert!(out.stderr.contains("config.toml"), "{out:?}");
-        assert_eq!(world.get("a").await, a);
-        assert_eq!(world.tokctl(&["status", "c"]).await.status, 0);
-        let _ = b;
-        // SIGHUP reloads too: `c` disappears.
-        world.home.write_config(&world.config(""));
-        world.tokd.as_ref().expect("tokd").hangup();
-        let reloaded = eventually(Duration::from_secs(30), async || {
-            world.tokctl(&["status", "c"]).await.status == 3
-        })
-        .await;
-        assert!(reloaded, "SIGHUP did not reload");
-    })
-    .await;
-}
-
-/// `config` with installation `b` asking for the scopes `read write`.
-fn with_b_asking_for_write(config: &str) -> String {
-    config.replace(
-        "[installations.b]\nconsumer = \"acme\"\nscopes = [\"read\"]",
-        "[installations.b]\nconsumer = \"acme\"\nscopes = [\"read\", \"write\"]",
-    )
-}
-
-/// The config changed while tokd was not running: the stored tokens were
-/// issued for other scopes and are not used, as after a reload.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_after_a_scope_change_needs_a_login_too() {
-    within(async {
-        let mut world = World::start(Behaviour::wso2()).await;
-        world.login("a").await;
-        world.login("b").await;
-        let a = world.get("a").await;
-        assert!(world.tokd().terminate().success());
-        let config = with_b_asking_for_write(&world.config(""));
-        world.home.write_config(&config);
-        world.start_tokd().await;
-        assert_eq!(world.get("a").await, a, "`a` is unchanged");
-        let b = world.tokctl(&["get", "b"]).await;
-        assert_eq!(b.status, 4, "{b:?}");
-        assert!(b.stderr.contains("changed; run `tokctl login b`"), "{b:?}");
-        assert_eq!(world.status("b").await["state"], "needs-login");
-        world.login("b").await;
-        let token = world.get("b").await;
-        assert_eq!(
-            world.emulator.scopes_of(&token),
-            Some(vec!["read".to_owned(), "write".to_owned()])
-        );
     })
     .await;
 }

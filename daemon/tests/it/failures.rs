@@ -3,11 +3,11 @@
 //! cannot be written, loose permissions, and SIGKILL at random moments.
 
 use crate::support::{
-    CLIENT_ID, SECRET, World, browser, eventually, mode, set_mode, within, within_for,
-    without_override,
+    CLIENT_ID, SECRET, TokenStore, World, browser, eventually, for_each_store, mode, set_mode,
+    within, within_for, without_override,
 };
 use std::time::Duration;
-use tokd_testkit::{Behaviour, Fault, GnomeKeyring};
+use tokd_testkit::{Behaviour, Fault};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_refresh_in_flight_finish_and_write_the_rotated_token() {
@@ -168,87 +168,6 @@ async fn every_state_change_is_a_signal_with_a_sentence() {
     .await;
 }
 
-/// A provider outage longer than the token's life: the held token is
-/// served while it lasts, `Retry-After` is honoured, gets during the
-/// backoff do not hit the provider, `get` then fails saying when the next
-/// try is, and once the provider is back tokd recovers with nobody asking.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_outage_is_ridden_out_and_ends_by_itself() {
-    within_for(Duration::from_secs(120), async {
-        let mut behaviour = Behaviour::wso2();
-        behaviour.access_lifetime = Duration::from_secs(6);
-        let world = World::start(behaviour).await;
-        world.login("a").await;
-        let held = world.get_with("a", &["--min-valid", "1s"]).await;
-        world
-            .emulator
-            .fail_always(Fault::status(503, tokd_testkit::FaultBody::Html).with_retry_after("20"));
-        // The scheduled refresh (due 5 s after the login) fails.
-        let failing = eventually(Duration::from_secs(30), async || {
-            world.status("a").await["state"] == "failing"
-        })
-        .await;
-        assert!(failing, "{}", world.log());
-        let status = world.status("a").await;
-        let now = tokd::schedule::unix_seconds(std::time::SystemTime::now());
-        let next = status["next_refresh"].as_i64().expect("a next try");
-        assert!(next - now >= 15, "Retry-After: 20 is honoured: {status}");
-        assert!(
-            status["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("tries again in")),
-            "{status}"
-        );
-        assert!(
-            status["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("503") && !e.contains("tries again")),
-            "the detail, without a wait that goes stale: {status}"
-        );
-
-        // While it lasts the held token is served; then get fails with
-        // exit 5 and says when tokd tries again.
-        let mut last = None;
-        let expired = eventually(Duration::from_secs(30), async || {
-            let out = world.tokctl(&["get", "a", "--min-valid", "0s"]).await;
-            if out.status == 0 {
-                assert_eq!(out.stdout.trim(), held, "{out:?}");
-                false
-            } else {
-                last = Some(out);
-                true
-            }
-        })
-        .await;
-        assert!(expired);
-        let out = last.expect("a failed get");
-        assert_eq!(out.status, 5, "{out:?}");
-        assert!(out.stdout.is_empty(), "{out:?}");
-        assert!(
-            out.stderr.contains("the provider is failing") && out.stderr.contains("tries again in"),
-            "{out:?}"
-        );
-        assert_eq!(
-            world.emulator.counters().refused,
-            1,
-            "gets during the backoff did not ask the provider"
-        );
-
-        // The provider comes back; nobody asks; tokd recovers by itself.
-        world.emulator.clear_faults();
-        let recovered = eventually(Duration::from_secs(60), async || {
-            world.status("a").await["state"] == "valid"
-        })
-        .await;
-        assert!(recovered, "{}", world.log());
-        // (A 6 s token: the default 60 s of validity would get a warning.)
-        let token = world.get_with("a", &["--min-valid", "1s"]).await;
-        assert_ne!(token, held);
-        assert!(world.emulator.access_token_is_valid(&token));
-    })
-    .await;
-}
-
 /// Another writer (a restored backup, a second tokd on a shared home)
 /// refreshed the grant and wrote the new refresh token to the state file;
 /// tokd's own, older one is refused.
@@ -398,72 +317,71 @@ async fn loose_permissions_on_the_state_folder_and_files_are_tightened() {
     .await;
 }
 
-/// Kills tokd with SIGKILL at random moments while a strictly rotating
-/// provider is refreshed back to back, restarts it, and checks after every
-/// kill that no installation is lost.
-///
-/// One loss cannot be prevented by any client: the provider has rotated
-/// (the old refresh token is dead) and the kill lands before the answer is
-/// on disk. To tell that window from a bug, the provider holds every
-/// request a random time *before* deciding it, and the test reads tokd's
-/// log: a kill is "in a request" when tokd had asked and had not yet
-/// written the answer. A kill outside a request must never lose anything;
-/// a kill inside one may lose only the one installation asking, with its
-/// previous file intact and a clear needs-login state (the test logs in
-/// again and counts it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_under_strict_rotation_loses_no_installation() {
-    within_for(Duration::from_secs(600), async {
-        let world = World::start(Behaviour::wso2()).await;
-        sigkill_at_random_moments(world, None, 30).await;
-    })
-    .await;
+/// How the store is disturbed during one round of the soak, before the
+/// kill: what a desktop does to a keyring (a screen lock; the keyring
+/// daemon gone and back), and what a full disk or a wrong mode does to
+/// the state folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disturbance {
+    None,
+    /// The keyring is locked; `undone`: unlocked again before the kill.
+    Locked {
+        undone: bool,
+    },
+    /// The keyring daemon is stopped and started again.
+    Restarted,
+    /// The state folder cannot be written; `undone`: writable again
+    /// before the kill.
+    ReadOnly {
+        undone: bool,
+    },
 }
 
-/// The same, with the tokens kept in the keyring: durable first there
-/// too (the item is replaced and confirmed before the new access token is
-/// served).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_with_tokens_in_the_keyring_loses_no_installation() {
-    within_for(Duration::from_secs(600), async {
-        let world = World::prepare(Behaviour::wso2()).await;
-        let keyring = GnomeKeyring::start(&world.bus).await;
-        world
-            .home
-            .write_config(&world.config("\n[daemon]\nstore = \"keyring\"\n"));
-        sigkill_at_random_moments(world, Some(&keyring), 20).await;
-    })
-    .await;
+for_each_store! {
+    /// Kills tokd with SIGKILL at random moments while a strictly rotating
+    /// provider is refreshed back to back, disturbs the store on some
+    /// rounds (the keyring locked, unlocked, restarted; the state folder
+    /// unwritable), restarts tokd, and checks after every kill that no
+    /// installation is lost.
+    ///
+    /// One loss cannot be prevented by any client: the provider has rotated
+    /// (the old refresh token is dead) and the kill lands before the answer
+    /// is kept. To tell that window from a bug, the provider holds every
+    /// request a random time *before* deciding it, and the test reads
+    /// tokd's log: a kill is "in the window" when tokd had asked and had not
+    /// yet written the answer, or held new tokens in memory only because
+    /// the store refused them. A kill outside must never lose anything; a
+    /// kill inside may lose only that installation, one rotation behind,
+    /// with a clear needs-login state (the test logs in again and counts
+    /// it).
+    async fn sigkill_at_random_moments_loses_no_installation(store) {
+        within_for(Duration::from_secs(600), async {
+            let world = World::prepare_in(store, Behaviour::wso2()).await;
+            sigkill_at_random_moments(world, 30).await;
+        })
+        .await;
+    }
 }
 
-/// The refresh token stored for `name`: in its state file, or in the
-/// keyring.
-async fn stored_refresh_token(world: &World, keyring: Option<&GnomeKeyring>, name: &str) -> String {
-    let Some(keyring) = keyring else {
-        return world.stored_refresh_token(name);
-    };
-    let item = keyring
-        .items()
-        .await
-        .into_iter()
-        .find(|item| item.attributes.get("installation").map(String::as_str) == Some(name))
-        .unwrap_or_else(|| panic!("{name} has an item in the keyring"));
-    let secret: serde_json::Value = serde_json::from_str(&item.secret).expect("JSON");
-    secret["refresh_token"]
-        .as_str()
-        .expect("a refresh token")
-        .to_owned()
-}
-
-async fn sigkill_at_random_moments(mut world: World, keyring: Option<&GnomeKeyring>, kills: usize) {
-    if world.tokd.is_none() {
+/// Starts tokd; with the file store, without the capability that would let
+/// it write to a read-only folder as root.
+async fn start_soaked(world: &mut World) {
+    if world.store == Some(TokenStore::File) {
+        world.restart_tokd_wrapped(&without_override()).await;
+    } else {
         world.start_tokd().await;
     }
+}
+
+async fn sigkill_at_random_moments(mut world: World, kills: usize) {
+    start_soaked(&mut world).await;
     world.login("a").await;
     world.login("b").await;
     let seed = tokd::schedule::random_fraction();
     let mut random = Random::new(seed);
     let (mut in_request, mut windows_hit) = (0, 0);
+    let mut disturbed = Vec::new();
+    let state = world.home.state_dir();
     for kill in 0..kills {
         // Each request waits 0–400 ms at the provider before it is
         // decided; the driver refreshes both installations back to back.
@@ -485,45 +403,85 @@ async fn sigkill_at_random_moments(mut world: World, keyring: Option<&GnomeKeyri
                 }
             })
         };
-        tokio::time::sleep(Duration::from_millis(200 + random.below(1800))).await;
+        // One round in two is disturbed.
+        let disturbance = match (world.store, random.below(4)) {
+            (Some(TokenStore::Keyring), 0) => Disturbance::Locked { undone: false },
+            (Some(TokenStore::Keyring), 1) => Disturbance::Locked { undone: true },
+            (Some(TokenStore::Keyring), 2) => Disturbance::Restarted,
+            (Some(TokenStore::File), 0) => Disturbance::ReadOnly { undone: false },
+            (Some(TokenStore::File), 1) => Disturbance::ReadOnly { undone: true },
+            _ => Disturbance::None,
+        };
+        tokio::time::sleep(Duration::from_millis(100 + random.below(900))).await;
+        match disturbance {
+            Disturbance::None => {}
+            Disturbance::Locked { .. } => world.gnome().lock().await,
+            Disturbance::Restarted => world.gnome().restart().await,
+            Disturbance::ReadOnly { .. } => set_mode(&state, 0o500),
+        }
+        tokio::time::sleep(Duration::from_millis(100 + random.below(900))).await;
+        match disturbance {
+            Disturbance::Locked { undone: true } => world.gnome().unlock().await,
+            Disturbance::ReadOnly { undone: true } => set_mode(&state, 0o700),
+            _ => {}
+        }
+        if disturbance != Disturbance::None {
+            disturbed.push(disturbance);
+        }
+        tokio::time::sleep(Duration::from_millis(random.below(800))).await;
         world.tokd().kill();
         // Complete up to the kill: tokd writes each line at once.
         let log_before_kill = world.log();
         driver.abort();
         world.emulator.clear_faults();
+        // The store as the user would leave it before starting tokd again.
+        if let Some(gnome) = &world.keyring
+            && gnome.is_locked().await
+        {
+            gnome.unlock().await;
+        }
+        set_mode(&state, 0o700);
         // A request tokd sent before it died is still decided by the
         // provider (and may rotate): judge the provider's state after.
         world.emulator.settled().await;
 
         for name in ["a", "b"] {
-            let stored = stored_refresh_token(&world, keyring, name).await;
+            let stored = world
+                .kept_refresh_token(name)
+                .await
+                .unwrap_or_else(|| panic!("kill {kill}: `{name}` keeps no refresh token"));
             if world.emulator.refresh_token_is_valid(&stored) {
                 continue;
             }
-            // Lost: allowed only when the kill landed inside a request
-            // of this installation, after the provider rotated the very
-            // token on disk (one rotation behind, not more).
-            let asking = requesting_at_kill(&log_before_kill, name);
+            // Lost: allowed only when the kill landed inside this
+            // installation's window. In a request, the provider rotated
+            // the very token kept (one rotation behind, not more); with
+            // new tokens held in memory only, tokd went on refreshing from
+            // them, so the kept one is further behind in the same grant.
+            let requesting = requesting_at_kill(&log_before_kill, name);
+            let held = held_in_memory_at_kill(&log_before_kill, name);
             assert!(
-                asking,
-                "kill {kill}: `{name}` lost its grant outside a request (seed {seed})\n{log_before_kill}"
+                requesting || held,
+                "kill {kill} ({disturbance:?}): `{name}` lost its grant outside a request (seed {seed})\n{log_before_kill}"
             );
-            let successor = world.emulator.successor_of(&stored);
+            let behind = rotations_behind(&world, &stored);
             assert!(
-                successor.is_some_and(|s| world.emulator.refresh_token_is_valid(&s)),
-                "kill {kill}: `{name}`'s file is more than one rotation behind (seed {seed})"
+                behind == Some(1) || (held && behind.is_some()),
+                "kill {kill} ({disturbance:?}): `{name}`'s kept token is {behind:?} rotations behind the live one (seed {seed})\n{log_before_kill}"
             );
             windows_hit += 1;
-            eprintln!("kill {kill}: `{name}` lost in the window (provider delay {delay} ms)");
+            eprintln!(
+                "kill {kill} ({disturbance:?}): `{name}` lost in the window (provider delay {delay} ms)"
+            );
         }
-        if requesting_at_kill(&log_before_kill, "a") || requesting_at_kill(&log_before_kill, "b") {
+        if in_window_at_kill(&log_before_kill, "a") || in_window_at_kill(&log_before_kill, "b") {
             in_request += 1;
         }
 
-        world.start_tokd().await;
+        start_soaked(&mut world).await;
         for name in ["a", "b"] {
             let status = world.status(name).await;
-            let stored = stored_refresh_token(&world, keyring, name).await;
+            let stored = world.kept_refresh_token(name).await.expect("kept");
             if world.emulator.refresh_token_is_valid(&stored) {
                 // Loaded and usable: a refresh works at once.
                 let out = world.tokctl(&["refresh", name]).await;
@@ -544,11 +502,51 @@ async fn sigkill_at_random_moments(mut world: World, keyring: Option<&GnomeKeyri
         }
     }
     eprintln!(
-        "{kills} kills (seed {seed}): {in_request} inside a request, {windows_hit} in the window between the provider's rotation and the write"
+        "{kills} kills (seed {seed}): {in_request} inside a window, {windows_hit} losses in the window between the provider's rotation and the write; disturbed: {disturbed:?}"
     );
     // Not vacuous: the kills did land inside requests (which also shows
-    // that the log lines this test reads still exist).
+    // that the log lines this test reads still exist), and the store was
+    // disturbed.
     assert!(in_request > 0, "no kill landed inside a request");
+    assert!(!disturbed.is_empty(), "no round disturbed the store");
+}
+
+/// How many rotations `kept` is behind the live refresh token of its
+/// grant (`None`: no live token descends from it).
+fn rotations_behind(world: &World, kept: &str) -> Option<usize> {
+    let mut token = kept.to_owned();
+    for behind in 1..=1000 {
+        token = world.emulator.successor_of(&token)?;
+        if world.emulator.refresh_token_is_valid(&token) {
+            return Some(behind);
+        }
+    }
+    None
+}
+
+/// Whether tokd's log shows `name` inside the window in which a kill may
+/// lose its grant: asking the provider with no answer written yet, or
+/// holding new tokens in memory only because the store refused them.
+fn in_window_at_kill(log: &str, name: &str) -> bool {
+    requesting_at_kill(log, name) || held_in_memory_at_kill(log, name)
+}
+
+/// Whether the last word of tokd's log on `name`'s owed write is that the
+/// new tokens are held in memory only.
+fn held_in_memory_at_kill(log: &str, name: &str) -> bool {
+    let tag = format!("installation={name}");
+    let mut held = false;
+    for line in log
+        .lines()
+        .filter(|line| line.split_whitespace().any(|word| word == tag))
+    {
+        if line.contains("they are held in memory only") {
+            held = true;
+        } else if line.contains("the tokens held in memory are written now") {
+            held = false;
+        }
+    }
+    held
 }
 
 /// Whether tokd's log shows `name` asking the provider for a token with no

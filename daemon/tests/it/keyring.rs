@@ -4,7 +4,7 @@
 //! refresh, a locked or vanished keyring (`locked`, held tokens served,
 //! nothing written), and moves between the files and the keyring.
 
-use crate::support::{World, eventually, within};
+use crate::support::{World, eventually, everything_in, within};
 use std::time::{Duration, Instant};
 use tokd::keyring::{Keyring, KeyringError, Secrets};
 use tokd::secret::{AccessToken, RefreshToken};
@@ -89,23 +89,6 @@ async fn the_client_saves_loads_replaces_deletes_and_sees_a_lock() {
         );
     })
     .await;
-}
-
-/// Every file under `dir`, read whole.
-fn everything_in(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(everything_in(&path));
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            found.push((path, String::from_utf8_lossy(&bytes).into_owned()));
-        }
-    }
-    found
 }
 
 /// Asserts that no file of the state folder holds any of `secrets`.

@@ -139,6 +139,48 @@ async fn a_device_login_by_a_public_client_ends_in_a_refreshed_token() {
     .await;
 }
 
+/// A confidential client authenticating with HTTP Basic still names
+/// itself in the device request's body: django-oauth-toolkit (oauthlib)
+/// refuses the request without it ("Missing client_id parameter."). A
+/// refused start is told to tokctl and logged by tokd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confidential_client_names_itself_in_the_device_request_and_a_refused_start_is_logged() {
+    within(async {
+        let mut behaviour = Behaviour::django_oauth_toolkit();
+        behaviour.device_interval = Duration::from_secs(1);
+        let world = World::start(behaviour).await;
+        let config = world.config("").replacen(
+            "[consumers.acme]\n",
+            &format!(
+                "[consumers.acme]\ndevice_url = \"{}\"\n",
+                world.emulator.device_url()
+            ),
+            1,
+        );
+        world.home.write_config(&config);
+        assert_eq!(world.tokctl(&["reload"]).await.status, 0);
+        let login = start_device_login(&world, &["login", "a", "--device"]).await;
+        polled(&world).await;
+        assert!(world.emulator.decide_device(&login.code, true));
+        let (status, stderr) = login.end().await;
+        assert_eq!(status, 0, "{stderr}\n{}", world.log());
+        let token = world.get("a").await;
+        assert!(world.emulator.access_token_is_valid(&token));
+
+        // The provider refuses the client at the device endpoint.
+        world.emulator.register_client(CLIENT_ID, "another secret");
+        let out = world.tokctl(&["login", "a", "--device"]).await;
+        assert_eq!(out.status, 6, "{out:?}");
+        assert!(out.stderr.contains("invalid_client"), "{out:?}");
+        let logged = world.log().lines().any(|line| {
+            line.contains("the device login could not start") && line.contains("invalid_client")
+        });
+        assert!(logged, "{}", world.log());
+        assert!(!world.log().contains("another secret"));
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_down_lengthens_the_interval_and_a_refusal_or_the_expiry_ends_the_login() {
     within(async {

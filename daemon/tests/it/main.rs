@@ -14,6 +14,7 @@ mod logins;
 mod notify;
 mod oauth;
 mod private;
+mod promises;
 mod security;
 mod store;
 mod support;

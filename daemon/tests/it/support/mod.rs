@@ -3,12 +3,49 @@
 
 mod world;
 
-pub use world::{CLIENT_ID, SECRET, World, browse, browser, query_value, tokctl_bin, tokd_bin};
+pub use world::{
+    CLIENT_ID, SECRET, TokenStore, World, browse, browser, everything_in, query_value, tokctl_bin,
+    tokd_bin,
+};
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
+
+/// One test per token store from one body:
+///
+/// ```ignore
+/// for_each_store! {
+///     /// What it shows.
+///     async fn a_promise(store) { ... World::start_in(store, ...) ... }
+/// }
+/// ```
+///
+/// declares the tests `a_promise::file` and `a_promise::keyring`, which
+/// run the same body with [`TokenStore::File`] and [`TokenStore::Keyring`].
+macro_rules! for_each_store {
+    ($(#[doc = $doc:expr])* async fn $name:ident($store:ident) $body:block) => {
+        $(#[doc = $doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn file() {
+                body($crate::support::TokenStore::File).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn keyring() {
+                body($crate::support::TokenStore::Keyring).await
+            }
+
+            async fn body($store: $crate::support::TokenStore) $body
+        }
+    };
+}
+pub(crate) use for_each_store;
 
 /// Every async test runs under this bound, so a hang fails instead of
 /// stalling CI.

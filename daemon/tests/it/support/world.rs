@@ -2,10 +2,10 @@
 //! home and the real `tokd`, with the helpers tests drive them by (tokctl
 //! runs, a browser that follows nothing, the state files).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokd_shared::ManagerProxy;
-use tokd_testkit::{Behaviour, Emulator, Home, PrivateBus, Tokd, free_port};
+use tokd_testkit::{Behaviour, Emulator, GnomeKeyring, Home, PrivateBus, Tokd, free_port};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub const CLIENT_ID: &str = "client-1";
@@ -35,6 +35,22 @@ pub struct Out {
     pub stderr: String,
 }
 
+/// Where a world's tokd keeps its tokens: its `[daemon] store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStore {
+    File,
+    Keyring,
+}
+
+impl TokenStore {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenStore::File => "file",
+            TokenStore::Keyring => "keyring",
+        }
+    }
+}
+
 /// One test's world: emulator, private bus, home and a running tokd.
 pub struct World {
     pub emulator: Emulator,
@@ -42,6 +58,11 @@ pub struct World {
     pub home: Home,
     pub tokd: Option<Tokd>,
     pub port: u16,
+    /// The store the config names (`None`: no `store` key, tokd's
+    /// default).
+    pub store: Option<TokenStore>,
+    /// A real GNOME Keyring on the world's bus, for the keyring store.
+    pub keyring: Option<GnomeKeyring>,
     log_filter: &'static str,
 }
 
@@ -65,6 +86,30 @@ impl World {
         Self::prepare_with_log(behaviour, "debug").await
     }
 
+    /// As `start`, with the tokens kept in `store` (named in the config;
+    /// for the keyring, a GNOME Keyring runs on the world's bus first).
+    pub async fn start_in(store: TokenStore, behaviour: Behaviour) -> Self {
+        let mut world = Self::prepare_in(store, behaviour).await;
+        world.start_tokd().await;
+        world
+    }
+
+    /// As `start_in`, without starting tokd.
+    pub async fn prepare_in(store: TokenStore, behaviour: Behaviour) -> Self {
+        let mut world = Self::prepare(behaviour).await;
+        if store == TokenStore::Keyring {
+            world.keyring = Some(GnomeKeyring::start(&world.bus).await);
+        }
+        world.store = Some(store);
+        world.home.write_config(&world.config(""));
+        world
+    }
+
+    /// The keyring of a world that keeps its tokens there.
+    pub fn gnome(&mut self) -> &mut GnomeKeyring {
+        self.keyring.as_mut().expect("a keyring runs in this world")
+    }
+
     async fn prepare_with_log(behaviour: Behaviour, filter: &'static str) -> Self {
         let emulator = Emulator::start(behaviour).await;
         emulator.register_client(CLIENT_ID, SECRET);
@@ -77,13 +122,32 @@ impl World {
             home,
             tokd: None,
             port,
+            store: None,
+            keyring: None,
             log_filter: filter,
         };
         world.home.write_config(&world.config(""));
         world
     }
 
+    /// The world's config (see `start`) with `extra` appended, and the
+    /// world's `store` in its `[daemon]` table.
     pub fn config(&self, extra: &str) -> String {
+        let Some(store) = self.store else {
+            return self.config_text(extra);
+        };
+        let line = format!("store = \"{}\"\n", store.as_str());
+        match extra.find("[daemon]\n") {
+            Some(at) => {
+                let mut extra = extra.to_owned();
+                extra.insert_str(at + "[daemon]\n".len(), &line);
+                self.config_text(&extra)
+            }
+            None => self.config_text(&format!("{extra}\n[daemon]\n{line}")),
+        }
+    }
+
+    fn config_text(&self, extra: &str) -> String {
         let secret = self.home.write_secret("acme.secret", SECRET);
         let acme = self.emulator.consumer_table(
             "acme",
@@ -162,6 +226,58 @@ grant = "client_credentials"
         self.stored(name)
             .and_then(|record| record["refresh_token"].as_str().map(str::to_owned))
             .unwrap_or_else(|| panic!("{name} has a stored refresh token"))
+    }
+
+    /// The refresh token kept for `name` where the world keeps tokens:
+    /// its state file, or its keyring item.
+    pub async fn kept_refresh_token(&self, name: &str) -> Option<String> {
+        self.kept(name, "refresh_token").await
+    }
+
+    async fn kept(&self, name: &str, field: &str) -> Option<String> {
+        let record = match &self.keyring {
+            Some(gnome) if self.store == Some(TokenStore::Keyring) => gnome
+                .items()
+                .await
+                .into_iter()
+                .find(|item| item.attributes.get("installation").map(String::as_str) == Some(name))
+                .and_then(|item| serde_json::from_str::<serde_json::Value>(&item.secret).ok())?,
+            _ => self.stored(name)?,
+        };
+        record[field].as_str().map(str::to_owned)
+    }
+
+    /// Checks that `name`'s tokens are kept as the world's store promises:
+    /// in a 0600 state file in a 0700 folder, or in the keyring with none
+    /// of `secrets` in any file of the state folder.
+    pub async fn assert_kept_privately(&self, name: &str, secrets: &[&str]) {
+        // A client-credentials installation keeps an access token only.
+        let kept = match self.kept_refresh_token(name).await {
+            Some(refresh) => refresh,
+            None => self
+                .kept(name, "access_token")
+                .await
+                .unwrap_or_else(|| panic!("{name} keeps a token")),
+        };
+        let state = self.home.state_dir();
+        assert_eq!(super::mode(&state), 0o700, "the state folder");
+        match self.store {
+            Some(TokenStore::Keyring) => {
+                for (path, text) in everything_in(&state) {
+                    for secret in secrets.iter().chain([&kept.as_str()]) {
+                        assert!(
+                            !text.contains(secret),
+                            "{} holds a token in plain text",
+                            path.display()
+                        );
+                    }
+                }
+            }
+            _ => {
+                let file = state.join(format!("{name}.json"));
+                assert_eq!(super::mode(&file), 0o600, "{}", file.display());
+            }
+        }
     }
 
     /// `tokctl status NAME --json`, parsed.
@@ -262,6 +378,23 @@ grant = "client_credentials"
         let proxy = ManagerProxy::new(&connection).await.expect("proxy");
         (connection, proxy)
     }
+}
+
+/// Every file under `dir`, read whole.
+pub fn everything_in(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(everything_in(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            found.push((path, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+    found
 }
 
 /// Plays the browser at the provider: opens `url`, follows nothing, and
