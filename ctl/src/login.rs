@@ -103,6 +103,7 @@ async fn browser(
     }
     // Subscribe before starting, so the answer cannot slip past.
     let finished = deadline.bound(proxy.receive_login_finished()).await??;
+    let owner = watch_tokd(proxy, deadline).await?;
     let secs = u32::try_from(wait.as_secs()).unwrap_or(u32::MAX).max(1);
     let (url, listening) = deadline
         .bound(proxy.begin_login_within(name, secs))
@@ -125,7 +126,7 @@ async fn browser(
         "tokctl: waiting up to {} for the browser…",
         humantime::format_duration(wait)
     );
-    finish(finished, name, wait, "the browser").await
+    finish(finished, owner, name, wait, "the browser").await
 }
 
 /// The device flow. `trying`: chosen by tokctl (no display), so a
@@ -138,6 +139,7 @@ async fn device(
     trying: bool,
 ) -> Result<String, Failure> {
     let finished = deadline.bound(proxy.receive_login_finished()).await??;
+    let owner = watch_tokd(proxy, deadline).await?;
     let (uri, complete, user_code, expires_at) =
         match deadline.bound(proxy.begin_device_login(name)).await? {
             Ok(started) => started,
@@ -163,21 +165,54 @@ async fn device(
     );
     // A little past the code's expiry: tokd says when it has expired.
     let wait = timeout.unwrap_or(Duration::from_secs(left) + DEVICE_GRACE);
-    finish(finished, name, wait, "the provider").await
+    finish(finished, owner, name, wait, "the provider").await
 }
 
-/// Waits for `LoginFinished` of `name`.
+/// Subscribes to the loss of tokd's bus name: a tokd that stops or dies
+/// during a login takes the login with it, and no `LoginFinished` comes.
+async fn watch_tokd(
+    proxy: &ManagerProxy<'_>,
+    deadline: &Deadline,
+) -> Result<zbus::fdo::NameOwnerChangedStream, Failure> {
+    let dbus = deadline
+        .bound(zbus::fdo::DBusProxy::new(proxy.inner().connection()))
+        .await?
+        .map_err(|error| Failure::new(exit::DAEMON_UNREACHABLE, error.to_string()))?;
+    deadline
+        .bound(dbus.receive_name_owner_changed_with_args(&[(0, tokd_shared::BUS_NAME)]))
+        .await?
+        .map_err(|error| Failure::new(exit::DAEMON_UNREACHABLE, error.to_string()))
+}
+
+/// Waits for `LoginFinished` of `name`, or for tokd to go away.
 async fn finish(
-    mut finished: tokd_shared::LoginFinishedStream,
+    finished: tokd_shared::LoginFinishedStream,
+    owner: zbus::fdo::NameOwnerChangedStream,
     name: &str,
     wait: Duration,
     from: &str,
 ) -> Result<String, Failure> {
+    enum Heard {
+        Finished(tokd_shared::LoginFinished),
+        Owner(zbus::fdo::NameOwnerChanged),
+    }
+    let mut heard =
+        futures_util::stream::select(finished.map(Heard::Finished), owner.map(Heard::Owner));
     let answer = async {
-        while let Some(signal) = finished.next().await {
-            let Ok(args) = signal.args() else { continue };
-            if args.name == name {
-                return Some((args.success, args.message));
+        // Both end when the bus connection is gone.
+        while let Some(heard) = heard.next().await {
+            match heard {
+                Heard::Finished(signal) => {
+                    let Ok(args) = signal.args() else { continue };
+                    if args.name == name {
+                        return Some((args.success, args.message));
+                    }
+                }
+                Heard::Owner(change) => {
+                    if change.args().is_ok_and(|args| args.new_owner.is_none()) {
+                        return None;
+                    }
+                }
             }
         }
         None
@@ -190,7 +225,7 @@ async fn finish(
         Ok(Some((false, message))) => Err(Failure::new(exit::NEEDS_LOGIN, message)),
         Ok(None) => Err(Failure::new(
             exit::DAEMON_UNREACHABLE,
-            "tokd went away during the login; run `tokctl login` again",
+            format!("tokd went away during the login; run `tokctl login {name}` again"),
         )),
         Err(_) => Err(Failure::new(
             exit::OTHER,

@@ -92,13 +92,15 @@ impl Broker {
             None => self.logins.wait(None),
         };
         let listen_addrs = match loopback {
-            Some(uri) => login::ensure_listener(&self.logins, &self.tasks, uri, self.answer_handler(), wait)
-                .await
-                .map_err(|error| {
-                    Error::Misconfigured(format!(
-                        "{error}; free that port, or open the URL anyway and finish with `tokctl login {name} --code CODE`"
-                    ))
-                })?,
+            Some(uri) => {
+                login::ensure_listener(&self.logins, &self.tasks, uri, self.answer_handler(), wait)
+                    .await
+                    .map_err(|error| {
+                        Error::Misconfigured(format!(
+                            "{error}; free that port and run `tokctl login {name}` again"
+                        ))
+                    })?
+            }
             None => Vec::new(),
         };
         let listening = !listen_addrs.is_empty();
@@ -172,7 +174,13 @@ impl Broker {
             return Page::new(410, "That installation is gone from the config.");
         };
         match self
-            .exchange(&slot, code, Some(pending.verifier), pending.redirect_uri)
+            .exchange(
+                &slot,
+                code,
+                Some(pending.verifier),
+                pending.redirect_uri,
+                ByHand::No,
+            )
             .await
         {
             Ok(_) => Page::new(
@@ -198,12 +206,27 @@ impl Broker {
                 "that code is empty, too long or has control characters; paste the `code` value from the address the browser was sent to".to_owned(),
             ));
         }
-        let (verifier, redirect_uri) = match self.logins.take_by_name(name) {
-            Some(pending) => (Some(pending.verifier), pending.redirect_uri),
+        let pending = self.logins.take_by_name(name);
+        let (verifier, redirect_uri) = match &pending {
+            Some(pending) => (Some(pending.verifier.clone()), pending.redirect_uri.clone()),
             None => (None, slot.spec().consumer.redirect_uri.clone()),
         };
-        self.exchange(&slot, AuthorizationCode::new(code), verifier, redirect_uri)
-            .await
+        let outcome = self
+            .exchange(
+                &slot,
+                AuthorizationCode::new(code),
+                verifier,
+                redirect_uri,
+                ByHand::Yes,
+            )
+            .await;
+        // A provider that failed (or could not be reached) has most likely
+        // not used the code: the same command may be run again, as the
+        // sentence says, and finds the login's verifier still there.
+        if let (Err(Error::ProviderUnavailable(_)), Some(pending)) = (&outcome, pending) {
+            self.logins.add(pending, self.logins.wait(None));
+        }
+        outcome
     }
 
     /// Exchanges a code under the installation's `flight` lock.
@@ -213,6 +236,7 @@ impl Broker {
         code: AuthorizationCode,
         verifier: Option<PkceVerifier>,
         redirect_uri: Option<Url>,
+        by_hand: ByHand,
     ) -> Result<Option<SystemTime>, Error> {
         let guard = self.flight(slot).await?;
         let (broker, slot) = (self.arc(), slot.clone());
@@ -221,7 +245,7 @@ impl Broker {
             broker.keyring_gate(&slot, true).await?;
             let spec = slot.spec();
             broker
-                .exchange_locked(&slot, &spec, code, verifier, redirect_uri)
+                .exchange_locked(&slot, &spec, code, verifier, redirect_uri, by_hand)
                 .await
         })
         .await
@@ -234,6 +258,7 @@ impl Broker {
         code: AuthorizationCode,
         verifier: Option<PkceVerifier>,
         redirect_uri: Option<Url>,
+        by_hand: ByHand,
     ) -> Result<Option<SystemTime>, Error> {
         let (http, consumer) = (&self.http, &spec.consumer);
         let (code, verifier, redirect_uri) = (&code, verifier.as_ref(), redirect_uri.as_ref());
@@ -258,10 +283,16 @@ impl Broker {
             }
             Err(error) => {
                 let message = match error.kind {
-                    oauth::ErrorKind::Transient => format!(
-                        "the login of `{name}` could not be finished: {}; try again (a code works once, for a few minutes)",
-                        error.message
-                    ),
+                    oauth::ErrorKind::Transient => match by_hand {
+                        ByHand::Yes => format!(
+                            "the login of `{name}` could not be finished: {}; try again with the same code in a moment (a code works for a few minutes), or run `tokctl login {name}` for a new one",
+                            error.message
+                        ),
+                        ByHand::No => format!(
+                            "the login of `{name}` could not be finished: {}; run `tokctl login {name}` again",
+                            error.message
+                        ),
+                    },
                     oauth::ErrorKind::NeedsLogin => format!(
                         "the provider refused the login of `{name}` ({}); run `tokctl login {name}` again",
                         error.message
@@ -281,4 +312,12 @@ impl Broker {
             }
         }
     }
+}
+
+/// Whether a code came typed in by hand (`tokctl login NAME --code`),
+/// which can be typed again, or through the login listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByHand {
+    Yes,
+    No,
 }

@@ -716,3 +716,46 @@ fn line_column_counts_characters() {
     assert_eq!(line_column(text, 5), (2, 2)); // after the two-byte 'ç'
     assert_eq!(line_column(text, 999), (3, 1));
 }
+
+/// Each error that names a fix, and the text with exactly that fix made:
+/// the fixed text parses.
+#[test]
+fn errors_that_name_a_fix_go_once_it_is_made() {
+    let consumer = "[consumers.c]\nprovider = \"github\"\nclient_id = \"x\"\n";
+    let installation = "[installations.i]\nconsumer = \"c\"\n";
+    let cases: [(String, &str, String); 5] = [
+        (
+            format!("{consumer}\n[installations.i]\nconsumer = \"cc\"\n"),
+            "add a [consumers.cc] table",
+            format!(
+                "{consumer}\n[consumers.cc]\nprovider = \"github\"\nclient_id = \"y\"\n\n[installations.i]\nconsumer = \"cc\"\n"
+            ),
+        ),
+        (
+            "[consumers.c]\nprovider = \"github\"\nclient_id = \"x\"\nclient_id = \"y\"\n"
+                .to_owned(),
+            "keep one",
+            "[consumers.c]\nprovider = \"github\"\nclient_id = \"x\"\n".to_owned(),
+        ),
+        (
+            format!("{consumer}{installation}[installations.i]\nscopes = [\"read\"]\n"),
+            "merge the two",
+            format!("{consumer}{installation}scopes = [\"read\"]\n"),
+        ),
+        (
+            "[consumers.c]\nprovider = \"github\"\n".to_owned(),
+            "add the client id the provider gave you",
+            "[consumers.c]\nprovider = \"github\"\nclient_id = \"Iv1.abc\"\n".to_owned(),
+        ),
+        (
+            format!("{consumer}client_secret = \"s\"\nclient_secret_file = \"/s\"\n"),
+            "keep exactly one secret source",
+            format!("{consumer}client_secret_file = \"/s\"\n"),
+        ),
+    ];
+    for (broken, fix, fixed) in cases {
+        let error = Config::from_str(&broken).expect_err(fix).to_string();
+        assert!(error.contains(fix), "{fix:?} in: {error}");
+        parse(&fixed);
+    }
+}

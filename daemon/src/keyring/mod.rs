@@ -286,7 +286,7 @@ impl Keyring {
             .map_err(classify)?;
         if path.as_str() == "/" {
             return Err(KeyringError::Failed(
-                "the Secret Service has no default keyring; create one (e.g. in Seahorse)"
+                "the Secret Service has no default keyring; create one or set one as the default (e.g. in Seahorse)"
                     .to_owned(),
             ));
         }

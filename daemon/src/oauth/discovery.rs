@@ -117,7 +117,7 @@ impl OAuthClient {
             OAuthError::new(
                 ErrorKind::Misconfigured,
                 format!(
-                    "issuer {issuer} publishes no discovery document (neither /.well-known/oauth-authorization-server nor /.well-known/openid-configuration); set token_url and auth_url instead"
+                    "issuer {issuer} publishes no discovery document (neither /.well-known/oauth-authorization-server nor /.well-known/openid-configuration); replace `issuer` with token_url and auth_url"
                 ),
             )
         }))
@@ -174,7 +174,7 @@ impl OAuthClient {
             OAuthError::new(
                 ErrorKind::Misconfigured,
                 format!(
-                    "the discovery document {url} is not one (line {}, column {}); set token_url and auth_url instead",
+                    "the discovery document {url} is not one (line {}, column {}); replace `issuer` with token_url and auth_url",
                     error.line(),
                     error.column()
                 ),
