@@ -177,6 +177,24 @@ impl GnomeKeyring {
         .expect("unlock the keyring");
     }
 
+    /// Makes the login keyring the default one (`true`), or leaves the
+    /// Secret Service with no default (`false`), as Seahorse's "Set as
+    /// default" and a removed alias do.
+    pub async fn set_default(&self, login_is_default: bool) {
+        let connection = self.connect().await;
+        let target = if login_is_default { LOGIN } else { "/" };
+        let target = zbus::ObjectPath::try_from(target).expect("path");
+        let () = call(
+            &connection,
+            PATH,
+            "org.freedesktop.Secret.Service",
+            "SetAlias",
+            &("default", target),
+        )
+        .await
+        .expect("set the default alias");
+    }
+
     /// Whether the login keyring is locked.
     pub async fn is_locked(&self) -> bool {
         let connection = self.connect().await;

@@ -229,6 +229,44 @@ fn secret_files_and_programs_are_checked_without_reading_a_secret() {
     assert!(!stderr.contains("s3cr3t"), "{stderr}");
 }
 
+/// "run `chmod 600 FILE`", run as written: the warning goes.
+#[test]
+fn warnings_that_name_a_fix_go_once_it_is_made() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let path = home.path().join("config.toml");
+    let loose = home.path().join("loose.secret");
+    std::fs::write(&loose, "s3cr3t").expect("write");
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::write(
+        &path,
+        "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\nclient_secret_file = \"loose.secret\"\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let check = || {
+        text(
+            &tokd(
+                home.path(),
+                &["--check-config", path.to_str().expect("utf8")],
+                &[],
+            )
+            .stderr,
+        )
+    };
+    let warned = check();
+    let command = warned
+        .split("run `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("a command to run in: {warned}"));
+    let ran = Command::new("sh")
+        .args(["-c", command])
+        .status()
+        .expect("sh");
+    assert!(ran.success(), "{command}");
+    assert_eq!(check(), "", "no warning once `{command}` ran");
+}
+
 #[test]
 fn bad_usage_exits_two() {
     let home = tempfile::tempdir().expect("tempdir");

@@ -142,6 +142,30 @@ async fn tokctl_and_tokd_give_up_on_a_login_together() {
             "the login listener still listens\n{}",
             world.log()
         );
+
+        // Each sentence, followed: "use --timeout 10m or less" and "run
+        // `tokctl login a` again".
+        let mut child = world
+            .command(&["login", "a", "--no-browser", "--timeout", "10m"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tokctl login");
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut url = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut url)
+            .await
+            .expect("the URL");
+        world.finish_login(child, url.trim()).await;
+        // A D-Bus client asking tokd itself for too long a login: "ask for
+        // 10m or less".
+        let (_connection, proxy) = world.proxy().await;
+        let refused = proxy.begin_login_within("b", 3600).await;
+        assert!(
+            matches!(&refused, Err(tokd_shared::Error::InvalidArgument(m)) if m.contains("ask for 10m or less")),
+            "{refused:?}"
+        );
+        proxy.begin_login_within("b", 600).await.expect("accepted");
     })
     .await;
 }

@@ -400,10 +400,25 @@ async fn planted_or_unfixable_state_files_are_not_served() {
             "{bot}"
         );
         assert_eq!(world.tokctl(&["get", "bot"]).await.status, 6);
+        // The README's cure: fix its mode, then `tokctl reload`.
         let _ = std::process::Command::new("chattr")
             .arg("-i")
             .arg(state.join("bot.json"))
             .status();
+        set_mode(&state.join("bot.json"), 0o600);
+        let before = world.emulator.counters();
+        assert_eq!(world.tokctl(&["reload"]).await.status, 0);
+        assert_eq!(world.status("bot").await["state"], "valid");
+        assert!(
+            world
+                .emulator
+                .access_token_is_valid(&world.get("bot").await)
+        );
+        assert_eq!(
+            world.emulator.counters(),
+            before,
+            "the kept token, read again"
+        );
     })
     .await;
 }
@@ -753,6 +768,17 @@ async fn a_refresh_given_up_on_says_the_grant_may_be_lost() {
         assert!(rotated, "the provider answered after tokd gave up");
         let lost = broker.refresh_now("a").await.expect_err("used up");
         assert!(matches!(lost, Error::NeedsLogin(_)), "{lost:?}");
+        // "If the next try is refused, log in again": a login cures it.
+        let code = emulator.issue_code(CLIENT_ID, &["read"], Some(redirect), None);
+        broker
+            .complete_login("a", &code)
+            .await
+            .expect("logged in again");
+        let token = broker
+            .get_token("a", Duration::from_secs(1))
+            .await
+            .expect("a token");
+        assert!(emulator.access_token_is_valid(token.access_token.expose()));
         broker.stop(Duration::from_secs(5)).await;
     })
     .await;

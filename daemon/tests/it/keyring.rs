@@ -247,7 +247,8 @@ async fn a_keyring_gone_or_locked_at_start_is_waited_for_without_a_plaintext_fal
         let out = world.tokctl(&["refresh", "a"]).await;
         assert_eq!(out.status, 8, "{out:?}");
         assert!(
-            out.stderr.contains("no keyring (Secret Service) answers"),
+            out.stderr.contains("no keyring (Secret Service) answers")
+                && out.stderr.contains("are kept there; start it"),
             "{out:?}"
         );
         assert_eq!(world.get("a").await, token, "the held token, from memory");
@@ -260,10 +261,13 @@ async fn a_keyring_gone_or_locked_at_start_is_waited_for_without_a_plaintext_fal
         assert_eq!(world.tokctl(&["get", "a"]).await.status, 8);
         nothing_secret_in_the_state_folder(&world, &[&token, &refresh]);
 
-        // Back (unlocked by its password): the next caller carries on.
+        // Started, as the sentence says (unlocked by its password): the
+        // next caller carries on, and the schedule holds it again.
         gnome.restart().await;
         assert_eq!(world.get("a").await, token, "read from the keyring");
-        assert_eq!(world.status("a").await["state"], "valid");
+        let status = world.status("a").await;
+        assert_eq!(status["state"], "valid");
+        assert!(status["next_refresh"].as_i64().is_some(), "{status}");
 
         // Locked at start, then unlocked: the same.
         gnome.lock().await;

@@ -225,6 +225,34 @@ async fn slow_down_lengthens_the_interval_and_a_refusal_or_the_expiry_ends_the_l
         let (status, stderr) = login.end().await;
         assert_eq!(status, 4, "{stderr}");
         assert!(stderr.contains("expired before it was entered"), "{stderr}");
+        assert!(
+            stderr.contains("run `tokctl login d --device` again"),
+            "{stderr}"
+        );
+
+        // Each sentence followed: a new device login, entered in time.
+        let mut behaviour = world.emulator.behaviour();
+        behaviour.device_expires_in = Duration::from_secs(600);
+        world.emulator.set_behaviour(behaviour);
+        let login = start_device_login(&world, &["login", "d", "--device"]).await;
+        assert!(world.emulator.decide_device(&login.code, true));
+        let (status, stderr) = login.end().await;
+        assert_eq!(status, 0, "{stderr}");
+
+        // `tv` has no auth_url: the browser flow says to use the device
+        // flow, which then works.
+        let out = world.tokctl(&["login", "d", "--no-browser"]).await;
+        assert_eq!(out.status, 2, "{out:?}");
+        assert!(
+            out.stderr
+                .contains("logs in with the device flow: `tokctl login d --device`"),
+            "{out:?}"
+        );
+        let login = start_device_login(&world, &["login", "d", "--device"]).await;
+        assert!(world.emulator.decide_device(&login.code, true));
+        let (status, stderr) = login.end().await;
+        assert_eq!(status, 0, "{stderr}");
+        assert!(world.emulator.access_token_is_valid(&world.get("d").await));
     })
     .await;
 }

@@ -3,6 +3,7 @@
 mod check_config;
 mod clock;
 mod completion;
+mod cures;
 mod e2e;
 mod exec;
 mod failures;
