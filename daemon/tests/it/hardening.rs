@@ -34,6 +34,7 @@ fn closed_by_peer(stream: &tokio::net::TcpStream) -> bool {
 /// keeps at most 8 of its own user's (closing them when no header comes),
 /// keeps answering other installations, and the owner's login completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: floods the login listener as another local user (setpriv to nobody)"]
 async fn a_flood_of_callback_connections_is_capped_and_stalls_nothing() {
     within_for(Duration::from_secs(120), async {
         let world = World::start(Behaviour::wso2()).await;
@@ -109,6 +110,7 @@ async fn a_flood_of_callback_connections_is_capped_and_stalls_nothing() {
 /// it is answered or ends the login; the owner's answer then works, and
 /// the installation holds the owner's grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: plays another local user (setpriv to nobody)"]
 async fn another_user_can_neither_end_nor_take_a_pending_login() {
     within(async {
         let world = World::start(Behaviour::wso2()).await;
@@ -290,6 +292,7 @@ fn squat_if_asked() -> bool {
 /// `tokd/bus` first. tokctl sees the socket's owner, sends it nothing and
 /// uses the bus; the code it carries reaches tokd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: serves a socket as another local user (setpriv to nobody)"]
 async fn tokctl_sends_nothing_to_a_socket_another_user_serves() {
     if squat_if_asked() {
         return;
@@ -351,6 +354,7 @@ async fn tokctl_sends_nothing_to_a_socket_another_user_serves() {
 /// State files are read without following symlinks, only when they are
 /// the user's own, and not at all when their loose mode cannot be fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: plants a file owned by another user (chown) and makes one immutable (chattr +i)"]
 async fn planted_or_unfixable_state_files_are_not_served() {
     within(async {
         let mut world = World::start(Behaviour::wso2()).await;
@@ -629,19 +633,28 @@ async fn tokd_is_not_dumpable() {
     use std::os::unix::fs::MetadataExt;
     within(async {
         let bus = tokd_testkit::PrivateBus::start();
-        bus.open_to_other_users();
         let home = tokd_testkit::Home::new();
         home.write_config("");
-        let chown = std::process::Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(home.path())
-            .status()
-            .expect("chown");
-        assert!(chown.success());
-        let tokd =
-            Tokd::start_wrapped(&crate::support::as_nobody(), &tokd_bin(), &home, &bus, &[]).await;
+        // Run as a user other than root: as root, its files belong to root
+        // anyway. A normal user runs it as itself; root as nobody.
+        let tokd = if crate::support::uid() == 0 {
+            bus.open_to_other_users();
+            let chown = std::process::Command::new("chown")
+                .args(["-R", "65534:65534"])
+                .arg(home.path())
+                .status()
+                .expect("chown");
+            assert!(chown.success());
+            Tokd::start_wrapped(&crate::support::as_nobody(), &tokd_bin(), &home, &bus, &[]).await
+        } else {
+            Tokd::start(&tokd_bin(), &home, &bus).await
+        };
         let status = std::fs::metadata(format!("/proc/{}/status", tokd.pid())).expect("proc");
-        assert_eq!(status.uid(), 0, "tokd (uid 65534) is dumpable");
+        assert_eq!(
+            status.uid(),
+            0,
+            "tokd is dumpable: its /proc files are its user's"
+        );
     })
     .await;
 }
@@ -649,6 +662,7 @@ async fn tokd_is_not_dumpable() {
 /// Rotated-out refresh tokens do not linger in tokd's memory: after five
 /// rotations none of them is anywhere in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: reads the memory of tokd, which makes itself undumpable (/proc/PID/mem then needs CAP_SYS_PTRACE)"]
 async fn rotated_out_refresh_tokens_are_wiped_from_memory() {
     within(async {
         let world = World::start(Behaviour::wso2()).await;
