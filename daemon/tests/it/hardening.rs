@@ -316,7 +316,9 @@ async fn tokctl_sends_nothing_to_a_socket_another_user_serves() {
         let mut squatter = tokio::process::Command::new("setpriv")
             .args(&crate::support::as_nobody()[1..])
             .arg(std::env::current_exe().expect("test binary"))
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            // (--include-ignored: this test is ignored unless run as root.)
+            .args(["--exact", test, "--include-ignored", "--nocapture"])
+            .arg("--test-threads=1")
             .env("TOKD_IT_SQUAT", runtime.join("tokd/bus"))
             .env("TOKD_IT_SQUAT_RECORD", &record)
             .stdout(Stdio::piped())
@@ -325,11 +327,14 @@ async fn tokctl_sends_nothing_to_a_socket_another_user_serves() {
             .spawn()
             .expect("the squatter");
         let mut lines = BufReader::new(squatter.stdout.take().expect("stdout")).lines();
+        let mut squatting = false;
         while let Some(line) = lines.next_line().await.expect("line") {
             if line.contains("TOKD-SQUATTING") {
+                squatting = true;
                 break;
             }
         }
+        assert!(squatting, "the squatter never bound the socket");
 
         let out = world.tokctl(&["login", "m", "--no-browser"]).await;
         assert_eq!(out.status, 0, "{out:?}");
