@@ -891,16 +891,10 @@ async fn usage_sentences_followed_work() {
         );
         world.home.write_config(&with_device);
         assert_eq!(world.tokctl(&["reload"]).await.status, 0);
-        let mut login = world
-            .command(&["login", "a", "--device"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("tokctl login --device");
-        let code = device_code(&mut login).await;
-        assert!(world.emulator.decide_device(&code, true));
-        let output = login.wait_with_output().await.expect("tokctl ends");
-        assert!(output.status.success(), "{output:?}");
+        let login = crate::logins::start_device_login(&world, &["login", "a", "--device"]).await;
+        assert!(world.emulator.decide_device(&login.code, true));
+        let (status, stderr) = login.end().await;
+        assert_eq!(status, 0, "{stderr}");
 
         // "add the host to `git_hosts`".
         let ask = "protocol=https\nhost=git.example.com\n\n";
@@ -925,20 +919,6 @@ async fn usage_sentences_followed_work() {
         assert!(world.emulator.access_token_is_valid(password));
     })
     .await;
-}
-
-/// The code a device login shows on stderr.
-async fn device_code(login: &mut tokio::process::Child) -> String {
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(login.stderr.take().expect("stderr")).lines();
-    while let Some(line) = lines.next_line().await.expect("stderr") {
-        if let Some((_, rest)) = line.split_once("enter the code ") {
-            // Read on, so that tokctl can still write to its stderr.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return rest.split_whitespace().next().expect("a code").to_owned();
-        }
-    }
-    panic!("no code was shown");
 }
 
 /// `tokctl git-credential a get` with `input` on stdin.

@@ -43,14 +43,14 @@ async fn device_world() -> World {
 
 /// A `tokctl login` that printed where to go: the child, the address on
 /// stdout, and the code from stderr.
-struct DeviceLogin {
+pub(crate) struct DeviceLogin {
     child: tokio::process::Child,
     address: String,
-    code: String,
+    pub code: String,
     stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
 }
 
-async fn start_device_login(world: &World, args: &[&str]) -> DeviceLogin {
+pub(crate) async fn start_device_login(world: &World, args: &[&str]) -> DeviceLogin {
     let mut child = world
         .command(args)
         .stdout(Stdio::piped())
@@ -83,7 +83,7 @@ async fn start_device_login(world: &World, args: &[&str]) -> DeviceLogin {
 
 impl DeviceLogin {
     /// Waits for tokctl; returns its status and the rest of its stderr.
-    async fn end(mut self) -> (i32, String) {
+    pub async fn end(mut self) -> (i32, String) {
         let status = self.child.wait().await.expect("tokctl ends");
         let mut rest = String::new();
         while let Ok(Some(line)) = self.stderr.next_line().await {
