@@ -197,11 +197,15 @@ impl OAuthClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| parse_retry_after(value, SystemTime::now()));
+        // Provider text is scrubbed before it is cut short: a secret the
+        // cut splits would no longer be found whole, and its first part
+        // would be shown.
+        let quote = |text: &str, limit: usize| sanitize(&scrubber.scrub(text), limit);
         let location = response
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|value| value.to_str().ok())
-            .map(|value| sanitize(value, EXCERPT));
+            .map(|value| quote(value, EXCERPT));
 
         let mut body = Zeroizing::new(Vec::new());
         loop {
@@ -239,21 +243,24 @@ impl OAuthClient {
         }
 
         let parsed = parse_error_response(&body);
-        let code = parsed.as_ref().and_then(|parsed| parsed.error.clone());
+        let code = parsed
+            .as_ref()
+            .and_then(|parsed| parsed.error.as_deref())
+            .map(|code| quote(code, 60));
         let description = parsed
             .as_ref()
             .and_then(|parsed| parsed.error_description.as_deref())
-            .map(|text| scrubber.scrub(&sanitize(text, 200)));
+            .map(|text| quote(text, 200));
         let kind = classify(status, code.as_deref(), description.as_deref());
         let not_oauth = code.is_none() && status < 500 && ![408, 429].contains(&status);
         let mut detail = match (&code, &description) {
-            (Some(code), Some(description)) => format!(": {} ({description})", sanitize(code, 60)),
-            (Some(code), None) => format!(": {}", sanitize(code, 60)),
+            (Some(code), Some(description)) => format!(": {code} ({description})"),
+            (Some(code), None) => format!(": {code}"),
             (None, _) => match &location {
                 Some(location) if (300..400).contains(&status) => {
                     format!(", a redirect to {location}")
                 }
-                _ => excerpt_suffix(&body),
+                _ => excerpt_suffix(&body, &scrubber),
             },
         };
         if not_oauth {
@@ -273,7 +280,7 @@ impl OAuthClient {
         Err(OAuthError {
             kind,
             status: Some(status),
-            error: code.map(|code| sanitize(&code, 60)),
+            error: code,
             description,
             retry_after,
             message: scrubber.scrub(&message),
@@ -314,9 +321,11 @@ pub(super) fn describe(url: &Url) -> String {
 
 /// A short quote of an error body that is not an OAuth answer (an HTML
 /// error page, say). Never used for a 2xx body.
-fn excerpt_suffix(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
-    let excerpt = sanitize(&text, EXCERPT);
+fn excerpt_suffix(body: &[u8], scrubber: &Scrubber) -> String {
+    // All of it scrubbed (a page's tags, dropped by `sanitize`, may stand
+    // before a secret), then quoted from its start.
+    let text = String::from_utf8_lossy(body);
+    let excerpt = sanitize(&scrubber.scrub(&text), EXCERPT);
     if excerpt.is_empty() {
         " with an empty body".to_owned()
     } else {

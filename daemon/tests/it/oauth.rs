@@ -760,6 +760,47 @@ async fn a_provider_echoing_the_request_is_scrubbed_of_every_encoded_form() {
     .await;
 }
 
+/// A secret that the quote's length limit would cut in two is redacted
+/// whole: no part of it is shown (the error description is quoted up to
+/// 200 characters, a page that is not OAuth's up to 120).
+#[tokio::test]
+async fn a_secret_across_the_quotes_cut_shows_no_part_of_itself() {
+    within(async {
+        let mut behaviour = Behaviour::wso2();
+        behaviour.token_length = 300;
+        let (emulator, consumer, client) = setup(behaviour, "basic").await;
+        let first = login(&emulator, &consumer, &client).await;
+        let refresh = refresh_of(&first);
+        let padding = "x".repeat(150);
+        let description = format!(
+            r#"{{"error":"invalid_grant","error_description":"{padding} {}"}}"#,
+            refresh.expose()
+        );
+        let page = format!(
+            "<html><body>{} {}</body></html>",
+            &padding[..80],
+            refresh.expose()
+        );
+        for fault in [
+            Fault::status(400, FaultBody::Json(description)),
+            Fault::status(403, FaultBody::Json(page)),
+        ] {
+            emulator.fail_next(1, fault);
+            let error = client
+                .refresh(&consumer, &fixed(&consumer), &refresh)
+                .await
+                .expect_err("refused");
+            let secret = refresh.expose();
+            for shown in [error.message.clone(), format!("{error:?}")] {
+                let part = (0..secret.len() - 12).find(|at| shown.contains(&secret[*at..at + 12]));
+                assert_eq!(part, None, "a part of the refresh token is shown: {shown}");
+            }
+            assert!(error.message.contains("[redacted]"), "{error}");
+        }
+    })
+    .await;
+}
+
 /// A 2xx the client cannot use is never quoted: the tokens the provider
 /// has just issued are in it. A leading byte order mark is fine.
 #[tokio::test]
