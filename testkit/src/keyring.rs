@@ -206,6 +206,19 @@ impl GnomeKeyring {
         bool::try_from(locked).expect("a boolean")
     }
 
+    /// Stops the daemon's process (SIGSTOP) or lets it go on (SIGCONT): a
+    /// keyring that answers slowly, as one behind a confirmation dialog.
+    pub fn pause(&self, paused: bool) {
+        if let Some(child) = &self.child {
+            let signal = if paused { "-STOP" } else { "-CONT" };
+            let sent = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(sent.success(), "kill {signal}");
+        }
+    }
+
     /// Stops the daemon, as when the keyring goes away.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

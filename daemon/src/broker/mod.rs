@@ -151,6 +151,9 @@ struct Inner {
     /// that waited for another's request takes its result.
     attempts: u64,
     last_outcome: Result<(), Error>,
+    /// The provider has answered the request in flight and its tokens are
+    /// being written: a caller waiting for them waits for the write too.
+    writing: bool,
 }
 
 impl Slot {
@@ -162,6 +165,7 @@ impl Slot {
                 installation,
                 attempts: 0,
                 last_outcome: Ok(()),
+                writing: false,
             }),
             flight: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -452,10 +456,16 @@ impl Broker {
         // the held token to the caller.
         if let Some(held) = held_during_refresh {
             debug!(installation = %name, "a refresh is in flight; waiting for its token");
-            let finished = tokio::time::timeout(ROTATION_WAIT, slot.flight.lock()).await;
-            let Ok(guard) = finished else {
-                debug!(installation = %name, "the refresh in flight is still unanswered; serving the held token");
-                return Ok(held);
+            let guard = match tokio::time::timeout(ROTATION_WAIT, slot.flight.lock()).await {
+                Ok(guard) => guard,
+                // Answered, and the new tokens are being written (a slow
+                // keyring): the held token may be dead; the write is
+                // bounded by its own timeouts.
+                Err(_) if lock(&slot.inner).writing => slot.flight.lock().await,
+                Err(_) => {
+                    debug!(installation = %name, "the refresh in flight is still unanswered; serving the held token");
+                    return Ok(held);
+                }
             };
             drop(guard);
             let (now, monotonic) = (self.clock.now(), self.clock.monotonic());

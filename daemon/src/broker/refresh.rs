@@ -244,8 +244,11 @@ impl Broker {
     /// holds `flight`.
     pub(crate) async fn accept(&self, slot: &Slot, spec: &Spec, response: TokenResponse) {
         let (now, monotonic) = (self.clock.now(), self.clock.monotonic());
-        let mut record =
-            installation::renewed(&lock(&slot.inner).installation.record, response, spec, now);
+        let mut record = {
+            let mut inner = lock(&slot.inner);
+            inner.writing = true;
+            installation::renewed(&inner.installation.record, response, spec, now)
+        };
         let unsaved = match self.save(&slot.name, &spec.consumer.name, &record).await {
             Ok(()) => {
                 record.secrets = self.target();
@@ -266,6 +269,7 @@ impl Broker {
             self.change(slot, &mut inner, |installation, _| {
                 installation.succeeded(record, unsaved, now, monotonic);
             });
+            inner.writing = false;
             inner.attempts += 1;
             inner.last_outcome = Ok(());
         }

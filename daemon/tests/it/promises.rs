@@ -171,11 +171,44 @@ for_each_store! {
             let refresh = refresh.await.expect("join").expect("tokctl refresh");
             assert_eq!(refresh.status.code(), Some(0), "{refresh:?}");
             let newest = world.get("a").await;
+            assert_ne!(newest, new);
             assert!(world.emulator.access_token_is_valid(&newest));
             world.assert_kept_privately("a", &[&old, new, &newest]).await;
         })
         .await;
     }
+}
+
+/// The provider answered at once, and the new tokens are slow to be
+/// written (a keyring behind a confirmation dialog): a `get` waiting for
+/// them is not given the held token, which the rotation killed, when the
+/// bound runs out; it waits for the write (bounded by the keyring's own
+/// timeout, after which the tokens are served from memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_waits_for_the_write_of_tokens_the_provider_already_gave() {
+    within(async {
+        let mut world = World::start_in(
+            crate::support::TokenStore::Keyring,
+            Behaviour::django_oauth_toolkit(),
+        )
+        .await;
+        world.login("a").await;
+        let old = world.get("a").await;
+        let mut hold = world.emulator.hold_next_answer();
+        let refresh = tokio::spawn(world.command(&["refresh", "a"]).output());
+        hold.arrived().await;
+        world.gnome().pause(true);
+        hold.release();
+        let got = world.tokctl(&["get", "a"]).await;
+        world.gnome().pause(false);
+        assert_eq!(got.status, 0, "{got:?}\n{}", world.log());
+        let token = got.stdout.trim_end();
+        assert_ne!(token, old, "the held token, dead since the rotation");
+        assert!(world.emulator.access_token_is_valid(token));
+        let refresh = refresh.await.expect("join").expect("tokctl refresh");
+        assert_eq!(refresh.status.code(), Some(0), "{refresh:?}");
+    })
+    .await;
 }
 
 for_each_store! {
