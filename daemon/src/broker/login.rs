@@ -206,9 +206,12 @@ impl Broker {
                 "that code is empty, too long or has control characters; paste the `code` value from the address the browser was sent to".to_owned(),
             ));
         }
-        let pending = self.logins.take_by_name(name);
-        let (verifier, redirect_uri) = match &pending {
-            Some(pending) => (Some(pending.verifier.clone()), pending.redirect_uri.clone()),
+        let taken = self.logins.take_for_code(name);
+        let (verifier, redirect_uri) = match &taken {
+            Some(taken) => (
+                Some(taken.pending.verifier.clone()),
+                taken.pending.redirect_uri.clone(),
+            ),
             None => (None, slot.spec().consumer.redirect_uri.clone()),
         };
         let outcome = self
@@ -220,11 +223,16 @@ impl Broker {
                 ByHand::Yes,
             )
             .await;
-        // A provider that failed (or could not be reached) has most likely
-        // not used the code: the same command may be run again, as the
-        // sentence says, and finds the login's verifier still there.
-        if let (Err(Error::ProviderUnavailable(_)), Some(pending)) = (&outcome, pending) {
-            self.logins.add(pending, self.logins.wait(None));
+        // A code not sent (the keyring locked, tokd stopping) or sent to a
+        // provider that failed has most likely not been used: the same
+        // command may be run again, as the sentence says, and finds the
+        // login's verifier still there, for the time the login had left.
+        let unused = matches!(
+            outcome,
+            Err(Error::ProviderUnavailable(_) | Error::Locked(_) | Error::Stopping(_))
+        );
+        if let (true, Some(taken)) = (unused, taken) {
+            self.logins.put_back(taken);
         }
         outcome
     }

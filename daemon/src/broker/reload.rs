@@ -101,11 +101,7 @@ impl Broker {
         // New installations' records are read off the runtime thread: calls
         // are being answered meanwhile.
         let store = self.store.clone();
-        let names: Vec<String> = added
-            .iter()
-            .map(|spec| spec.name().to_owned())
-            .chain(reread.iter().map(|slot| slot.name.to_string()))
-            .collect();
+        let names: Vec<String> = added.iter().map(|spec| spec.name().to_owned()).collect();
         let mut loaded =
             tokio::task::spawn_blocking(move || store.load_many(names.iter().map(String::as_str)))
                 .await
@@ -123,7 +119,18 @@ impl Broker {
             new_slots.push(slot);
         }
         for slot in reread {
-            let loaded = super::loaded_installation(&slot.spec(), next());
+            // Read under the installation's `flight` lock: a request in
+            // flight (a client-credentials refresh needs no state file)
+            // writes its result first, and is not overwritten.
+            let Ok(_guard) = self.flight(&slot).await else {
+                continue;
+            };
+            let store = self.store.clone();
+            let name = slot.name.to_string();
+            let result = tokio::task::spawn_blocking(move || store.load(&name))
+                .await
+                .unwrap_or_else(|error| Err(StoreError::Interrupted(error.to_string())));
+            let loaded = super::loaded_installation(&slot.spec(), result);
             let mut inner = lock(&slot.inner);
             self.change(&slot, &mut inner, |installation, _| *installation = loaded);
             drop(inner);

@@ -43,6 +43,13 @@ pub struct Pending {
     pub listen_addrs: Vec<SocketAddr>,
 }
 
+/// A pending login taken out, with the time it had until it is forgotten.
+#[derive(Debug)]
+pub struct Taken {
+    pub pending: Pending,
+    until: Instant,
+}
+
 #[derive(Debug)]
 struct Entry {
     pending: Pending,
@@ -87,25 +94,52 @@ impl Logins {
 
     /// Takes the pending login of installation `name`.
     pub fn take_by_name(&self, name: &str) -> Option<Pending> {
+        self.take(|p| p.name == name).map(|taken| taken.pending)
+    }
+
+    /// Takes the pending login of installation `name` for a code typed in
+    /// by hand, which [`Logins::put_back`] can return if the code was not
+    /// used.
+    pub fn take_for_code(&self, name: &str) -> Option<Taken> {
         self.take(|p| p.name == name)
+    }
+
+    /// Returns a login taken for a code that was not used (the provider
+    /// failed before it could use it), with the time it had left: not
+    /// when that is over, nor when a newer login of the installation
+    /// began meanwhile (that one's code is the one to use).
+    pub fn put_back(&self, taken: Taken) {
+        let now = Instant::now();
+        let mut entries = lock(&self.pending);
+        if taken.until <= now || entries.iter().any(|e| e.pending.name == taken.pending.name) {
+            return;
+        }
+        entries.push(Entry {
+            pending: taken.pending,
+            until: taken.until,
+        });
     }
 
     /// Takes the pending login that `state` belongs to.
     pub fn take_by_state(&self, state: &str) -> Option<Pending> {
-        self.take(|p| p.state == state)
+        self.take(|p| p.state == state).map(|taken| taken.pending)
     }
 
     /// Takes a login out; its listener closes if no other login waits on
     /// it.
-    fn take(&self, matches: impl Fn(&Pending) -> bool) -> Option<Pending> {
+    fn take(&self, matches: impl Fn(&Pending) -> bool) -> Option<Taken> {
         let taken = {
             let mut entries = lock(&self.pending);
             let now = Instant::now();
             entries.retain(|e| e.until > now);
             let index = entries.iter().position(|e| matches(&e.pending))?;
-            entries.swap_remove(index).pending
+            let entry = entries.swap_remove(index);
+            Taken {
+                pending: entry.pending,
+                until: entry.until,
+            }
         };
-        for addr in &taken.listen_addrs {
+        for addr in &taken.pending.listen_addrs {
             self.wake(*addr);
         }
         Some(taken)
@@ -124,5 +158,53 @@ impl Logins {
         lock(&self.pending)
             .iter()
             .any(|e| e.until > now && e.pending.listen_addrs.contains(&addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(name: &str, state: &str) -> Pending {
+        Pending {
+            name: name.to_owned(),
+            state: state.to_owned(),
+            verifier: PkceVerifier::new("verifier"),
+            redirect_uri: None,
+            listen_addrs: Vec::new(),
+        }
+    }
+
+    /// A login taken for a typed code comes back only with the time it had
+    /// left, and never over a newer login of the same installation.
+    #[test]
+    fn a_login_put_back_keeps_its_deadline_and_yields_to_a_newer_one() {
+        let logins = Logins::new(LOGIN_TIMEOUT);
+        logins.add(pending("a", "first"), Duration::from_secs(60));
+        let taken = logins.take_for_code("a").expect("pending");
+        let until = taken.until;
+        logins.put_back(taken);
+        let again = logins.take_for_code("a").expect("put back");
+        assert_eq!(
+            (again.pending.state.as_str(), again.until),
+            ("first", until)
+        );
+
+        // Over: not put back.
+        let over = Taken {
+            pending: pending("a", "first"),
+            until: Instant::now() - Duration::from_secs(1),
+        };
+        logins.put_back(over);
+        assert!(logins.take_by_name("a").is_none());
+
+        // A newer login began meanwhile: it stays, the old one is dropped.
+        logins.add(pending("a", "newer"), Duration::from_secs(60));
+        logins.put_back(again);
+        assert_eq!(
+            logins.take_by_name("a").map(|p| p.state),
+            Some("newer".to_owned())
+        );
+        assert!(logins.take_by_name("a").is_none());
     }
 }

@@ -44,7 +44,7 @@ pub const CURES: &[(&str, &str)] = &[
         "hardening::a_refresh_given_up_on_says_the_grant_may_be_lost",
     ),
     (
-        "and was moved to {}; {}",
+        "format!(\"{moved}; {what_to_do}\")",
         "cures::a_state_file_moved_aside_is_cured_by_a_login",
     ),
     (
@@ -594,6 +594,27 @@ async fn a_keyring_gone_mid_refresh_keeps_the_tokens_until_it_is_started() {
         let kept = world.kept_refresh_token("a").await.expect("kept");
         assert!(world.emulator.refresh_token_is_valid(&kept));
         assert_eq!(world.get("a").await, served);
+    })
+    .await;
+}
+
+/// A code typed while the keyring is locked is not sent (its tokens could
+/// not be kept); "unlock it … and tokd carries on": unlocked, the same
+/// command with the same code logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_typed_while_the_keyring_is_locked_works_once_it_is_unlocked() {
+    within(async {
+        let mut world =
+            World::start_in(crate::support::TokenStore::Keyring, Behaviour::wso2()).await;
+        let code = manual_code(&world).await;
+        world.gnome().lock().await;
+        let out = world.tokctl(&["login", "m", "--code", &code]).await;
+        assert_eq!(out.status, 8, "{out:?}");
+        assert!(out.stderr.contains("is locked; unlock it"), "{out:?}");
+        world.gnome().unlock().await;
+        let out = world.tokctl(&["login", "m", "--code", &code]).await;
+        assert_eq!(out.status, 0, "the same code: {out:?}\n{}", world.log());
+        assert!(world.emulator.access_token_is_valid(&world.get("m").await));
     })
     .await;
 }

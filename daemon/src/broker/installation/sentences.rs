@@ -50,11 +50,16 @@ impl Installation {
         }
         match &self.state {
             State::Empty(Empty::Never) => not_logged_in(spec),
-            State::Empty(Empty::MovedAside { moved_to, reason }) => format!(
-                "the state file could not be used ({reason}) and was moved to {}; {}",
-                moved_to.display(),
-                not_logged_in(spec)
-            ),
+            State::Empty(Empty::MovedAside { moved_to, reason }) => {
+                let moved = format!(
+                    "the state file could not be used ({reason}) and was moved to {}",
+                    moved_to.display()
+                );
+                match not_logged_in(spec) {
+                    what_to_do if what_to_do.is_empty() => moved,
+                    what_to_do => format!("{moved}; {what_to_do}"),
+                }
+            }
             State::Valid => self
                 .unsaved
                 .as_ref()

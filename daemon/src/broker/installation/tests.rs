@@ -104,6 +104,19 @@ fn loading_sorts_what_the_state_file_held() {
         moved.message(&a, at(0)),
         "the state file could not be used (truncated) and was moved to /state/a.json.corrupt-1; `a` is not logged in; run `tokctl login a`"
     );
+    let bot = spec("bot", None);
+    let moved = Installation::loaded(
+        &bot,
+        Ok(Loaded::MovedAside {
+            moved_to: PathBuf::from("/state/bot.json.corrupt-1"),
+            reason: "truncated".to_owned(),
+        }),
+    );
+    assert_eq!(
+        moved.message(&bot, at(0)),
+        "the state file could not be used (truncated) and was moved to /state/bot.json.corrupt-1",
+        "client credentials: nothing to do, and no dangling separator"
+    );
     let newer = Installation::loaded(
         &a,
         Err(StoreError::NewerFormat {
