@@ -144,7 +144,7 @@ impl Keyring {
     /// Writes one installation's secrets, replacing its item; returns once
     /// the Secret Service has confirmed the write.
     pub async fn save(&self, consumer: &str, secrets: &Secrets) -> Result<(), KeyringError> {
-        bounded(async {
+        let written = bounded(async {
             let collection = self
                 .collection_proxy(self.default_collection().await?)
                 .await?;
@@ -176,14 +176,14 @@ impl Keyring {
                 );
                 let (collection, properties) = (&collection, properties.clone());
                 async move {
-                    let (_, prompt) = collection
+                    let (item, prompt) = collection
                         .create_item(properties, &secret, true)
                         .await
                         .map_err(classify)?;
                     // A prompt means the collection is locked: the item is
                     // not written until someone answers it.
                     if prompt.as_str() == "/" {
-                        Ok(())
+                        Ok(item)
                     } else {
                         Err(KeyringError::Locked)
                     }
@@ -191,7 +191,43 @@ impl Keyring {
             })
             .await
         })
-        .await
+        .await?;
+        // `replace` replaces an item with the very same attributes only:
+        // one written under the consumer's old name (a renamed consumer
+        // keeps its tokens) would stay beside the new one, with a refresh
+        // token that rotation has killed. One item per installation.
+        if let Err(error) = bounded(self.delete_other_items(&secrets.installation, &written)).await
+        {
+            tracing::warn!(installation = %secrets.installation, %error, "cannot delete an older keyring item of this installation");
+        }
+        Ok(())
+    }
+
+    /// Deletes the items of installation `name` other than `keep`.
+    async fn delete_other_items(
+        &self,
+        name: &str,
+        keep: &OwnedObjectPath,
+    ) -> Result<(), KeyringError> {
+        let (unlocked, _) = self
+            .service()
+            .await?
+            .search_items(HashMap::from([
+                ("application", APPLICATION),
+                ("installation", name),
+            ]))
+            .await
+            .map_err(classify)?;
+        for path in unlocked.into_iter().filter(|path| path != keep) {
+            let item = ItemProxy::builder(&self.connection)
+                .path(path)
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+                .await
+                .map_err(classify)?;
+            item.delete().await.map_err(classify)?;
+        }
+        Ok(())
     }
 
     /// Deletes one installation's item, if it has one.
@@ -328,16 +364,53 @@ impl Keyring {
                 }
             })
             .await?;
-        let mut found = Vec::new();
-        for (_, (_, _, value, _)) in read {
+        let mut found: Vec<(OwnedObjectPath, Secrets)> = Vec::new();
+        for (path, (_, _, value, _)) in read {
             let value = Zeroizing::new(value);
             // An item tokd cannot read (edited by hand) is skipped: its
             // installation then has no token, which `status` says.
             if let Ok(secrets) = serde_json::from_slice::<Secrets>(&value) {
-                found.push(secrets);
+                found.push((path, secrets));
             }
         }
-        Ok(found)
+        // Two items for one installation (an older tokd's, left by a
+        // renamed consumer, or a failed clean-up): the newest one wins,
+        // never whichever the service listed first.
+        let mut newest: HashMap<String, (u64, Secrets)> = HashMap::new();
+        let several = found.len()
+            > found
+                .iter()
+                .map(|(_, secrets)| &secrets.installation)
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+        for (path, secrets) in found {
+            let modified = if several {
+                self.modified(path).await
+            } else {
+                0
+            };
+            let known = newest.get(&secrets.installation).map(|(at, _)| *at);
+            if known.is_some() {
+                tracing::warn!(installation = %secrets.installation, "the keyring holds more than one item for this installation; using the newest");
+            }
+            if known.is_none_or(|known| modified > known) {
+                newest.insert(secrets.installation.clone(), (modified, secrets));
+            }
+        }
+        Ok(newest.into_values().map(|(_, secrets)| secrets).collect())
+    }
+
+    /// When the item at `path` was last changed (0 when unknown).
+    async fn modified(&self, path: OwnedObjectPath) -> u64 {
+        let item = ItemProxy::builder(&self.connection)
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await;
+        match item {
+            Ok(item) => item.modified().await.unwrap_or(0),
+            Err(_) => 0,
+        }
     }
 
     /// Runs `call` with the `plain` session, opening it first if needed,

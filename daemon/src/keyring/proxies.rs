@@ -60,6 +60,10 @@ pub trait Collection {
 )]
 pub trait Item {
     fn delete(&self) -> zbus::Result<OwnedObjectPath>;
+
+    /// When the item was last changed, in Unix seconds.
+    #[zbus(property)]
+    fn modified(&self) -> zbus::Result<u64>;
 }
 
 #[zbus::proxy(

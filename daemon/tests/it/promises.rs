@@ -342,6 +342,46 @@ for_each_store! {
 }
 
 for_each_store! {
+    /// A consumer renamed in the config keeps its installations' tokens
+    /// (its client, endpoint, grant and scopes are the same), through a
+    /// rotation and a restart. (With the keyring, the rotated tokens once
+    /// went to a second item beside the old one, which a restart could
+    /// read instead: a dead refresh token, a lost grant.)
+    async fn a_renamed_consumer_keeps_its_tokens_through_rotation_and_restart(store) {
+        within(async {
+            let mut world = World::start_in(store, Behaviour::wso2()).await;
+            world.login("a").await;
+            let renamed = world
+                .config("")
+                .replace("[consumers.acme]\n", "[consumers.acme2]\n")
+                .replace("consumer = \"acme\"\n", "consumer = \"acme2\"\n");
+            world.home.write_config(&renamed);
+            assert_eq!(world.tokctl(&["reload"]).await.status, 0);
+            assert_eq!(world.status("a").await["consumer"], "acme2");
+            assert_eq!(world.tokctl(&["refresh", "a"]).await.status, 0);
+            let token = world.get("a").await;
+            assert!(world.tokd().terminate().success());
+            world.start_tokd().await;
+            assert_eq!(world.get("a").await, token, "the newest token, kept");
+            let out = world.tokctl(&["refresh", "a"]).await;
+            assert_eq!(out.status, 0, "{out:?}\n{}", world.log());
+            if let Some(gnome) = &world.keyring {
+                let items: Vec<_> = gnome
+                    .items()
+                    .await
+                    .into_iter()
+                    .filter(|item| item.attributes.get("installation").map(String::as_str) == Some("a"))
+                    .collect();
+                assert_eq!(items.len(), 1, "one item per installation: {items:?}");
+                assert_eq!(items[0].attributes["consumer"], "acme2");
+            }
+            world.assert_kept_privately("a", &[&token]).await;
+        })
+        .await;
+    }
+}
+
+for_each_store! {
     /// A provider outage longer than the token's life: the held token is
     /// served while it lasts, `Retry-After` is honoured, gets during the
     /// backoff do not hit the provider, `get` then fails saying when the
