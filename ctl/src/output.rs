@@ -111,8 +111,11 @@ pub fn relative(time: i64, now: i64) -> String {
         return "-".to_owned();
     }
     let delta = time - now;
+    if delta == 0 {
+        return "now".to_owned();
+    }
     let span = humantime::format_duration(Duration::from_secs(rounded(delta.unsigned_abs())));
-    if delta >= 0 {
+    if delta > 0 {
         format!("in {span}")
     } else {
         format!("{span} ago")
@@ -267,6 +270,7 @@ mod tests {
         assert_eq!(relative(0, 100), "-");
         assert_eq!(relative(100 + 7170, 100), "in 1h 59m");
         assert_eq!(relative(100 - 125, 100), "2m 5s ago");
+        assert_eq!(relative(100, 100), "now", "not \"in 0s\"");
     }
 
     #[test]

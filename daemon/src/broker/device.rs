@@ -68,6 +68,7 @@ impl Broker {
                 "`{name}` uses client credentials and needs no login; `tokctl refresh {name}` requests a new token"
             )));
         }
+        self.keyring_ready_for_login(&slot).await?;
         let (http, consumer) = (&self.http, &spec.consumer);
         let scopes = spec.scopes();
         let scopes = &scopes;

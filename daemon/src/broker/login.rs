@@ -60,6 +60,10 @@ impl Broker {
                 "`{name}` uses client credentials and needs no login; `tokctl refresh {name}` requests a new token"
             )));
         }
+        // A login whose tokens could not be kept is refused before the user
+        // goes through the provider's pages (a human is there: the
+        // desktop is asked to unlock the keyring).
+        self.keyring_ready_for_login(&slot).await?;
         let consumer = &spec.consumer;
         let endpoints = self.endpoints(consumer).await.map_err(|error| {
             Error::of_kind(
@@ -246,17 +250,40 @@ impl Broker {
         redirect_uri: Option<Url>,
         by_hand: ByHand,
     ) -> Result<Option<SystemTime>, Error> {
-        let guard = self.flight(slot).await?;
+        let guard = match self.flight(slot).await {
+            Ok(guard) => guard,
+            Err(error) => return Err(self.login_failed(slot, error)),
+        };
         let (broker, slot) = (self.arc(), slot.clone());
         self.in_flight(guard, "login", async move {
             // A code is used once: not before its tokens can be kept.
-            broker.keyring_gate(&slot, true).await?;
+            if let Err(error) = broker.keyring_gate(&slot, true).await {
+                return Err(broker.login_failed(&slot, error));
+            }
             let spec = slot.spec();
             broker
                 .exchange_locked(&slot, &spec, code, verifier, redirect_uri, by_hand)
                 .await
         })
         .await
+    }
+
+    /// Makes sure the keyring (when the tokens go there) can keep a
+    /// login's tokens, asking the desktop to unlock it.
+    pub(crate) async fn keyring_ready_for_login(&self, slot: &Slot) -> Result<(), Error> {
+        let _guard = self.flight(slot).await?;
+        self.keyring_gate(slot, true).await
+    }
+
+    /// A login that ends before its code is sent: `LoginFinished` says so
+    /// (a waiting `tokctl login` must not wait for the browser in vain).
+    fn login_failed(&self, slot: &Slot, error: Error) -> Error {
+        self.emit(Event::LoginFinished {
+            name: slot.name.to_string(),
+            success: false,
+            message: error.to_string(),
+        });
+        error
     }
 
     async fn exchange_locked(

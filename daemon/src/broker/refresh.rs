@@ -62,6 +62,16 @@ impl Broker {
             };
             if back {
                 info!(installation = %name, "the keyring is usable again");
+                // The others waiting for the same keyring need not wait
+                // for their own next check.
+                // (Spread over a few seconds, as overdue ones are at start.)
+                let now = self.clock.now();
+                for other in self.all_slots() {
+                    if lock(&other.inner).installation.keyring_down.is_some() {
+                        let spread = schedule::OVERDUE_SPREAD.mul_f64(schedule::random_fraction());
+                        self.queue.set(&other.name, Some(now + spread));
+                    }
+                }
             }
             self.schedule(&slot);
             return;

@@ -354,6 +354,9 @@ impl Broker {
                     Ok(())
                 }
                 Err(error) => {
+                    if inner.installation.keyring_down.is_none() {
+                        warn!(installation = %slot.name, %error, "the keyring cannot be used now; the installation is locked until it can");
+                    }
                     let message = self.change(slot, &mut inner, |installation, spec| {
                         installation.keyring_down = Some(down(&error));
                         installation.message(spec, self.clock.now())

@@ -309,6 +309,12 @@ impl Keyring {
             let _ = tokio::time::timeout(UNLOCK_WAIT, completed.next()).await;
         }
         let unlocked = self.ready().await.is_ok();
+        if !unlocked {
+            tracing::info!(
+                "the keyring is still locked: the unlock dialog was dismissed, not answered in time, or no desktop could show it; tokd asks again no sooner than in {}s",
+                PROMPT_PAUSE.as_secs()
+            );
+        }
         *last_refused = (!unlocked).then(tokio::time::Instant::now);
         Ok(unlocked)
     }

@@ -619,6 +619,49 @@ async fn a_code_typed_while_the_keyring_is_locked_works_once_it_is_unlocked() {
     .await;
 }
 
+/// A browser login while the keyring is locked is refused before the user
+/// goes through the provider's pages; one the keyring locks under comes
+/// back to tokctl at once (not after its wait for the browser). Unlocked,
+/// as the sentence says, a login works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_while_the_keyring_is_locked_is_refused_at_once_and_works_once_unlocked() {
+    within(async {
+        let mut world =
+            World::start_in(crate::support::TokenStore::Keyring, Behaviour::wso2()).await;
+        world.gnome().lock().await;
+        let out = world.tokctl(&["login", "a", "--no-browser"]).await;
+        assert_eq!(out.status, 8, "{out:?}");
+        assert!(out.stdout.is_empty(), "no URL to open: {out:?}");
+        assert!(out.stderr.contains("is locked; unlock it"), "{out:?}");
+        world.gnome().unlock().await;
+
+        // Locked after the login began: the browser's answer is refused
+        // and tokctl hears so.
+        let (child, url) = world.begin_login("a").await;
+        world.gnome().lock().await;
+        let location = browse(&url).await;
+        let page = browser()
+            .get(&location)
+            .send()
+            .await
+            .expect("the listener answers")
+            .text()
+            .await
+            .expect("a page");
+        assert!(page.contains("is locked; unlock it"), "{page}");
+        let output = child.wait_with_output().await.expect("tokctl ends");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_ne!(output.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("is locked; unlock it"), "{stderr}");
+        assert!(!stderr.contains("no answer from the browser"), "{stderr}");
+
+        world.gnome().unlock().await;
+        world.login("a").await;
+        assert!(world.emulator.access_token_is_valid(&world.get("a").await));
+    })
+    .await;
+}
+
 /// A Secret Service without a default keyring: tokd says to create one or
 /// set one as the default; once one is, the installation carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
