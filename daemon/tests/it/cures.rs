@@ -207,6 +207,10 @@ pub const CURES: &[(&str, &str)] = &[
         "cures::a_keyring_without_a_default_is_used_once_one_is_set",
     ),
     (
+        "the keyring is still locked: the unlock dialog was dismissed",
+        "not advice: a log line saying what happened; tokd asks again by itself",
+    ),
+    (
         "asked the desktop to unlock the keyring",
         "not advice: a log line saying what tokd did",
     ),
