@@ -7,6 +7,7 @@
 
 mod consumer;
 mod presets;
+mod secret_source;
 mod values;
 mod warnings;
 
@@ -16,8 +17,8 @@ pub use values::{CronSchedule, InvalidValue, is_loopback, parse_duration};
 
 use consumer::{RawConsumer, build_consumer};
 
-use crate::secret::SecretSource;
 use crate::store::SecretStore;
+pub use secret_source::{SecretError, SecretSource};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;

@@ -18,5 +18,6 @@ pub mod server;
 pub mod store;
 mod sync;
 pub mod tasks;
+pub mod text;
 
 pub use server::{Control, RunError, Setup, run};

@@ -1,8 +1,9 @@
 //! One `[consumers.NAME]` table: its keys, its preset applied, checked.
 
+use super::SecretSource;
 use super::values::HttpUrl;
 use super::{CronSchedule, Preset, Source, expand_path, is_loopback};
-use crate::secret::{ClientSecret, SecretSource};
+use crate::secret::ClientSecret;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::ops::Range;

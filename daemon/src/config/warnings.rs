@@ -7,7 +7,7 @@
 //! the service's PATH only.
 
 use super::Config;
-use crate::secret::SecretSource;
+use super::SecretSource;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 

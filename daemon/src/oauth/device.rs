@@ -2,12 +2,13 @@
 //! another device, and the polling of the token endpoint until they do.
 
 use super::discovery::Endpoints;
-use super::error::{ErrorKind, OAuthError, sanitize};
+use super::error::{ErrorKind, OAuthError};
 use super::post::Request;
 use super::response::parse_object;
 use super::{OAuthClient, TokenResponse};
 use crate::config::Consumer;
 use crate::secret::DeviceCode;
+use crate::text::sanitize;
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;

@@ -108,44 +108,6 @@ impl OAuthError {
     }
 }
 
-/// Makes provider text safe to show: no control characters, no markup,
-/// at most `limit` characters.
-pub fn sanitize(text: &str, limit: usize) -> String {
-    let mut out = String::new();
-    let mut in_tag = false;
-    let mut last_space = true;
-    for c in text.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' if in_tag => {
-                in_tag = false;
-                if !last_space {
-                    out.push(' ');
-                    last_space = true;
-                }
-            }
-            _ if in_tag => {}
-            c if c.is_whitespace() || c.is_control() => {
-                if !last_space {
-                    out.push(' ');
-                    last_space = true;
-                }
-            }
-            c => {
-                out.push(c);
-                last_space = false;
-            }
-        }
-    }
-    let trimmed = out.trim();
-    if trimmed.chars().count() > limit {
-        let cut: String = trimmed.chars().take(limit).collect();
-        format!("{}…", cut.trim_end())
-    } else {
-        trimmed.to_owned()
-    }
-}
-
 /// Every form in which a request's secrets could come back in an answer
 /// (a provider or proxy that reflects the request): as sent, form- and
 /// percent-encoded, JSON-escaped, and the `Authorization: Basic` value.
@@ -284,23 +246,6 @@ mod tests {
                 "{status} {error:?} {description:?}"
             );
         }
-    }
-
-    #[test]
-    fn sanitize_strips_markup_and_control_characters() {
-        assert_eq!(
-            sanitize(
-                "<html><head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>",
-                80
-            ),
-            "502 Bad Gateway nginx"
-        );
-        assert_eq!(sanitize("a\u{1b}[31mred\r\nline", 80), "a [31mred line");
-        assert_eq!(
-            sanitize(&"x".repeat(300), 10),
-            format!("{}…", "x".repeat(10))
-        );
-        assert_eq!(sanitize("   ", 10), "");
     }
 
     #[test]

@@ -22,9 +22,10 @@ mod error;
 mod post;
 mod response;
 
+pub use crate::text::sanitize;
 pub use device::{DEFAULT_INTERVAL, DeviceAuthorization, parse_device_authorization};
 pub use discovery::{Discovery, Endpoints, document_urls};
-pub use error::{ErrorKind, OAuthError, classify, sanitize};
+pub use error::{ErrorKind, OAuthError, classify};
 pub use post::parse_retry_after;
 pub use response::{
     DEFAULT_LIFETIME, ErrorResponse, MAX_LIFETIME, ParseError, TokenResponse, parse_error_response,

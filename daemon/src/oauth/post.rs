@@ -1,10 +1,12 @@
 //! One form POST to a provider: client authentication, the answer read
 //! with a size cap, and a failure classified and told without a secret.
 
-use super::error::{ErrorKind, OAuthError, Scrubber, classify, sanitize};
+use super::error::{ErrorKind, OAuthError, Scrubber, classify};
 use super::{OAuthClient, discovery::Endpoints, response::parse_error_response};
+use crate::config::SecretError;
 use crate::config::{ClientAuth, Consumer};
-use crate::secret::{ClientSecret, SecretError};
+use crate::secret::ClientSecret;
+use crate::text::sanitize;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use std::time::{Duration, SystemTime};

@@ -169,7 +169,7 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, ParseError> {
         None => "bearer".to_owned(),
         Some(text) if text.eq_ignore_ascii_case("bearer") => "bearer".to_owned(),
         Some(text) => {
-            return Err(ParseError::UnsupportedTokenType(crate::oauth::sanitize(
+            return Err(ParseError::UnsupportedTokenType(crate::text::sanitize(
                 &text, 40,
             )));
         }
