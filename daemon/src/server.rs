@@ -132,6 +132,7 @@ pub async fn run(setup: Setup, mut control: UnboundedReceiver<Control>) -> Resul
     // name, which dropping the connection releases.
     drop(private);
     serving.stop(SERVING_STOP_BOUND).await;
+    bus::unserve(&connection).await;
     drop(connection);
     info!("stopped");
     outcome

@@ -447,6 +447,20 @@ pub async fn serve(
     Ok(())
 }
 
+/// Releases the name, then takes the object off the bus. The object holds
+/// the broker, which holds the keyring client on this same connection:
+/// dropping the connection alone would not close it while the object is
+/// served, and an in-process daemon would keep the name after it stopped.
+pub async fn unserve(connection: &Connection) {
+    if let Err(error) = connection.release_name(BUS_NAME).await {
+        tracing::warn!(%error, "cannot release the bus name");
+    }
+    let _ = connection
+        .object_server()
+        .remove::<Manager, _>(OBJECT_PATH)
+        .await;
+}
+
 async fn forward(
     emitter: SignalEmitter<'static>,
     mut events: UnboundedReceiver<Event>,

@@ -17,6 +17,7 @@ mod oauth;
 mod private;
 mod promises;
 mod security;
+mod server;
 mod store;
 mod support;
 mod systemd;
