@@ -6,7 +6,7 @@
 //! kept until the rotated token is written). The private bus, the
 //! emulator and `tokctl` are real; only the process is the test's.
 
-use crate::support::{World, eventually, within};
+use crate::support::{World, eventually, within_for};
 use futures_util::StreamExt;
 use std::time::Duration;
 use tokd::broker::Options;
@@ -43,6 +43,50 @@ fn setup(world: &World) -> Setup {
     }
 }
 
+/// The in-process daemon's log, printed if the test fails (the test runs
+/// on one thread, as tokd does, so every task's lines land here).
+struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Log {
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        (Self(buffer), tracing::subscriber::set_default(subscriber))
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+            eprintln!(
+                "the in-process tokd's log:\n{}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+    }
+}
+
+struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut buffer) = self.0.lock() {
+            buffer.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn spawn(world: &World) -> InProcess {
     let (control, receiver) = tokio::sync::mpsc::unbounded_channel();
     let run = tokio::spawn(tokd::run(setup(world), receiver));
@@ -54,9 +98,12 @@ async fn name_owned(dbus: &zbus::fdo::DBusProxy<'_>) -> bool {
     dbus.name_has_owner(name).await.expect("NameHasOwner")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One thread, as tokd runs (its main uses a current-thread runtime).
+#[tokio::test]
 async fn run_serves_in_order_reloads_and_stops_only_after_the_refresh_in_flight() {
-    within(async {
+    let (_log, _guard) = Log::capture();
+    // Longer than most: a whole daemon's life on the test's own thread.
+    within_for(Duration::from_secs(120), async {
         let world = World::prepare(Behaviour::wso2()).await;
         let connection = world.bus.connect().await;
         let dbus = zbus::fdo::DBusProxy::new(&connection).await.expect("bus");
