@@ -196,20 +196,25 @@ impl Keyring {
         // one written under the consumer's old name (a renamed consumer
         // keeps its tokens) would stay beside the new one, with a refresh
         // token that rotation has killed. One item per installation.
-        if let Err(error) = bounded(self.delete_other_items(&secrets.installation, &written)).await
+        if let Err(error) = bounded(self.delete_items(&secrets.installation, Some(&written))).await
         {
             tracing::warn!(installation = %secrets.installation, %error, "cannot delete an older keyring item of this installation");
         }
         Ok(())
     }
 
-    /// Deletes the items of installation `name` other than `keep`.
-    async fn delete_other_items(
+    /// Deletes one installation's item, if it has one.
+    pub async fn delete(&self, name: &str) -> Result<(), KeyringError> {
+        bounded(self.delete_items(name, None)).await
+    }
+
+    /// Deletes the items of installation `name`, but `keep`.
+    async fn delete_items(
         &self,
         name: &str,
-        keep: &OwnedObjectPath,
+        keep: Option<&OwnedObjectPath>,
     ) -> Result<(), KeyringError> {
-        let (unlocked, _) = self
+        let (unlocked, locked) = self
             .service()
             .await?
             .search_items(HashMap::from([
@@ -218,48 +223,25 @@ impl Keyring {
             ]))
             .await
             .map_err(classify)?;
-        for path in unlocked.into_iter().filter(|path| path != keep) {
-            let item = ItemProxy::builder(&self.connection)
-                .path(path)
-                .cache_properties(zbus::proxy::CacheProperties::No)
-                .build()
-                .await
-                .map_err(classify)?;
-            item.delete().await.map_err(classify)?;
+        if !locked.is_empty() {
+            return Err(KeyringError::Locked);
+        }
+        for path in unlocked.into_iter().filter(|path| Some(path) != keep) {
+            let prompt = self.item(path).await?.delete().await.map_err(classify)?;
+            if prompt.as_str() != "/" {
+                return Err(KeyringError::Locked);
+            }
         }
         Ok(())
     }
 
-    /// Deletes one installation's item, if it has one.
-    pub async fn delete(&self, name: &str) -> Result<(), KeyringError> {
-        bounded(async {
-            let (unlocked, locked) = self
-                .service()
-                .await?
-                .search_items(HashMap::from([
-                    ("application", APPLICATION),
-                    ("installation", name),
-                ]))
-                .await
-                .map_err(classify)?;
-            if !locked.is_empty() {
-                return Err(KeyringError::Locked);
-            }
-            for path in unlocked {
-                let item = ItemProxy::builder(&self.connection)
-                    .path(path)
-                    .cache_properties(zbus::proxy::CacheProperties::No)
-                    .build()
-                    .await
-                    .map_err(classify)?;
-                let prompt = item.delete().await.map_err(classify)?;
-                if prompt.as_str() != "/" {
-                    return Err(KeyringError::Locked);
-                }
-            }
-            Ok(())
-        })
-        .await
+    async fn item(&self, path: OwnedObjectPath) -> Result<ItemProxy<'static>, KeyringError> {
+        ItemProxy::builder(&self.connection)
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(classify)
     }
 
     /// Asks the Secret Service to unlock the default collection: it shows
@@ -408,12 +390,7 @@ impl Keyring {
 
     /// When the item at `path` was last changed (0 when unknown).
     async fn modified(&self, path: OwnedObjectPath) -> u64 {
-        let item = ItemProxy::builder(&self.connection)
-            .path(path)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await;
-        match item {
+        match self.item(path).await {
             Ok(item) => item.modified().await.unwrap_or(0),
             Err(_) => 0,
         }
