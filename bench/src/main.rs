@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 use tokd::secret::{AccessToken, RefreshToken};
-use tokd::store::{Record, Store};
+use tokd::storage::{Record, StateFolder};
 use tokd_testkit::{Behaviour, Emulator, Fault, Home, PrivateBus, Tokd};
 
 const CLIENT_ID: &str = "bench-client";
@@ -1156,7 +1156,7 @@ fn many_homes(count: usize, emulator: &Emulator) -> Fallible<Home> {
             REDIRECT,
         ));
     }
-    let store = Store::open(home.state_dir())?;
+    let store = StateFolder::open(home.state_dir())?;
     let now = SystemTime::now();
     for i in 0..count {
         let name = format!("i{i:05}");

@@ -5,9 +5,9 @@
 //! `Config::warnings` (`warnings.rs`) says what looks wrong in a valid one. Every error names the line and column.
 //! This module never touches the network, the state folder or the bus.
 
+mod client_secret;
 mod consumer;
 mod presets;
-mod secret_source;
 mod values;
 mod warnings;
 
@@ -17,8 +17,8 @@ pub use values::{CronSchedule, InvalidValue, is_loopback, parse_duration};
 
 use consumer::{RawConsumer, build_consumer};
 
-use crate::store::SecretStore;
-pub use secret_source::{SecretError, SecretSource};
+use crate::storage::Store;
+pub use client_secret::{ClientSecretError, ClientSecretSource};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,7 +35,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub consumers: BTreeMap<String, Arc<Consumer>>,
     /// Shared with the daemon's per-installation specs (one copy each).
-    pub installations: BTreeMap<String, Arc<Installation>>,
+    pub installations: BTreeMap<String, Arc<InstallationConfig>>,
 }
 
 /// The `[daemon]` table.
@@ -47,7 +47,7 @@ pub struct DaemonConfig {
     pub notify: bool,
     /// Where tokens are kept; `None`: in the keyring when one answered at
     /// first start, else in the state files (see `broker/vault.rs`).
-    pub store: Option<SecretStore>,
+    pub store: Option<Store>,
 }
 
 impl Default for DaemonConfig {
@@ -62,7 +62,7 @@ impl Default for DaemonConfig {
 
 /// One `[installations.NAME]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Installation {
+pub struct InstallationConfig {
     pub name: String,
     pub consumer: String,
     pub scopes: Vec<String>,
@@ -105,7 +105,7 @@ struct RawConfig {
 struct RawDaemon {
     refresh_margin: Option<ConfigDuration>,
     notify: Option<bool>,
-    store: Option<SecretStore>,
+    store: Option<Store>,
 }
 
 #[derive(Deserialize)]
@@ -308,7 +308,7 @@ impl Config {
     }
 
     /// The consumer an installation uses. Validation guarantees it exists.
-    pub fn consumer_of(&self, installation: &Installation) -> Option<&Arc<Consumer>> {
+    pub fn consumer_of(&self, installation: &InstallationConfig) -> Option<&Arc<Consumer>> {
         self.consumers.get(&installation.consumer)
     }
 
@@ -350,7 +350,7 @@ fn build_installation(
     name: &str,
     raw: RawInstallation,
     consumers: &BTreeMap<String, Arc<Consumer>>,
-) -> Result<Installation, ConfigError> {
+) -> Result<InstallationConfig, ConfigError> {
     let consumer_name = raw.consumer.get_ref();
     let Some(consumer) = consumers.get(consumer_name) else {
         let known: Vec<&str> = consumers.keys().map(String::as_str).collect();
@@ -384,7 +384,7 @@ fn build_installation(
                 ),
             ));
         }
-        Grant::ClientCredentials if consumer.secret == SecretSource::None => {
+        Grant::ClientCredentials if consumer.secret == ClientSecretSource::None => {
             return Err(source.error(
                 Some(span),
                 format!(
@@ -408,7 +408,7 @@ fn build_installation(
         }
         scopes.push(scope.into_inner());
     }
-    Ok(Installation {
+    Ok(InstallationConfig {
         name: name.to_owned(),
         consumer: consumer_name.clone(),
         scopes,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use tokd::config::Config;
 use tokd::oauth::OAuthClient;
 use tokd::server::{Control, Setup, chain};
-use tokd::store::Store;
+use tokd::storage::StateFolder;
 use tokd::{broker, paths};
 use tracing::{error, info, warn};
 
@@ -124,17 +124,17 @@ async fn serve(explicit: Option<PathBuf>) -> Result<(), Failure> {
         warn!(config = %path.display(), "no config file yet; serving no installations until it exists and `tokctl reload` runs");
         Config::from_str("").map_err(Failure::of)?
     };
-    let store = Store::open(paths::state_dir().map_err(Failure::of)?).map_err(Failure::of)?;
+    let state = StateFolder::open(paths::state_dir().map_err(Failure::of)?).map_err(Failure::of)?;
     let http = OAuthClient::new().map_err(Failure::of)?;
     let private_socket = tokd_shared::private_socket_path();
     if private_socket.is_none() {
         warn!("XDG_RUNTIME_DIR is not set: no private socket; clients use the session bus");
     }
-    info!(config = %path.display(), state = %store.dir().display(), "starting");
+    info!(config = %path.display(), state = %state.dir().display(), "starting");
     let setup = Setup {
         config,
         config_path: Some(path),
-        store,
+        state,
         http,
         bus: zbus::connection::Builder::session(),
         private_socket,

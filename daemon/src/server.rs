@@ -15,12 +15,11 @@
 //! cannot refresh with a token being rotated. Then the private socket is
 //! removed and the name released.
 
-use crate::broker::{self, Broker, Options, STOP_BOUND};
+use crate::broker::{Broker, Options, STOP_BOUND};
 use crate::bus::{self, ServeError};
 use crate::config::Config;
-use crate::keyring::Keyring;
 use crate::oauth::OAuthClient;
-use crate::store::Store;
+use crate::storage::{SecretService, StateFolder, Storage};
 use crate::tasks::Tasks;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,7 +37,8 @@ pub struct Setup {
     pub config: Config,
     /// What `reload` re-reads (`None`: reload refuses).
     pub config_path: Option<PathBuf>,
-    pub store: Store,
+    /// The state folder.
+    pub state: StateFolder,
     pub http: OAuthClient,
     /// The bus to serve on (`Builder::session()` in tokd).
     pub bus: zbus::connection::Builder<'static>,
@@ -76,20 +76,19 @@ pub async fn run(setup: Setup, mut control: UnboundedReceiver<Control>) -> Resul
         .build()
         .await
         .map_err(|error| RunError::Serve(ServeError::Bus(error)))?;
-    let keyring = Arc::new(Keyring::new(connection.clone()));
-    let target = match setup.config.daemon.store {
-        Some(target) => target,
-        None => broker::default_target(&setup.store, Some(&keyring)).await,
-    };
+    let storage = Storage::new(
+        setup.state,
+        Some(Arc::new(SecretService::new(connection.clone()))),
+    );
+    storage.begin(setup.config.daemon.store).await;
     let broker = Broker::start(
         setup.config,
         setup.config_path,
-        setup.store,
+        Arc::new(storage),
         setup.http,
         events,
         setup.options,
     );
-    broker.use_keyring(Some(keyring), target);
     broker.read_keyring_all().await;
     let serving = Tasks::new();
     bus::serve(&connection, broker.clone(), receiver, &serving).await?;

@@ -188,7 +188,7 @@ impl Broker {
             .await;
         match result {
             Ok(response) => {
-                self.accept(slot, &spec, response).await;
+                self.keep_answer(slot, &spec, response).await;
                 Poll::Done
             }
             Err(error) => poll_failure(name, &error),

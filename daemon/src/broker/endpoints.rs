@@ -28,14 +28,11 @@ impl Broker {
         let resolved = match &consumer.issuer {
             None => Endpoints::of(consumer, None)?,
             Some(issuer) => {
-                let store = self.store.clone();
-                let name = consumer.name.clone();
-                let kept: Option<Discovery> =
-                    tokio::task::spawn_blocking(move || store.load_document(DISCOVERY, &name))
-                        .await
-                        .ok()
-                        .flatten()
-                        .filter(|document: &Discovery| same_issuer(&document.issuer, issuer));
+                let kept: Option<Discovery> = self
+                    .storage
+                    .load_document(DISCOVERY, &consumer.name)
+                    .await
+                    .filter(|document: &Discovery| same_issuer(&document.issuer, issuer));
                 let document = match kept {
                     Some(document) => document,
                     None => self.discover(consumer).await?,
@@ -63,11 +60,11 @@ impl Broker {
             );
             error
         })?;
-        let store = self.store.clone();
-        let (name, kept) = (consumer.name.clone(), document.clone());
-        let saved =
-            tokio::task::spawn_blocking(move || store.save_document(DISCOVERY, &name, &kept)).await;
-        if !matches!(saved, Ok(Ok(()))) {
+        let saved = self
+            .storage
+            .save_document(DISCOVERY, &consumer.name, &document)
+            .await;
+        if saved.is_err() {
             warn!(consumer = %consumer.name, "cannot keep the discovered endpoints; they are discovered again after a restart");
         }
         info!(consumer = %consumer.name, %issuer, token = %document.token_endpoint, "endpoints discovered");

@@ -12,7 +12,7 @@ use crate::config::{self, Consumer, Grant};
 use crate::oauth::{ErrorKind, OAuthError, TokenResponse};
 use crate::schedule;
 use crate::secret::{AccessToken, RefreshToken};
-use crate::store::{Loaded, Record, SecretStore, StoreError};
+use crate::storage::{Loaded, Record, StateError, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,7 +21,7 @@ use tokd_shared::InstallationState;
 /// What an installation is configured as; replaced on reload.
 #[derive(Debug)]
 pub struct Spec {
-    pub installation: Arc<config::Installation>,
+    pub installation: Arc<config::InstallationConfig>,
     pub consumer: Arc<Consumer>,
 }
 
@@ -233,7 +233,7 @@ pub struct Installation {
 
 impl Installation {
     /// What loading the state file found, for `spec`.
-    pub fn loaded(spec: &Spec, loaded: Result<Loaded, StoreError>) -> Self {
+    pub fn loaded(spec: &Spec, loaded: Result<Loaded, StateError>) -> Self {
         let (record, state) = match loaded {
             // Issued under another client, endpoint or scopes (the config
             // changed while tokd was not running): not this installation's.
@@ -248,7 +248,7 @@ impl Installation {
             Ok(Loaded::Found(record)) if record.access_token.is_some() => (record, State::Valid),
             // The tokens are in the keyring: read at start, or when it is
             // unlocked (`tokens_read`).
-            Ok(Loaded::Found(record)) if record.secrets == SecretStore::Keyring => {
+            Ok(Loaded::Found(record)) if record.store == Store::Keyring => {
                 let mut installation = Self::with(record, State::Empty(Empty::Never));
                 installation.tokens_unread = true;
                 return installation;
@@ -578,7 +578,7 @@ pub fn renewed(before: &Record, response: TokenResponse, spec: &Spec, now: Syste
     let renewable = response.refresh_token.is_some()
         || record.refresh_token.is_some()
         || spec.grant() == Grant::ClientCredentials;
-    record.version = crate::store::FORMAT_VERSION;
+    record.version = crate::storage::FORMAT_VERSION;
     record.expires_at = response.expires_at(now, renewable);
     record.access_token = Some(response.access_token);
     if let Some(refresh_token) = response.refresh_token {

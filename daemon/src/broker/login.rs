@@ -306,7 +306,7 @@ impl Broker {
         let name = slot.name.to_string();
         match result {
             Ok(response) => {
-                self.accept(slot, spec, response).await;
+                self.keep_answer(slot, spec, response).await;
                 let expires_at = lock(&slot.inner).installation.record.expires_at;
                 self.emit(Event::LoginFinished {
                     name: name.clone(),

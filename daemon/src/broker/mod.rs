@@ -12,8 +12,8 @@
 //! - `login.rs`: starting and finishing logins;
 //! - `git.rs`: tokens for git, only to the consumer's git hosts;
 //! - `reload.rs`, `revoke.rs`: what their names say;
-//! - `vault.rs`: where tokens are kept (state files or the keyring), the
-//!   moves between them, and `locked` when the keyring is down;
+//! - `keeping.rs`: what the storage's outcomes mean for installations
+//!   (`locked` when the keyring is down, reading tokens kept there, moves);
 //! - here: the installations by name, `get_token`, views, start and stop.
 //!
 //! Concurrency, per installation ([`Slot`]):
@@ -29,11 +29,11 @@ mod endpoints;
 mod error;
 mod git;
 mod installation;
+mod keeping;
 mod login;
 mod refresh;
 mod reload;
 mod revoke;
-mod vault;
 
 pub use device::DeviceLogin;
 pub use error::Error;
@@ -41,13 +41,12 @@ pub use git::GitCredential;
 pub use installation::{
     Empty, Installation, KeyringDown, LoginNeeded, Misconfiguration, Spec, State, Token,
 };
-pub use vault::{SaveError, default_target};
 
 use crate::config::{self, Config, Grant};
 use crate::login::Logins;
 use crate::oauth::OAuthClient;
 use crate::schedule::{self, Clock, Queue};
-use crate::store::{Loaded, Store, StoreError};
+use crate::storage::{Loaded, StateError, Storage};
 use crate::sync::{lock, read, write};
 use crate::tasks::Tasks;
 use std::collections::BTreeMap;
@@ -183,7 +182,8 @@ pub struct Broker {
     config_path: Option<PathBuf>,
     config: RwLock<Arc<Config>>,
     slots: RwLock<BTreeMap<Arc<str>, Arc<Slot>>>,
-    store: Store,
+    /// Where tokens are kept.
+    storage: Arc<Storage>,
     http: OAuthClient,
     events: UnboundedSender<Event>,
     queue: Arc<Queue>,
@@ -195,10 +195,6 @@ pub struct Broker {
     clock: Clock,
     /// Every task the broker spawns; its stop token is the broker's stop.
     tasks: Tasks,
-    /// The Secret Service client, when tokd has a session bus.
-    keyring: std::sync::OnceLock<Arc<crate::keyring::Keyring>>,
-    /// Where new tokens go (see `vault.rs`).
-    target: RwLock<crate::store::SecretStore>,
     this: Weak<Broker>,
 }
 
@@ -209,7 +205,7 @@ impl Broker {
     pub fn start(
         config: Config,
         config_path: Option<PathBuf>,
-        store: Store,
+        storage: Arc<Storage>,
         http: OAuthClient,
         events: UnboundedSender<Event>,
         options: Options,
@@ -221,7 +217,7 @@ impl Broker {
             config_path,
             config: RwLock::new(Arc::new(config)),
             slots: RwLock::new(BTreeMap::new()),
-            store,
+            storage,
             http,
             events,
             queue: Arc::new(Queue::new(options.clock.clone(), options.check_cap)),
@@ -230,15 +226,11 @@ impl Broker {
             device_logins: Mutex::default(),
             clock: options.clock,
             tasks: Tasks::new(),
-            keyring: std::sync::OnceLock::new(),
-            target: RwLock::new(crate::store::SecretStore::File),
             this: this.clone(),
         });
-        // At start nothing else runs yet, so the records are read right
-        // here: on the runtime's thread, their memory comes from the main
-        // heap rather than a second malloc arena for the blocking pool,
-        // which with 10,000 installations cost about 3 MiB more RSS.
-        let loaded = broker.store.load_many(specs.iter().map(|spec| spec.name()));
+        let loaded = broker
+            .storage
+            .load_at_start(specs.iter().map(|spec| spec.name()));
         let slots = specs
             .into_iter()
             .zip(loaded)
@@ -607,14 +599,14 @@ impl Broker {
 }
 
 /// A slot for `spec` from what loading its record found.
-fn slot_from(spec: Arc<Spec>, loaded: Result<Loaded, StoreError>) -> Slot {
+fn slot_from(spec: Arc<Spec>, loaded: Result<Loaded, StateError>) -> Slot {
     let installation = loaded_installation(&spec, loaded);
     Slot::new(spec, installation)
 }
 
 /// The installation of `spec` from what loading its record found, with
 /// what the log should hear about it.
-fn loaded_installation(spec: &Spec, loaded: Result<Loaded, StoreError>) -> Installation {
+fn loaded_installation(spec: &Spec, loaded: Result<Loaded, StateError>) -> Installation {
     let name = spec.name();
     match &loaded {
         Ok(Loaded::Found(record))

@@ -16,7 +16,7 @@
 //! lock, so it never overwrites a newer record.
 
 use super::installation::{self, Spec};
-use super::vault::SaveError;
+use super::keeping::unsaved;
 use super::{Broker, Error, Event, Slot};
 use crate::oauth::{ErrorKind, TokenResponse};
 use crate::schedule;
@@ -230,7 +230,7 @@ impl Broker {
         }
         match result {
             Ok(response) => {
-                self.accept(slot, &spec, response).await;
+                self.keep_answer(slot, &spec, response).await;
                 Ok(())
             }
             Err(failure) => {
@@ -252,16 +252,20 @@ impl Broker {
 
     /// Stores a token response durably, then makes it visible. The caller
     /// holds `flight`.
-    pub(crate) async fn accept(&self, slot: &Slot, spec: &Spec, response: TokenResponse) {
+    pub(crate) async fn keep_answer(&self, slot: &Slot, spec: &Spec, response: TokenResponse) {
         let (now, monotonic) = (self.clock.now(), self.clock.monotonic());
         let mut record = {
             let mut inner = lock(&slot.inner);
             inner.writing = true;
             installation::renewed(&inner.installation.record, response, spec, now)
         };
-        let unsaved = match self.save(&slot.name, &spec.consumer.name, &record).await {
-            Ok(()) => {
-                record.secrets = self.target();
+        let unsaved = match self
+            .storage
+            .save(&slot.name, &spec.consumer.name, &record)
+            .await
+        {
+            Ok(store) => {
+                record.store = store;
                 None
             }
             Err(error) => {
@@ -269,7 +273,7 @@ impl Broker {
                 // them (the old refresh token may already be dead), say so
                 // loudly and keep trying to write them.
                 error!(installation = %slot.name, %error, "cannot write the new tokens; they are held in memory only until a write succeeds");
-                Some(error.unsaved())
+                Some(unsaved(&error))
             }
         };
         let expires_at = record.expires_at;
@@ -325,10 +329,11 @@ impl Broker {
             inner.installation.record.clone()
         };
         let outcome = self
+            .storage
             .save(&slot.name, &slot.spec().consumer.name, &record)
             .await;
         match &outcome {
-            Ok(()) => {
+            Ok(_) => {
                 info!(installation = %slot.name, "the tokens held in memory are written now");
             }
             Err(error) => {
@@ -336,12 +341,11 @@ impl Broker {
             }
         }
         let written = outcome.is_ok();
-        let target = self.target();
         let mut inner = lock(&slot.inner);
         self.change(slot, &mut inner, |installation, _| {
-            installation.write_retried(outcome.as_ref().map(|_| ()).map_err(SaveError::unsaved));
-            if written {
-                installation.record.secrets = target;
+            installation.write_retried(outcome.as_ref().map(|_| ()).map_err(unsaved));
+            if let Ok(store) = outcome {
+                installation.record.store = store;
             }
         });
         written

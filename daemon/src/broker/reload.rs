@@ -12,7 +12,6 @@
 use super::installation::Installation;
 use super::{Broker, Error, Event, Slot, specs_of};
 use crate::config::Config;
-use crate::store::StoreError;
 use crate::sync::{lock, read, write};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,10 +42,7 @@ impl Broker {
         })?;
         self.apply(config).await;
         let configured = read(&self.config).daemon.store;
-        let target = match configured {
-            Some(target) => target,
-            None => super::default_target(&self.store, self.keyring.get().map(|k| &**k)).await,
-        };
+        let target = self.storage.wanted(configured).await;
         self.retarget(target).await;
         let summary = read(&self.config).summary();
         info!(%summary, "config reloaded");
@@ -100,21 +96,11 @@ impl Broker {
         }
         // New installations' records are read off the runtime thread: calls
         // are being answered meanwhile.
-        let store = self.store.clone();
         let names: Vec<String> = added.iter().map(|spec| spec.name().to_owned()).collect();
-        let mut loaded =
-            tokio::task::spawn_blocking(move || store.load_many(names.iter().map(String::as_str)))
-                .await
-                .unwrap_or_default()
-                .into_iter();
-        let mut next = || {
-            loaded
-                .next()
-                .unwrap_or_else(|| Err(StoreError::Interrupted("the state loader failed".into())))
-        };
+        let loaded = self.storage.load_many(names).await;
         let mut new_slots = Vec::new();
-        for spec in added {
-            let slot = Arc::new(super::slot_from(spec, next()));
+        for (spec, loaded) in added.into_iter().zip(loaded) {
+            let slot = Arc::new(super::slot_from(spec, loaded));
             slots.insert(slot.name.clone(), slot.clone());
             new_slots.push(slot);
         }
@@ -125,11 +111,7 @@ impl Broker {
             let Ok(_guard) = self.flight(&slot).await else {
                 continue;
             };
-            let store = self.store.clone();
-            let name = slot.name.to_string();
-            let result = tokio::task::spawn_blocking(move || store.load(&name))
-                .await
-                .unwrap_or_else(|error| Err(StoreError::Interrupted(error.to_string())));
+            let result = self.storage.load(&slot.name).await;
             let loaded = super::loaded_installation(&slot.spec(), result);
             let mut inner = lock(&slot.inner);
             self.change(&slot, &mut inner, |installation, _| *installation = loaded);

@@ -3,6 +3,7 @@
 
 use super::{Broker, Error, Slot};
 use crate::oauth::{OAuthError, RevocableToken};
+use crate::storage::{SaveError, Store};
 use crate::sync::lock;
 use tracing::info;
 
@@ -60,14 +61,15 @@ impl Broker {
                 .map_err(refused)?;
             }
         }
-        let in_keyring = record.secrets == crate::store::SecretStore::Keyring;
-        self.remove_stored(name, in_keyring)
+        let in_keyring = record.store == Store::Keyring;
+        self.storage
+            .remove(name, in_keyring)
             .await
             .map_err(|error| match error {
-                super::SaveError::Keyring(error) => Error::Locked(format!(
+                SaveError::Keyring(error) => Error::Locked(format!(
                     "cannot delete the keyring item of `{name}`: {error}; unlock or start the keyring and revoke again"
                 )),
-                super::SaveError::Store(error) => Error::Misconfigured(format!(
+                SaveError::State(error) => Error::Misconfigured(format!(
                     "cannot remove the state file of `{name}`: {error}"
                 )),
             })?;

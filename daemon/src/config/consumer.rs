@@ -1,6 +1,6 @@
 //! One `[consumers.NAME]` table: its keys, its preset applied, checked.
 
-use super::SecretSource;
+use super::ClientSecretSource;
 use super::values::HttpUrl;
 use super::{CronSchedule, Preset, Source, expand_path, is_loopback};
 use crate::secret::ClientSecret;
@@ -66,7 +66,7 @@ pub struct Consumer {
     /// From the config or the preset; `None`: discovered, else Basic.
     pub client_auth: Option<ClientAuth>,
     pub client_id: String,
-    pub secret: SecretSource,
+    pub secret: ClientSecretSource,
     pub redirect_uri: Option<Url>,
     /// Added to the authorization URL (the preset's, then the config's).
     pub auth_params: Vec<(String, String)>,
@@ -406,7 +406,7 @@ fn secret_source(
     file: Option<Spanned<String>>,
     command: Option<Spanned<StringList>>,
     base: Option<&Path>,
-) -> Result<SecretSource, super::ConfigError> {
+) -> Result<ClientSecretSource, super::ConfigError> {
     let mut sources = Vec::new();
     if let Some(secret) = &inline {
         sources.push(("client_secret", secret.span()));
@@ -424,12 +424,12 @@ fn secret_source(
         ));
     }
     Ok(if let Some(secret) = inline {
-        SecretSource::Inline(ClientSecret::new(secret.into_inner()))
+        ClientSecretSource::Inline(ClientSecret::new(secret.into_inner()))
     } else if let Some(file) = file {
         let span = file.span();
         let path = expand_path(file.get_ref(), base)
             .map_err(|message| source.error(Some(span), message))?;
-        SecretSource::File(path)
+        ClientSecretSource::File(path)
     } else if let Some(command) = command {
         let span = command.span();
         let argv = command.into_inner().0;
@@ -439,9 +439,9 @@ fn secret_source(
                 format!("consumer `{name}`: `client_secret_command` needs a program, e.g. [\"pass\", \"show\", \"{name}\"]"),
             ));
         }
-        SecretSource::Command(argv)
+        ClientSecretSource::Command(argv)
     } else {
-        SecretSource::None
+        ClientSecretSource::None
     })
 }
 

@@ -68,7 +68,7 @@ fn the_spec_example_parses() {
     assert_eq!(bitbucket.git_username.as_deref(), Some("x-token-auth"));
     assert_eq!(
         bitbucket.secret,
-        SecretSource::Command(vec!["pass".into(), "show".into(), "bitbucket/oauth".into()])
+        ClientSecretSource::Command(vec!["pass".into(), "show".into(), "bitbucket/oauth".into()])
     );
     assert_eq!(
         bitbucket.redirect_uri.as_ref().map(Url::as_str),
@@ -86,7 +86,7 @@ fn the_spec_example_parses() {
         Some("https://apim.example.com/oauth2/revoke")
     );
     match &acme.secret {
-        SecretSource::File(path) => {
+        ClientSecretSource::File(path) => {
             assert!(path.is_absolute(), "~ expanded: {}", path.display());
             assert!(path.ends_with(".config/tokd/acme.secret"));
         }
@@ -352,7 +352,7 @@ client_id = "id"
         Some("http://[::1]:9000/revoke")
     );
     assert_eq!(consumer.client_auth, Some(ClientAuth::Post));
-    assert_eq!(consumer.secret, SecretSource::None);
+    assert_eq!(consumer.secret, ClientSecretSource::None);
 }
 
 #[test]
@@ -366,7 +366,7 @@ fn inline_secret_and_client_auth_default() {
     assert_eq!(endpoints.client_auth, ClientAuth::Basic, "the default");
     assert_eq!(consumer.auth_url, None);
     match &consumer.secret {
-        SecretSource::Inline(secret) => assert_eq!(secret.expose(), "shh"),
+        ClientSecretSource::Inline(secret) => assert_eq!(secret.expose(), "shh"),
         other => panic!("{other:?}"),
     }
     // The parsed config's Debug never shows the inline secret.
@@ -700,7 +700,7 @@ fn from_path_names_the_file_and_resolves_relative_secret_files() {
     let config = Config::from_path(&path).expect("valid");
     assert_eq!(
         config.consumers["c"].secret,
-        SecretSource::File(dir.path().join("c.secret"))
+        ClientSecretSource::File(dir.path().join("c.secret"))
     );
 
     let missing = Config::from_path(&dir.path().join("absent.toml")).expect_err("missing");

@@ -6,8 +6,8 @@
 //! reload. None stops tokd: a file may appear later, a program may be on
 //! the service's PATH only.
 
+use super::ClientSecretSource;
 use super::Config;
-use super::SecretSource;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -18,7 +18,7 @@ impl Config {
         for consumer in self.consumers.values() {
             let name = &consumer.name;
             match &consumer.secret {
-                SecretSource::File(file) => match std::fs::metadata(file) {
+                ClientSecretSource::File(file) => match std::fs::metadata(file) {
                     Err(_) => warnings.push(format!(
                         "consumer `{name}`: client_secret_file {} does not exist; requests that need the secret fail until it does",
                         file.display()
@@ -36,7 +36,7 @@ impl Config {
                     }
                     Ok(_) => {}
                 },
-                SecretSource::Command(argv) => {
+                ClientSecretSource::Command(argv) => {
                     if let Some(program) = argv.first()
                         && !program_found(program)
                     {
@@ -50,7 +50,7 @@ impl Config {
                         ));
                     }
                 }
-                SecretSource::Inline(_) => {
+                ClientSecretSource::Inline(_) => {
                     if let Ok(metadata) = std::fs::metadata(path)
                         && readable_by_others(metadata.permissions().mode())
                     {
@@ -61,7 +61,7 @@ impl Config {
                         ));
                     }
                 }
-                SecretSource::None => {}
+                ClientSecretSource::None => {}
             }
         }
         warnings

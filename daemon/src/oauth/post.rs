@@ -3,7 +3,7 @@
 
 use super::error::{ErrorKind, OAuthError, Scrubber, classify};
 use super::{OAuthClient, discovery::Endpoints, response::parse_error_response};
-use crate::config::SecretError;
+use crate::config::ClientSecretError;
 use crate::config::{ClientAuth, Consumer};
 use crate::secret::ClientSecret;
 use crate::text::sanitize;
@@ -304,9 +304,11 @@ fn basic_credentials(client_id: &str, secret: &ClientSecret) -> Zeroizing<String
 /// A secret that could not be had. A failing or slow command may be a locked
 /// password store that will open later, so those are transient; a missing
 /// program or file will not fix itself.
-fn secret_failure(error: SecretError) -> OAuthError {
+fn secret_failure(error: ClientSecretError) -> OAuthError {
     let kind = match error {
-        SecretError::Timeout { .. } | SecretError::Failed { .. } => ErrorKind::Transient,
+        ClientSecretError::Timeout { .. } | ClientSecretError::Failed { .. } => {
+            ErrorKind::Transient
+        }
         _ => ErrorKind::Misconfigured,
     };
     OAuthError::new(kind, error.to_string())

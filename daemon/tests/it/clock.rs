@@ -3,12 +3,13 @@
 //! scheduler refreshes at once and `get` never hands out an expired token.
 
 use crate::support::within;
+use std::sync::Arc;
 use std::time::Duration;
 use tokd::broker::{Broker, Event, Options};
 use tokd::config::Config;
 use tokd::oauth::OAuthClient;
 use tokd::schedule::Clock;
-use tokd::store::Store;
+use tokd::storage::{StateFolder, Storage};
 use tokd_shared::InstallationState;
 use tokd_testkit::{Behaviour, Emulator, Home};
 
@@ -28,7 +29,10 @@ fn broker(
     let broker = Broker::start(
         config,
         None,
-        Store::open(home.state_dir()).expect("store"),
+        Arc::new(Storage::new(
+            StateFolder::open(home.state_dir()).expect("state folder"),
+            None,
+        )),
         OAuthClient::new().expect("client"),
         events,
         options,
@@ -206,7 +210,10 @@ consumer = "p"
         let broker = Broker::start(
             Config::from_str(&consumer).expect("config"),
             None,
-            Store::open(home.state_dir()).expect("store"),
+            Arc::new(Storage::new(
+                StateFolder::open(home.state_dir()).expect("state folder"),
+                None,
+            )),
             OAuthClient::new().expect("client"),
             events,
             Options {

@@ -750,7 +750,10 @@ async fn a_refresh_given_up_on_says_the_grant_may_be_lost() {
         let broker = Broker::start(
             config,
             None,
-            tokd::store::Store::open(home.state_dir()).expect("store"),
+            std::sync::Arc::new(tokd::storage::Storage::new(
+                tokd::storage::StateFolder::open(home.state_dir()).expect("state folder"),
+                None,
+            )),
             http,
             events,
             Options::default(),

@@ -6,12 +6,12 @@
 
 use crate::support::{World, eventually, everything_in, within};
 use std::time::{Duration, Instant};
-use tokd::keyring::{Keyring, KeyringError, Secrets};
 use tokd::secret::{AccessToken, RefreshToken};
+use tokd::storage::{Keyring as _, KeyringError, SecretService, Tokens};
 use tokd_testkit::{Behaviour, GnomeKeyring, PrivateBus};
 
-fn secrets(name: &str, generation: u32) -> Secrets {
-    Secrets {
+fn secrets(name: &str, generation: u32) -> Tokens {
+    Tokens {
         installation: name.to_owned(),
         access_token: Some(AccessToken::new(format!("access-{name}-{generation}"))),
         refresh_token: Some(RefreshToken::new(format!("refresh-{name}-{generation}"))),
@@ -23,13 +23,16 @@ async fn the_client_saves_loads_replaces_deletes_and_sees_a_lock() {
     within(async {
         let bus = PrivateBus::start();
         let mut gnome = GnomeKeyring::start(&bus).await;
-        let keyring = Keyring::new(bus.connect().await);
+        let keyring = SecretService::new(bus.connect().await);
         keyring.present().await.expect("present");
         keyring.ready().await.expect("unlocked");
 
-        keyring.save("bb", &secrets("a", 1)).await.expect("save");
-        keyring.save("bb", &secrets("b", 1)).await.expect("save");
-        keyring.save("bb", &secrets("a", 2)).await.expect("replace");
+        keyring.write("bb", &secrets("a", 1)).await.expect("save");
+        keyring.write("bb", &secrets("b", 1)).await.expect("save");
+        keyring
+            .write("bb", &secrets("a", 2))
+            .await
+            .expect("replace");
         let items = gnome.items().await;
         assert_eq!(items.len(), 2, "replaced, not added: {items:?}");
         let a = items
@@ -41,19 +44,19 @@ async fn the_client_saves_loads_replaces_deletes_and_sees_a_lock() {
         assert_eq!(a.attributes["consumer"], "bb");
         assert!(a.secret.contains("refresh-a-2"), "the newest tokens");
         assert_eq!(
-            keyring.load("a").await.expect("load"),
+            keyring.read("a").await.expect("load"),
             Some(secrets("a", 2))
         );
-        assert_eq!(keyring.load("c").await.expect("load"), None);
-        let all = keyring.load_all().await.expect("all");
+        assert_eq!(keyring.read("c").await.expect("load"), None);
+        let all = keyring.read_all().await.expect("all");
         assert_eq!(all.len(), 2);
         assert_eq!(all["b"], secrets("b", 1));
 
         gnome.lock().await;
         assert_eq!(keyring.ready().await, Err(KeyringError::Locked));
-        assert_eq!(keyring.load("a").await, Err(KeyringError::Locked));
+        assert_eq!(keyring.read("a").await, Err(KeyringError::Locked));
         assert_eq!(
-            keyring.save("bb", &secrets("a", 3)).await,
+            keyring.write("bb", &secrets("a", 3)).await,
             Err(KeyringError::Locked)
         );
         // No desktop to show the prompt: it ends, and the keyring stays
@@ -64,27 +67,27 @@ async fn the_client_saves_loads_replaces_deletes_and_sees_a_lock() {
         gnome.unlock().await;
         assert_eq!(keyring.unlock().await, Ok(true));
         assert_eq!(
-            keyring.load("a").await.expect("load"),
+            keyring.read("a").await.expect("load"),
             Some(secrets("a", 2))
         );
 
         keyring.delete("a").await.expect("delete");
-        assert_eq!(keyring.load("a").await.expect("load"), None);
+        assert_eq!(keyring.read("a").await.expect("load"), None);
         assert_eq!(gnome.items().await.len(), 1);
 
         gnome.stop();
         assert_eq!(keyring.present().await, Err(KeyringError::Gone));
         assert_eq!(
-            keyring.save("bb", &secrets("b", 2)).await,
+            keyring.write("bb", &secrets("b", 2)).await,
             Err(KeyringError::Gone)
         );
         gnome.restart().await;
         keyring
-            .save("bb", &secrets("b", 2))
+            .write("bb", &secrets("b", 2))
             .await
             .expect("a new session after a restart");
         assert_eq!(
-            keyring.load("b").await.expect("load"),
+            keyring.read("b").await.expect("load"),
             Some(secrets("b", 2))
         );
     })
@@ -333,12 +336,12 @@ async fn a_move_cut_short_is_finished_at_the_next_start() {
 
         // A move to the files that wrote the state file and was killed
         // before it deleted the keyring's item.
-        let store = tokd::store::Store::open(world.home.state_dir()).expect("store");
-        let tokd::store::Loaded::Found(mut record) = store.load("a").expect("load") else {
+        let store = tokd::storage::StateFolder::open(world.home.state_dir()).expect("store");
+        let tokd::storage::Loaded::Found(mut record) = store.load("a").expect("load") else {
             panic!("a has a state file");
         };
-        assert_eq!(record.secrets, tokd::store::SecretStore::Keyring);
-        record.secrets = tokd::store::SecretStore::File;
+        assert_eq!(record.store, tokd::storage::Store::Keyring);
+        record.store = tokd::storage::Store::File;
         record.access_token = Some(AccessToken::new(token.clone()));
         record.refresh_token = Some(RefreshToken::new(refresh.clone()));
         store.save("a", &record).expect("save");
@@ -360,11 +363,11 @@ async fn a_move_cut_short_is_finished_at_the_next_start() {
         // A move to the keyring that wrote the item and was killed before
         // it rewrote the state file without the tokens.
         world.tokd = None;
-        let keyring = Keyring::new(world.bus.connect().await);
+        let keyring = SecretService::new(world.bus.connect().await);
         keyring
-            .save(
+            .write(
                 "acme",
-                &Secrets {
+                &Tokens {
                     installation: "a".to_owned(),
                     access_token: Some(AccessToken::new(token.clone())),
                     refresh_token: Some(RefreshToken::new(refresh.clone())),

@@ -13,7 +13,7 @@ use tokd::broker::Options;
 use tokd::config::Config;
 use tokd::oauth::OAuthClient;
 use tokd::server::{Control, RunError, Setup};
-use tokd::store::Store;
+use tokd::storage::StateFolder;
 use tokd_shared::{BUS_NAME, ManagerProxy};
 use tokd_testkit::Behaviour;
 use tokio::sync::mpsc::UnboundedSender;
@@ -35,7 +35,7 @@ fn setup(world: &World) -> Setup {
     Setup {
         config: Config::from_path(&path).expect("config"),
         config_path: Some(path),
-        store: Store::open(world.home.state_dir()).expect("state folder"),
+        state: StateFolder::open(world.home.state_dir()).expect("state folder"),
         http: OAuthClient::new().expect("HTTP client"),
         bus: zbus::connection::Builder::address(world.bus.address()),
         private_socket: Some(runtime.join("tokd/bus")),

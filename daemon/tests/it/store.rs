@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 use tokd::secret::{AccessToken, RefreshToken};
-use tokd::store::{Loaded, Record, Store};
+use tokd::storage::{Loaded, Record, StateFolder};
 
 /// Set in a child process: the folder its store writes in.
 const WRITER_ENV: &str = "TOKD_IT_STORE_WRITER_DIR";
@@ -41,7 +41,7 @@ fn record(generation: u64) -> Record {
 fn a_writer_killed_at_random_moments_never_leaves_a_torn_file() {
     if let Ok(dir) = std::env::var(WRITER_ENV) {
         // The child: save alternating records until killed.
-        let store = Store::open(&dir).expect("open");
+        let store = StateFolder::open(&dir).expect("open");
         println!("TOKD-WRITER-READY");
         for generation in 0u64.. {
             store.save("victim", &record(generation)).expect("save");
@@ -49,7 +49,7 @@ fn a_writer_killed_at_random_moments_never_leaves_a_torn_file() {
         return;
     }
     let folder = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(folder.path()).expect("open");
+    let store = StateFolder::open(folder.path()).expect("open");
     store.save("victim", &record(0)).expect("first save");
     let (a, b) = (record(0), record(1));
 
@@ -108,7 +108,9 @@ fn write_once_if_child() -> bool {
     let Ok(dir) = std::env::var(WRITER_ENV) else {
         return false;
     };
-    let outcome = Store::open(&dir).expect("open").save("victim", &record(1));
+    let outcome = StateFolder::open(&dir)
+        .expect("open")
+        .save("victim", &record(1));
     println!(
         "TOKD-WRITER-RESULT {}",
         if outcome.is_ok() { "ok" } else { "failed" }
@@ -123,7 +125,7 @@ fn write_once_if_child() -> bool {
 /// would leave a torn file both ways.
 fn save_under_a_file_size_limit(test: &str, ignore_signal: bool) -> std::process::Output {
     let folder = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(folder.path()).expect("open");
+    let store = StateFolder::open(folder.path()).expect("open");
     let old = record(0);
     store.save("victim", &old).expect("first save");
     let writer = child(test, folder.path());

@@ -3,11 +3,11 @@
 //! an argument.
 
 use super::*;
-use crate::broker::vault::SaveError;
 use crate::config::Config;
-use crate::keyring::KeyringError;
 use crate::oauth::OAuthError;
 use crate::secret::RefreshToken;
+use crate::storage::KeyringError;
+use crate::storage::SaveError;
 use std::time::UNIX_EPOCH;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -119,7 +119,7 @@ fn loading_sorts_what_the_state_file_held() {
     );
     let newer = Installation::loaded(
         &a,
-        Err(StoreError::NewerFormat {
+        Err(StateError::NewerFormat {
             path: PathBuf::from("/state/a.json"),
             found: 9,
         }),
@@ -335,7 +335,7 @@ fn a_reload_lets_a_misconfigured_installation_try_again_and_nothing_else() {
 
     let unusable = Installation::loaded(
         &a,
-        Err(StoreError::NewerFormat {
+        Err(StateError::NewerFormat {
             path: PathBuf::from("/state/a.json"),
             found: 9,
         }),
@@ -402,12 +402,13 @@ fn an_unsaved_record_says_so_until_a_write_succeeds() {
         installation.record.last_error.as_deref(),
         Some(said.as_str())
     );
-    installation.write_retried(Err(SaveError::Store(StoreError::Interrupted(
-        "still full".into(),
-    ))
-    .unsaved()));
+    installation.write_retried(Err(crate::broker::keeping::unsaved(&SaveError::State(
+        StateError::Interrupted("still full".into()),
+    ))));
     assert!(installation.message(&a, at(10)).contains("still full)"));
-    installation.write_retried(Err(SaveError::Keyring(KeyringError::Locked).unsaved()));
+    installation.write_retried(Err(crate::broker::keeping::unsaved(&SaveError::Keyring(
+        KeyringError::Locked,
+    ))));
     assert!(
         installation
             .message(&a, at(10))
@@ -690,7 +691,7 @@ fn a_down_keyring_shows_as_locked_refuses_requests_and_is_checked_again() {
     let mut unread = Installation::loaded(
         &a,
         Ok(Loaded::Found(Record {
-            secrets: SecretStore::Keyring,
+            store: Store::Keyring,
             ..holding(at(0), HOUR).without_tokens()
         })),
     );

@@ -6,23 +6,22 @@
 //! labelled `tokd: NAME (CONSUMER)`, with the attributes `application =
 //! tokd`, `installation = NAME`, `consumer = CONSUMER`, and a JSON secret
 //! holding the installation's name and its tokens (the name inside, so
-//! that one `GetSecrets` call reads every installation at start).
+//! that one `GetTokens` call reads every installation at start).
 //!
-//! Secrets cross the bus in a `plain` session: the session bus is this
+//! Tokens cross the bus in a `plain` session: the session bus is this
 //! user's alone, and the other algorithm the API defines
 //! (`dh-ietf1024-sha256-aes128-cbc-pkcs7`) would need a bignum and an
 //! AES-CBC crate for a transport no other user can read.
 //!
 //! tokd never asks for a password: a locked collection is unlocked by the
-//! Secret Service's own prompt, which [`Keyring::unlock`] asks for (the
+//! Secret Service's own prompt, which [`SecretService::unlock`] asks for (the
 //! desktop shows its dialog). Every call is bounded by [`CALL_TIMEOUT`], so
 //! a stalled keyring costs a failed write (retried), never a hung daemon.
 
 mod proxies;
 
-use crate::secret::{AccessToken, RefreshToken};
+use super::{Keyring, KeyringError, Pending, Tokens};
 use proxies::{CollectionProxy, ItemProxy, PromptProxy, ServiceProxy, WireSecret};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -40,30 +39,9 @@ pub const PROMPT_PAUSE: Duration = Duration::from_secs(60);
 /// The attribute every tokd item carries.
 pub const APPLICATION: &str = "tokd";
 
-/// Why the keyring could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyringError {
-    #[error("no keyring (Secret Service) answers on the session bus")]
-    Gone,
-    #[error("the keyring is locked")]
-    Locked,
-    #[error("the keyring failed: {0}")]
-    Failed(String),
-}
-
-/// One installation's secrets, as its item holds them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Secrets {
-    pub installation: String,
-    #[serde(default)]
-    pub access_token: Option<AccessToken>,
-    #[serde(default)]
-    pub refresh_token: Option<RefreshToken>,
-}
-
 /// A client of the Secret Service.
 #[derive(Debug)]
-pub struct Keyring {
+pub struct SecretService {
     connection: zbus::Connection,
     /// The `plain` session, opened at first use (it lives as long as the
     /// connection, or until the service restarts).
@@ -73,7 +51,7 @@ pub struct Keyring {
     prompting: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
-impl Keyring {
+impl SecretService {
     pub fn new(connection: zbus::Connection) -> Self {
         Self {
             connection,
@@ -111,44 +89,42 @@ impl Keyring {
         .await
     }
 
-    /// Every installation's secrets kept by tokd, by installation name.
-    pub async fn load_all(&self) -> Result<HashMap<String, Secrets>, KeyringError> {
+    /// Every installation's tokens kept by tokd, by installation name.
+    pub async fn read_all(&self) -> Result<HashMap<String, Tokens>, KeyringError> {
         bounded(async {
             let found = self
-                .read(HashMap::from([("application", APPLICATION)]))
+                .search_tokens(HashMap::from([("application", APPLICATION)]))
                 .await?;
             Ok(found
                 .into_iter()
-                .map(|secrets| (secrets.installation.clone(), secrets))
+                .map(|tokens| (tokens.installation.clone(), tokens))
                 .collect())
         })
         .await
     }
 
-    /// One installation's secrets (`None`: it has no item).
-    pub async fn load(&self, name: &str) -> Result<Option<Secrets>, KeyringError> {
+    /// One installation's tokens (`None`: it has no item).
+    pub async fn read_one(&self, name: &str) -> Result<Option<Tokens>, KeyringError> {
         bounded(async {
             let found = self
-                .read(HashMap::from([
+                .search_tokens(HashMap::from([
                     ("application", APPLICATION),
                     ("installation", name),
                 ]))
                 .await?;
-            Ok(found
-                .into_iter()
-                .find(|secrets| secrets.installation == name))
+            Ok(found.into_iter().find(|tokens| tokens.installation == name))
         })
         .await
     }
 
-    /// Writes one installation's secrets, replacing its item; returns once
+    /// Writes one installation's tokens, replacing its item; returns once
     /// the Secret Service has confirmed the write.
-    pub async fn save(&self, consumer: &str, secrets: &Secrets) -> Result<(), KeyringError> {
+    pub async fn write(&self, consumer: &str, tokens: &Tokens) -> Result<(), KeyringError> {
         let written = bounded(async {
             let collection = self
                 .collection_proxy(self.default_collection().await?)
                 .await?;
-            let name = secrets.installation.as_str();
+            let name = tokens.installation.as_str();
             let attributes = HashMap::from([
                 ("application", APPLICATION),
                 ("installation", name),
@@ -165,7 +141,7 @@ impl Keyring {
                 ),
             ]);
             let value = Zeroizing::new(
-                serde_json::to_vec(secrets).map_err(|e| KeyringError::Failed(e.to_string()))?,
+                serde_json::to_vec(tokens).map_err(|e| KeyringError::Failed(e.to_string()))?,
             );
             self.with_session(|session| {
                 let secret: WireSecret = (
@@ -196,9 +172,8 @@ impl Keyring {
         // one written under the consumer's old name (a renamed consumer
         // keeps its tokens) would stay beside the new one, with a refresh
         // token that rotation has killed. One item per installation.
-        if let Err(error) = bounded(self.delete_items(&secrets.installation, Some(&written))).await
-        {
-            tracing::warn!(installation = %secrets.installation, %error, "cannot delete an older keyring item of this installation");
+        if let Err(error) = bounded(self.delete_items(&tokens.installation, Some(&written))).await {
+            tracing::warn!(installation = %tokens.installation, %error, "cannot delete an older keyring item of this installation");
         }
         Ok(())
     }
@@ -331,7 +306,10 @@ impl Keyring {
 
     /// The secrets of the items matching `attributes`; a locked match is
     /// [`KeyringError::Locked`].
-    async fn read(&self, attributes: HashMap<&str, &str>) -> Result<Vec<Secrets>, KeyringError> {
+    async fn search_tokens(
+        &self,
+        attributes: HashMap<&str, &str>,
+    ) -> Result<Vec<Tokens>, KeyringError> {
         let service = self.service().await?;
         let (unlocked, locked) = service.search_items(attributes).await.map_err(classify)?;
         if !locked.is_empty() {
@@ -352,40 +330,40 @@ impl Keyring {
                 }
             })
             .await?;
-        let mut found: Vec<(OwnedObjectPath, Secrets)> = Vec::new();
+        let mut found: Vec<(OwnedObjectPath, Tokens)> = Vec::new();
         for (path, (_, _, value, _)) in read {
             let value = Zeroizing::new(value);
             // An item tokd cannot read (edited by hand) is skipped: its
             // installation then has no token, which `status` says.
-            if let Ok(secrets) = serde_json::from_slice::<Secrets>(&value) {
-                found.push((path, secrets));
+            if let Ok(tokens) = serde_json::from_slice::<Tokens>(&value) {
+                found.push((path, tokens));
             }
         }
         // Two items for one installation (an older tokd's, left by a
         // renamed consumer, or a failed clean-up): the newest one wins,
         // never whichever the service listed first.
-        let mut newest: HashMap<String, (u64, Secrets)> = HashMap::new();
+        let mut newest: HashMap<String, (u64, Tokens)> = HashMap::new();
         let several = found.len()
             > found
                 .iter()
-                .map(|(_, secrets)| &secrets.installation)
+                .map(|(_, tokens)| &tokens.installation)
                 .collect::<std::collections::HashSet<_>>()
                 .len();
-        for (path, secrets) in found {
+        for (path, tokens) in found {
             let modified = if several {
                 self.modified(path).await
             } else {
                 0
             };
-            let known = newest.get(&secrets.installation).map(|(at, _)| *at);
+            let known = newest.get(&tokens.installation).map(|(at, _)| *at);
             if known.is_some() {
-                tracing::warn!(installation = %secrets.installation, "the keyring holds more than one item for this installation; using the newest");
+                tracing::warn!(installation = %tokens.installation, "the keyring holds more than one item for this installation; using the newest");
             }
             if known.is_none_or(|known| modified > known) {
-                newest.insert(secrets.installation.clone(), (modified, secrets));
+                newest.insert(tokens.installation.clone(), (modified, tokens));
             }
         }
-        Ok(newest.into_values().map(|(_, secrets)| secrets).collect())
+        Ok(newest.into_values().map(|(_, tokens)| tokens).collect())
     }
 
     /// When the item at `path` was last changed (0 when unknown).
@@ -466,5 +444,35 @@ fn classify(error: zbus::Error) -> KeyringError {
         | "org.freedesktop.DBus.Error.Disconnected" => KeyringError::Gone,
         "org.freedesktop.Secret.Error.IsLocked" => KeyringError::Locked,
         _ => KeyringError::Failed(error.to_string()),
+    }
+}
+
+impl Keyring for SecretService {
+    fn present(&self) -> Pending<'_, ()> {
+        Box::pin(SecretService::present(self))
+    }
+
+    fn ready(&self) -> Pending<'_, ()> {
+        Box::pin(SecretService::ready(self))
+    }
+
+    fn unlock(&self) -> Pending<'_, bool> {
+        Box::pin(SecretService::unlock(self))
+    }
+
+    fn read_all(&self) -> Pending<'_, HashMap<String, Tokens>> {
+        Box::pin(SecretService::read_all(self))
+    }
+
+    fn read<'a>(&'a self, name: &'a str) -> Pending<'a, Option<Tokens>> {
+        Box::pin(self.read_one(name))
+    }
+
+    fn write<'a>(&'a self, consumer: &'a str, tokens: &'a Tokens) -> Pending<'a, ()> {
+        Box::pin(SecretService::write(self, consumer, tokens))
+    }
+
+    fn delete<'a>(&'a self, name: &'a str) -> Pending<'a, ()> {
+        Box::pin(SecretService::delete(self, name))
     }
 }

@@ -29,7 +29,7 @@ const DRAIN: Duration = Duration::from_millis(50);
 
 /// Where a consumer's client secret comes from.
 #[derive(Clone, PartialEq, Eq)]
-pub enum SecretSource {
+pub enum ClientSecretSource {
     /// The consumer has no secret (a public client).
     None,
     /// Run this argv, without a shell; its stdout is the secret.
@@ -40,7 +40,7 @@ pub enum SecretSource {
     Inline(ClientSecret),
 }
 
-impl fmt::Debug for SecretSource {
+impl fmt::Debug for ClientSecretSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::None => f.write_str("None"),
@@ -55,7 +55,7 @@ impl fmt::Debug for SecretSource {
 /// Why a client secret could not be had. Never carries the secret or the
 /// command's output.
 #[derive(Debug, thiserror::Error)]
-pub enum SecretError {
+pub enum ClientSecretError {
     #[error("client secret command `{program}` could not be started: {source}")]
     Spawn {
         program: String,
@@ -87,11 +87,11 @@ pub enum SecretError {
     NotUtf8File { path: PathBuf },
 }
 
-impl SecretSource {
+impl ClientSecretSource {
     /// Produces the secret: runs the command or reads the file now. Called
     /// only when a request needs the secret; nothing is cached, so a secret
     /// changed at its source is used from the next request on.
-    pub async fn resolve(&self) -> Result<Option<ClientSecret>, SecretError> {
+    pub async fn resolve(&self) -> Result<Option<ClientSecret>, ClientSecretError> {
         self.resolve_with_timeout(SECRET_COMMAND_TIMEOUT).await
     }
 
@@ -99,7 +99,7 @@ impl SecretSource {
     pub async fn resolve_with_timeout(
         &self,
         timeout: Duration,
-    ) -> Result<Option<ClientSecret>, SecretError> {
+    ) -> Result<Option<ClientSecret>, ClientSecretError> {
         match self {
             Self::None => Ok(None),
             Self::Inline(secret) => Ok(Some(secret.clone())),
@@ -115,20 +115,20 @@ fn trim_line_ending(text: &str) -> &str {
     text.strip_suffix('\r').unwrap_or(text)
 }
 
-async fn read_secret_file(path: &Path) -> Result<ClientSecret, SecretError> {
-    let read_error = |source| SecretError::ReadFile {
+async fn read_secret_file(path: &Path) -> Result<ClientSecret, ClientSecretError> {
+    let read_error = |source| ClientSecretError::ReadFile {
         path: path.to_owned(),
         source,
     };
     let metadata = tokio::fs::metadata(path).await.map_err(read_error)?;
     warn_if_readable_by_others(path, metadata.permissions().mode(), "client secret file");
     let bytes = tokio::fs::read(path).await.map_err(read_error)?;
-    let text = String::from_utf8(bytes).map_err(|_| SecretError::NotUtf8File {
+    let text = String::from_utf8(bytes).map_err(|_| ClientSecretError::NotUtf8File {
         path: path.to_owned(),
     })?;
     let secret = trim_line_ending(&text);
     if secret.is_empty() {
-        return Err(SecretError::EmptyFile {
+        return Err(ClientSecretError::EmptyFile {
             path: path.to_owned(),
         });
     }
@@ -153,7 +153,7 @@ fn stderr_suffix(stderr: &Option<String>) -> String {
 async fn run_secret_command(
     argv: &[String],
     timeout: Duration,
-) -> Result<ClientSecret, SecretError> {
+) -> Result<ClientSecret, ClientSecretError> {
     // The config parser refuses an empty argv, so the program is always there.
     let program = argv.first().cloned().unwrap_or_default();
     let mut child = tokio::process::Command::new(&program)
@@ -164,7 +164,7 @@ async fn run_secret_command(
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| SecretError::Spawn {
+        .map_err(|source| ClientSecretError::Spawn {
             program: program.clone(),
             source,
         })?;
@@ -183,7 +183,7 @@ async fn run_secret_command(
                     Some(n) => {
                         output.extend_from_slice(&chunk[..n]);
                         if output.len() > MAX_SECRET_OUTPUT {
-                            return Err(SecretError::TooMuchOutput { program: program.clone() });
+                            return Err(ClientSecretError::TooMuchOutput { program: program.clone() });
                         }
                     }
                     None => stdout = None,
@@ -201,7 +201,7 @@ async fn run_secret_command(
         {
             output.extend_from_slice(&chunk[..n]);
             if output.len() > MAX_SECRET_OUTPUT {
-                return Err(SecretError::TooMuchOutput {
+                return Err(ClientSecretError::TooMuchOutput {
                     program: program.clone(),
                 });
             }
@@ -213,14 +213,14 @@ async fn run_secret_command(
         {
             errors.extend_from_slice(&stderr_chunk[..n]);
         }
-        status.map_err(|source| SecretError::Spawn {
+        status.map_err(|source| ClientSecretError::Spawn {
             program: program.clone(),
             source,
         })
     };
     let outcome = match tokio::time::timeout(timeout, run).await {
         Ok(outcome) => outcome,
-        Err(_) => Err(SecretError::Timeout {
+        Err(_) => Err(ClientSecretError::Timeout {
             program: program.clone(),
             timeout,
         }),
@@ -232,7 +232,7 @@ async fn run_secret_command(
             return Err(error);
         }
     };
-    let text = std::str::from_utf8(&output).map_err(|_| SecretError::NotUtf8Command {
+    let text = std::str::from_utf8(&output).map_err(|_| ClientSecretError::NotUtf8Command {
         program: program.clone(),
     })?;
     let secret = trim_line_ending(text);
@@ -250,7 +250,7 @@ async fn run_secret_command(
                 }
             });
         errors.zeroize();
-        return Err(SecretError::Failed {
+        return Err(ClientSecretError::Failed {
             program,
             status: status.to_string(),
             stderr: line,
@@ -258,7 +258,7 @@ async fn run_secret_command(
     }
     errors.zeroize();
     if secret.is_empty() {
-        return Err(SecretError::EmptyCommand { program });
+        return Err(ClientSecretError::EmptyCommand { program });
     }
     Ok(ClientSecret::new(secret))
 }
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn an_inline_source_is_redacted() {
-        let shown = format!("{:?}", SecretSource::Inline(ClientSecret::new(RAW)));
+        let shown = format!("{:?}", ClientSecretSource::Inline(ClientSecret::new(RAW)));
         assert!(
             !shown.contains(RAW) && shown.contains("redacted"),
             "{shown}"
@@ -335,7 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn command_stdout_is_the_secret() {
-        let source = SecretSource::Command(argv(&["printf", "%s\\n", RAW]));
+        let source = ClientSecretSource::Command(argv(&["printf", "%s\\n", RAW]));
         let secret = source.resolve().await.expect("resolve").expect("some");
         assert_eq!(secret.expose(), RAW);
     }
@@ -343,54 +343,61 @@ mod tests {
     #[tokio::test]
     async fn command_runs_without_a_shell() {
         // With a shell, `$HOME` would expand; without one it is a literal.
-        let source = SecretSource::Command(argv(&["printf", "%s", "$HOME"]));
+        let source = ClientSecretSource::Command(argv(&["printf", "%s", "$HOME"]));
         let secret = source.resolve().await.expect("resolve").expect("some");
         assert_eq!(secret.expose(), "$HOME");
     }
 
     #[tokio::test]
     async fn failing_command_names_the_program_but_not_its_output() {
-        let source = SecretSource::Command(argv(&["sh", "-c", &format!("echo {RAW}; exit 3")]));
+        let source =
+            ClientSecretSource::Command(argv(&["sh", "-c", &format!("echo {RAW}; exit 3")]));
         let error = source.resolve().await.expect_err("must fail");
         let text = error.to_string();
-        assert!(matches!(error, SecretError::Failed { .. }), "{text}");
+        assert!(matches!(error, ClientSecretError::Failed { .. }), "{text}");
         assert!(text.contains("`sh`") && text.contains('3'), "{text}");
         assert!(!text.contains(RAW), "{text}");
     }
 
     #[tokio::test]
     async fn missing_program_is_a_spawn_error() {
-        let source = SecretSource::Command(argv(&["/nonexistent/tokd-secret-helper"]));
+        let source = ClientSecretSource::Command(argv(&["/nonexistent/tokd-secret-helper"]));
         let error = source.resolve().await.expect_err("must fail");
-        assert!(matches!(error, SecretError::Spawn { .. }), "{error}");
+        assert!(matches!(error, ClientSecretError::Spawn { .. }), "{error}");
     }
 
     #[tokio::test]
     async fn empty_output_is_refused() {
-        let source = SecretSource::Command(argv(&["true"]));
+        let source = ClientSecretSource::Command(argv(&["true"]));
         let error = source.resolve().await.expect_err("must fail");
-        assert!(matches!(error, SecretError::EmptyCommand { .. }), "{error}");
+        assert!(
+            matches!(error, ClientSecretError::EmptyCommand { .. }),
+            "{error}"
+        );
     }
 
     #[tokio::test]
     async fn slow_command_is_killed_at_the_timeout() {
-        let source = SecretSource::Command(argv(&["sleep", "30"]));
+        let source = ClientSecretSource::Command(argv(&["sleep", "30"]));
         let started = std::time::Instant::now();
         let error = source
             .resolve_with_timeout(Duration::from_millis(200))
             .await
             .expect_err("must time out");
-        assert!(matches!(error, SecretError::Timeout { .. }), "{error}");
+        assert!(
+            matches!(error, ClientSecretError::Timeout { .. }),
+            "{error}"
+        );
         // Not a speed check: it proves we did not wait for `sleep 30`.
         assert!(started.elapsed() < Duration::from_secs(25));
     }
 
     #[tokio::test]
     async fn a_flood_on_stdout_is_cut_off_at_the_cap() {
-        let source = SecretSource::Command(argv(&["yes", "x"]));
+        let source = ClientSecretSource::Command(argv(&["yes", "x"]));
         let error = source.resolve().await.expect_err("too much");
         assert!(
-            matches!(error, SecretError::TooMuchOutput { .. }),
+            matches!(error, ClientSecretError::TooMuchOutput { .. }),
             "{error}"
         );
         assert!(error.to_string().contains("more than 64 KiB"), "{error}");
@@ -400,7 +407,7 @@ mod tests {
     async fn the_result_is_taken_when_the_command_exits() {
         // A background child keeps stdout open long after the command
         // itself has printed the secret and exited.
-        let source = SecretSource::Command(argv(&[
+        let source = ClientSecretSource::Command(argv(&[
             "sh",
             "-c",
             &format!("printf '%s\\n' {RAW}; sleep 30 &"),
@@ -418,12 +425,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pid_file = dir.path().join("child");
         let script = format!("sleep 1000 & echo $! > {}; wait", pid_file.display());
-        let source = SecretSource::Command(argv(&["sh", "-c", &script]));
+        let source = ClientSecretSource::Command(argv(&["sh", "-c", &script]));
         let error = source
             .resolve_with_timeout(Duration::from_millis(500))
             .await
             .expect_err("timed out");
-        assert!(matches!(error, SecretError::Timeout { .. }), "{error}");
+        assert!(
+            matches!(error, ClientSecretError::Timeout { .. }),
+            "{error}"
+        );
         let pid = std::fs::read_to_string(&pid_file).expect("the child's pid");
         let stat = format!("/proc/{}/stat", pid.trim());
         let dead = async {
@@ -441,7 +451,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_says_the_first_line_of_stderr_scrubbed() {
-        let source = SecretSource::Command(argv(&[
+        let source = ClientSecretSource::Command(argv(&[
             "sh",
             "-c",
             &format!("echo {RAW}; echo 'gpg: no key for {RAW}' >&2; echo second >&2; exit 2"),
@@ -458,7 +468,7 @@ mod tests {
         let path = dir.path().join("secret");
         std::fs::write(&path, format!("{RAW}\n")).expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let secret = SecretSource::File(path)
+        let secret = ClientSecretSource::File(path)
             .resolve()
             .await
             .expect("resolve")
@@ -469,16 +479,16 @@ mod tests {
     #[tokio::test]
     async fn missing_and_empty_files_are_errors() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let missing = SecretSource::File(dir.path().join("nope"));
+        let missing = ClientSecretSource::File(dir.path().join("nope"));
         assert!(matches!(
             missing.resolve().await,
-            Err(SecretError::ReadFile { .. })
+            Err(ClientSecretError::ReadFile { .. })
         ));
         let empty_path = dir.path().join("empty");
         std::fs::write(&empty_path, "\n").expect("write");
         assert!(matches!(
-            SecretSource::File(empty_path).resolve().await,
-            Err(SecretError::EmptyFile { .. })
+            ClientSecretSource::File(empty_path).resolve().await,
+            Err(ClientSecretError::EmptyFile { .. })
         ));
     }
 
@@ -493,11 +503,17 @@ mod tests {
 
     #[tokio::test]
     async fn inline_and_none() {
-        let inline = SecretSource::Inline(ClientSecret::new(RAW));
+        let inline = ClientSecretSource::Inline(ClientSecret::new(RAW));
         assert_eq!(
             inline.resolve().await.expect("ok").expect("some").expose(),
             RAW
         );
-        assert!(SecretSource::None.resolve().await.expect("ok").is_none());
+        assert!(
+            ClientSecretSource::None
+                .resolve()
+                .await
+                .expect("ok")
+                .is_none()
+        );
     }
 }

@@ -20,7 +20,7 @@ fn mode(path: &Path) -> u32 {
 #[test]
 fn round_trip_with_permissions() {
     let root = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(root.path().join("state/tokd")).expect("open");
+    let store = StateFolder::open(root.path().join("state/tokd")).expect("open");
     assert_eq!(mode(store.dir()), 0o700);
     assert!(matches!(store.load("a").expect("load"), Loaded::Missing));
 
@@ -47,7 +47,7 @@ fn round_trip_with_permissions() {
 #[test]
 fn the_format_is_versioned_json_with_wall_clock_seconds() {
     let root = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(root.path()).expect("open");
+    let store = StateFolder::open(root.path()).expect("open");
     store.save("a", &sample("tok")).expect("save");
     let text = fs::read_to_string(store.path_of("a")).expect("read");
     let value: serde_json::Value = serde_json::from_str(&text).expect("json");
@@ -63,14 +63,14 @@ fn loose_folder_is_tightened() {
     let dir = root.path().join("tokd");
     fs::create_dir(&dir).expect("mkdir");
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
-    Store::open(&dir).expect("open");
+    StateFolder::open(&dir).expect("open");
     assert_eq!(mode(&dir), 0o700);
 }
 
 #[test]
 fn loose_file_is_tightened_on_load() {
     let root = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(root.path()).expect("open");
+    let store = StateFolder::open(root.path()).expect("open");
     store.save("a", &sample("tok")).expect("save");
     fs::set_permissions(store.path_of("a"), fs::Permissions::from_mode(0o644)).expect("chmod");
     assert!(matches!(store.load("a").expect("load"), Loaded::Found(_)));
@@ -82,13 +82,13 @@ fn a_file_in_place_of_the_folder_is_refused() {
     let root = tempfile::tempdir().expect("tempdir");
     let path = root.path().join("tokd");
     fs::write(&path, "").expect("write");
-    assert!(Store::open(&path).is_err());
+    assert!(StateFolder::open(&path).is_err());
 }
 
 #[test]
 fn corrupt_file_is_moved_aside_and_only_its_installation_is_affected() {
     let root = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(root.path()).expect("open");
+    let store = StateFolder::open(root.path()).expect("open");
     store.save("good", &sample("tok")).expect("save");
     let garbage = b"{\"version\": 1, \"access_token\": \"half-writ";
     fs::write(store.path_of("bad"), garbage).expect("write");
@@ -126,11 +126,11 @@ fn corrupt_file_is_moved_aside_and_only_its_installation_is_affected() {
 #[test]
 fn a_newer_format_is_left_untouched() {
     let root = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(root.path()).expect("open");
+    let store = StateFolder::open(root.path()).expect("open");
     let future = b"{\"version\": 2, \"something\": \"new\"}";
     fs::write(store.path_of("a"), future).expect("write");
     let error = store.load("a").expect_err("refused");
-    assert!(matches!(error, StoreError::NewerFormat { found: 2, .. }));
+    assert!(matches!(error, StateError::NewerFormat { found: 2, .. }));
     assert!(error.to_string().contains("upgrade tokd"), "{error}");
     assert_eq!(fs::read(store.path_of("a")).expect("still there"), future);
 }
@@ -150,7 +150,7 @@ fn stale_temporaries_are_removed_fresh_ones_kept() {
         .expect("open")
         .set_modified(old)
         .expect("set mtime");
-    Store::open(dir).expect("open");
+    StateFolder::open(dir).expect("open");
     assert!(!stale.exists());
     assert!(fresh.exists());
 }
@@ -158,7 +158,7 @@ fn stale_temporaries_are_removed_fresh_ones_kept() {
 #[test]
 fn a_failed_write_leaves_what_was_there_and_no_temporary() {
     let root = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(root.path()).expect("open");
+    let store = StateFolder::open(root.path()).expect("open");
     // Make the rename fail: the target of `b` is a non-empty folder,
     // which rename cannot replace. (Permission tricks do not work when
     // the tests run as root; `it::store` covers a write cut off by the
@@ -168,7 +168,7 @@ fn a_failed_write_leaves_what_was_there_and_no_temporary() {
     let error = store
         .save("b", &sample("new"))
         .expect_err("the rename fails");
-    assert!(matches!(error, StoreError::Write { .. }), "{error}");
+    assert!(matches!(error, StateError::Write { .. }), "{error}");
     assert_eq!(
         fs::read(store.path_of("b").join("keep")).expect("still there"),
         b"x"
@@ -187,7 +187,7 @@ fn a_failed_write_leaves_what_was_there_and_no_temporary() {
 #[test]
 fn remove_deletes_and_tolerates_missing() {
     let root = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(root.path()).expect("open");
+    let store = StateFolder::open(root.path()).expect("open");
     store.save("a", &sample("tok")).expect("save");
     store.remove("a").expect("remove");
     assert!(matches!(store.load("a").expect("load"), Loaded::Missing));

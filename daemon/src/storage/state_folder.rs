@@ -1,6 +1,6 @@
-//! Durable token storage: one JSON file per installation.
+//! The state folder: one JSON file per installation (its state file).
 //!
-//! The store owns the state folder (`$XDG_STATE_HOME/tokd/`, mode 0700) and
+//! [`StateFolder`] owns the state folder (`$XDG_STATE_HOME/tokd/`, mode 0700) and
 //! the files in it (`NAME.json`, mode 0600). Every write is atomic: a
 //! temporary file in the same folder, fsync, rename over the old file, fsync
 //! of the folder. A reader therefore sees the old record or the new one,
@@ -12,6 +12,7 @@
 //! them on the blocking pool. This module never speaks HTTP and never decides
 //! when to refresh.
 
+use super::Store;
 use crate::os::{FolderError, current_uid, private_folder};
 use crate::secret::{AccessToken, RefreshToken};
 use serde::{Deserialize, Serialize};
@@ -30,31 +31,6 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Temporary files older than this are leftovers of a crash and are removed
 /// when the store is opened.
 const STALE_TEMPORARY: Duration = Duration::from_secs(60);
-
-/// Where an installation's tokens are kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SecretStore {
-    /// In the state file, beside the rest of the record (0600).
-    #[default]
-    File,
-    /// In the user's keyring (Secret Service); the state file holds the
-    /// rest.
-    Keyring,
-}
-
-impl SecretStore {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::File => "file",
-            Self::Keyring => "keyring",
-        }
-    }
-
-    fn is_file(&self) -> bool {
-        *self == Self::File
-    }
-}
 
 /// What is kept for one installation across restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,10 +60,11 @@ pub struct Record {
     /// matches the config is not used (older records have none).
     #[serde(default)]
     pub issued_for: Option<String>,
-    /// Where the tokens are: here, or (`"keyring"`) in the keyring, in
-    /// which case this file holds none.
-    #[serde(default, skip_serializing_if = "SecretStore::is_file")]
-    pub secrets: SecretStore,
+    /// The store the tokens are in: here, or (`"keyring"`) in the
+    /// keyring, in which case this file holds none. (Kept under its first
+    /// name, `secrets`, in the file.)
+    #[serde(default, rename = "secrets", skip_serializing_if = "Store::is_file")]
+    pub store: Store,
 }
 
 impl Record {
@@ -97,7 +74,7 @@ impl Record {
         Self {
             access_token: None,
             refresh_token: None,
-            secrets: SecretStore::Keyring,
+            store: Store::Keyring,
             ..self.clone()
         }
     }
@@ -115,7 +92,7 @@ impl Default for Record {
             last_refresh: None,
             last_error: None,
             issued_for: None,
-            secrets: SecretStore::File,
+            store: Store::File,
         }
     }
 }
@@ -152,7 +129,7 @@ pub enum Loaded {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum StateError {
     #[error(transparent)]
     Folder(#[from] FolderError),
     #[error("cannot write {}: {source}", .path.display())]
@@ -174,7 +151,7 @@ pub enum StoreError {
 
 /// A handle on the state folder.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct StateFolder {
     dir: PathBuf,
     /// This user: the owner every state file must have.
     uid: u32,
@@ -183,14 +160,14 @@ pub struct Store {
 /// Distinguishes temporary files written concurrently by one process.
 static TEMPORARY_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-impl Store {
+impl StateFolder {
     /// Opens (creating if needed) the state folder: mode 0700, owned by this
     /// user. A looser mode is tightened with a warning; a folder owned by
     /// someone else is refused.
-    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StateError> {
         let dir = dir.into();
         private_folder(&dir, "state folder")?;
-        let uid = current_uid().map_err(|source| StoreError::Read {
+        let uid = current_uid().map_err(|source| StateError::Read {
             path: dir.clone(),
             source,
         })?;
@@ -211,17 +188,17 @@ impl Store {
     /// Reads `name`'s record. A file that cannot be parsed is moved aside
     /// (and reported in the result and the log); a file from a newer tokd is
     /// an error and left in place.
-    pub fn load(&self, name: &str) -> Result<Loaded, StoreError> {
+    pub fn load(&self, name: &str) -> Result<Loaded, StateError> {
         self.load_at(None, name)
     }
 
-    /// [`Store::load`] for each of `names`, in order. The folder is opened
+    /// [`StateFolder::load`] for each of `names`, in order. The folder is opened
     /// once and each file relative to it: tokd reads thousands of records
     /// at start, and the path walk was a fifth of that time.
     pub fn load_many<'a>(
         &self,
         names: impl IntoIterator<Item = &'a str>,
-    ) -> Vec<Result<Loaded, StoreError>> {
+    ) -> Vec<Result<Loaded, StateError>> {
         let folder = rustix::fs::open(
             &self.dir,
             rustix::fs::OFlags::RDONLY
@@ -240,7 +217,7 @@ impl Store {
         &self,
         folder: Option<&std::os::fd::OwnedFd>,
         name: &str,
-    ) -> Result<Loaded, StoreError> {
+    ) -> Result<Loaded, StateError> {
         let path = self.path_of(name);
         // Never through a symlink (one planted in the folder would have
         // tokd read, and chmod, a file elsewhere), and never blocking on a
@@ -274,7 +251,7 @@ impl Store {
             }
             Err(error) => return self.move_aside(name, &path, format!("unreadable: {error}")),
         };
-        let metadata = file.metadata().map_err(|source| StoreError::Read {
+        let metadata = file.metadata().map_err(|source| StateError::Read {
             path: path.clone(),
             source,
         })?;
@@ -302,7 +279,7 @@ impl Store {
         };
         drop(file);
         match serde_json::from_slice::<Record>(&bytes) {
-            Ok(record) if record.version > FORMAT_VERSION => Err(StoreError::NewerFormat {
+            Ok(record) if record.version > FORMAT_VERSION => Err(StateError::NewerFormat {
                 path,
                 found: record.version,
             }),
@@ -320,7 +297,7 @@ impl Store {
                 }
                 match serde_json::from_slice::<VersionOnly>(&bytes) {
                     Ok(VersionOnly { version }) if version > FORMAT_VERSION => {
-                        Err(StoreError::NewerFormat {
+                        Err(StateError::NewerFormat {
                             path,
                             found: version,
                         })
@@ -334,17 +311,17 @@ impl Store {
     /// Writes `name`'s record atomically and durably: when this returns Ok,
     /// the record survives a crash or power loss; when it returns Err, the
     /// previous record is still in place.
-    pub fn save(&self, name: &str, record: &Record) -> Result<(), StoreError> {
+    pub fn save(&self, name: &str, record: &Record) -> Result<(), StateError> {
         let path = self.path_of(name);
         let mut bytes = Zeroizing::new(serde_json::to_vec_pretty(record).map_err(|error| {
-            StoreError::Write {
+            StateError::Write {
                 path: path.clone(),
                 source: io::Error::other(error),
             }
         })?);
         bytes.push(b'\n');
         write_atomically(&self.dir, &path, name, &bytes)
-            .map_err(|source| StoreError::Write { path, source })
+            .map_err(|source| StateError::Write { path, source })
     }
 
     /// Writes a document tokd keeps beside the records, `KIND/NAME.json`
@@ -355,20 +332,20 @@ impl Store {
         kind: &str,
         name: &str,
         value: &T,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StateError> {
         let folder = self.dir.join(kind);
         private_folder(&folder, "state folder")?;
         let path = folder.join(format!("{name}.json"));
-        let mut bytes = serde_json::to_vec_pretty(value).map_err(|error| StoreError::Write {
+        let mut bytes = serde_json::to_vec_pretty(value).map_err(|error| StateError::Write {
             path: path.clone(),
             source: io::Error::other(error),
         })?;
         bytes.push(b'\n');
         write_atomically(&folder, &path, name, &bytes)
-            .map_err(|source| StoreError::Write { path, source })
+            .map_err(|source| StateError::Write { path, source })
     }
 
-    /// Reads a document [`Store::save_document`] wrote. It is a cache: one
+    /// Reads a document [`StateFolder::save_document`] wrote. It is a cache: one
     /// that is missing, unreadable, not this user's or not what is
     /// expected is `None` (and is written anew).
     pub fn load_document<T: serde::de::DeserializeOwned>(
@@ -394,14 +371,14 @@ impl Store {
     }
 
     /// Deletes `name`'s record (after a revocation). Missing is fine.
-    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+    pub fn remove(&self, name: &str) -> Result<(), StateError> {
         let path = self.path_of(name);
         match fs::remove_file(&path) {
             Ok(()) => self
                 .sync_folder()
-                .map_err(|source| StoreError::Write { path, source }),
+                .map_err(|source| StateError::Write { path, source }),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StoreError::Write { path, source }),
+            Err(source) => Err(StateError::Write { path, source }),
         }
     }
 }
@@ -434,12 +411,12 @@ fn write_atomically(folder: &Path, path: &Path, name: &str, bytes: &[u8]) -> io:
     sync_folder(folder)
 }
 
-impl Store {
+impl StateFolder {
     fn sync_folder(&self) -> io::Result<()> {
         sync_folder(&self.dir)
     }
 
-    fn move_aside(&self, name: &str, path: &Path, reason: String) -> Result<Loaded, StoreError> {
+    fn move_aside(&self, name: &str, path: &Path, reason: String) -> Result<Loaded, StateError> {
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
@@ -451,7 +428,7 @@ impl Store {
                 .join(format!("{name}.json.corrupt-{stamp}-{attempt}"));
             attempt += 1;
         }
-        fs::rename(path, &moved_to).map_err(|source| StoreError::Read {
+        fs::rename(path, &moved_to).map_err(|source| StateError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -518,7 +495,7 @@ fn read_all(file: &mut File, size: usize) -> io::Result<Vec<u8>> {
 
 /// Sets a token file that others can read or write back to 0600; a file
 /// that cannot be tightened is not used.
-fn tighten_file(file: &File, path: &Path, metadata: &fs::Metadata) -> Result<(), StoreError> {
+fn tighten_file(file: &File, path: &Path, metadata: &fs::Metadata) -> Result<(), StateError> {
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 == 0 {
         return Ok(());
@@ -539,7 +516,7 @@ fn tighten_file(file: &File, path: &Path, metadata: &fs::Metadata) -> Result<(),
                 error = %source,
                 "token file has loose permissions and they cannot be set to 600; not using it"
             );
-            Err(StoreError::Permissions {
+            Err(StateError::Permissions {
                 path: path.to_owned(),
                 mode,
                 source,
