@@ -89,7 +89,7 @@ pub async fn run(setup: Setup, mut control: UnboundedReceiver<Control>) -> Resul
         events,
         setup.options,
     );
-    broker.read_keyring_all().await;
+    broker.keeper().read_keyring_all().await;
     let serving = Tasks::new();
     bus::serve(&connection, broker.clone(), receiver, &serving).await?;
     // After the name: holding it proves no other tokd of this session
@@ -107,7 +107,7 @@ pub async fn run(setup: Setup, mut control: UnboundedReceiver<Control>) -> Resul
     });
     // Also after the name: only the one tokd of this session moves tokens
     // between the state files and the keyring.
-    broker.move_all().await;
+    broker.keeper().move_all().await;
     broker.start_schedules();
     let outcome = loop {
         tokio::select! {

@@ -10,7 +10,10 @@
 //! provider's (5 s when it names none), 5 s longer after each
 //! `slow_down`.
 
-use super::{Broker, Error, Event, Slot};
+use super::decision::Want;
+use super::login::LoginDesk;
+use super::slots::Slot;
+use super::{Error, Event};
 use crate::config::Grant;
 use crate::oauth::{DeviceAuthorization, ErrorKind, OAuthError};
 use crate::secret::DeviceCode;
@@ -55,24 +58,25 @@ enum Poll {
     Ended(String),
 }
 
-impl Broker {
+impl LoginDesk {
     /// Starts a device login of `name`: asks the provider for a code and
     /// polls for the user's approval in the background. The outcome comes
     /// as `LoginFinished`.
     pub async fn begin_device_login(&self, name: &str) -> Result<DeviceLogin, Error> {
-        self.refuse_if_stopping()?;
-        let slot = self.slot(name)?;
+        self.installations.refuse_if_stopping()?;
+        let slot = self.installations.get(name)?;
         let spec = slot.spec();
         if spec.grant() != Grant::AuthorizationCode {
             return Err(Error::InvalidArgument(format!(
                 "`{name}` uses client credentials and needs no login; `tokctl refresh {name}` requests a new token"
             )));
         }
-        self.keyring_ready_for_login(&slot).await?;
+        self.keyring_ready(&slot).await?;
         let (http, consumer) = (&self.http, &spec.consumer);
         let scopes = spec.scopes();
         let scopes = &scopes;
         let authorization = self
+            .resolver
             .with_endpoints(consumer, |endpoints| async move {
                 http.device_authorization(consumer, &endpoints, scopes)
                     .await
@@ -96,23 +100,23 @@ impl Broker {
             expires_in,
             interval,
         } = authorization;
-        let expires_at = self.clock.now() + expires_in;
+        let expires_at = self.installations.clock.now() + expires_in;
         let polling = Polling {
             id: NEXT_POLLING.fetch_add(1, Ordering::Relaxed),
             stop: CancellationToken::new(),
         };
         let (id, stop) = (polling.id, polling.stop.clone());
-        if let Some(older) = lock(&self.device_logins).insert(name.to_owned(), polling) {
+        if let Some(older) = lock(&self.device).insert(name.to_owned(), polling) {
             older.stop.cancel();
         }
-        let broker = self.arc();
+        let desk = self.arc();
         let deadline = tokio::time::Instant::now() + expires_in;
-        self.tasks.spawn_until_stopped(async move {
+        self.installations.tasks.spawn_until_stopped(async move {
             tokio::select! {
                 () = stop.cancelled() => debug!("a device login was replaced by a newer one"),
-                () = broker.poll_device(&slot, &device_code, interval, deadline) => {}
+                () = desk.poll_device(&slot, &device_code, interval, deadline) => {}
             }
-            let mut polling = lock(&broker.device_logins);
+            let mut polling = lock(&desk.device);
             if polling.get(&*slot.name).is_some_and(|p| p.id == id) {
                 polling.remove(&*slot.name);
             }
@@ -142,13 +146,14 @@ impl Broker {
                     "the device code of `{name}` expired before it was entered; run `tokctl login {name} --device` again"
                 ));
             }
-            let Ok(guard) = self.flight(slot).await else {
+            let Ok(guard) = self.installations.flight(slot).await else {
                 return;
             };
-            let (broker, polled, code) = (self.arc(), slot.clone(), device_code.clone());
+            let (desk, polled, code) = (self.arc(), slot.clone(), device_code.clone());
             let poll = self
+                .refresher
                 .in_flight(guard, "device login", async move {
-                    Ok(broker.poll_once(&polled, &code).await)
+                    Ok(desk.poll_once(&polled, &code).await)
                 })
                 .await;
             match poll {
@@ -169,7 +174,7 @@ impl Broker {
                 (false, message)
             }
         };
-        self.emit(Event::LoginFinished {
+        self.installations.emit(Event::LoginFinished {
             name,
             success,
             message,
@@ -182,13 +187,17 @@ impl Broker {
         let name = &slot.name;
         let (http, consumer) = (&self.http, &spec.consumer);
         let result = self
+            .resolver
             .with_endpoints(consumer, |endpoints| async move {
                 http.device_token(consumer, &endpoints, device_code).await
             })
             .await;
         match result {
             Ok(response) => {
-                self.keep_answer(slot, &spec, response).await;
+                let _ = self
+                    .refresher
+                    .keep_answer(slot, &spec, response, Want::Refresh)
+                    .await;
                 Poll::Done
             }
             Err(error) => poll_failure(name, &error),

@@ -5,24 +5,41 @@
 //! moved endpoint would (404, 410, nothing listening), after which the
 //! request is made once more if the endpoints changed.
 
-use super::Broker;
 use crate::config::Consumer;
-use crate::oauth::{Discovery, Endpoints, ErrorKind, OAuthError};
+use crate::oauth::{Discovery, Endpoints, ErrorKind, OAuthClient, OAuthError};
+use crate::storage::Storage;
 use crate::sync::lock;
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 /// Where discovered documents are kept, under the state folder.
 const DISCOVERY: &str = "discovery";
 
-impl Broker {
+/// Each consumer's endpoints, once resolved.
+#[derive(Debug)]
+pub struct Resolver {
+    known: Mutex<HashMap<String, Arc<Endpoints>>>,
+    http: OAuthClient,
+    storage: Arc<Storage>,
+}
+
+impl Resolver {
+    pub(super) fn new(http: OAuthClient, storage: Arc<Storage>) -> Self {
+        Self {
+            known: Mutex::default(),
+            http,
+            storage,
+        }
+    }
+
     /// `consumer`'s endpoints.
-    pub(crate) async fn endpoints(
+    pub(super) async fn endpoints(
         &self,
         consumer: &Consumer,
     ) -> Result<Arc<Endpoints>, OAuthError> {
-        if let Some(known) = lock(&self.endpoints).get(&consumer.name) {
+        if let Some(known) = lock(&self.known).get(&consumer.name) {
             return Ok(known.clone());
         }
         let resolved = match &consumer.issuer {
@@ -41,7 +58,7 @@ impl Broker {
             }
         };
         let resolved = Arc::new(resolved);
-        lock(&self.endpoints).insert(consumer.name.clone(), resolved.clone());
+        lock(&self.known).insert(consumer.name.clone(), resolved.clone());
         Ok(resolved)
     }
 
@@ -75,7 +92,7 @@ impl Broker {
     /// moved endpoint would and the endpoints are discovered, discovers
     /// them again and, if they changed, runs `call` once more. Safe for
     /// every request: such a failure means the provider never saw it.
-    pub(crate) async fn with_endpoints<T, F, Fut>(
+    pub(super) async fn with_endpoints<T, F, Fut>(
         &self,
         consumer: &Consumer,
         call: F,
@@ -101,7 +118,7 @@ impl Broker {
                     return Err(error);
                 };
                 let fresh = Arc::new(fresh);
-                lock(&self.endpoints).insert(consumer.name.clone(), fresh.clone());
+                lock(&self.known).insert(consumer.name.clone(), fresh.clone());
                 if *fresh == *endpoints {
                     return Err(error);
                 }
@@ -113,8 +130,8 @@ impl Broker {
     }
 
     /// Forgets every consumer's endpoints (the config changed).
-    pub(crate) fn forget_endpoints(&self) {
-        lock(&self.endpoints).clear();
+    pub(super) fn forget(&self) {
+        lock(&self.known).clear();
     }
 }
 

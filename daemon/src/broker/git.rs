@@ -27,7 +27,7 @@ impl Broker {
         host: &str,
         min_valid: Duration,
     ) -> Result<GitCredential, Error> {
-        let spec = self.slot(name)?.spec();
+        let spec = self.installations.get(name)?.spec();
         let consumer = &spec.consumer;
         check_transport(protocol, host)?;
         if !consumer.serves_git_host(host) {

@@ -12,12 +12,11 @@
 //!   are in, they are moved (see [`Storage::save`]). An interrupted move
 //!   is found and finished at the next start.
 
+use super::Error;
 use super::installation::{KeyringDown, Unsaved};
-use super::{Broker, Error, Slot};
+use super::slots::{Installations, Slot};
 use crate::secret::RefreshToken;
-#[cfg(doc)]
-use crate::storage::Storage;
-use crate::storage::{KeyringError, Record, SaveError, Store};
+use crate::storage::{KeyringError, Record, SaveError, Storage, Store};
 use crate::sync::lock;
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -40,10 +39,37 @@ fn down(error: &KeyringError) -> KeyringDown {
     }
 }
 
-impl Broker {
+/// The installations' side of their storage.
+#[derive(Debug)]
+pub struct Keeper {
+    installations: Arc<Installations>,
+    storage: Arc<Storage>,
+}
+
+impl Keeper {
+    pub(super) fn new(installations: Arc<Installations>, storage: Arc<Storage>) -> Self {
+        Self {
+            installations,
+            storage,
+        }
+    }
+
+    /// Where tokens are kept.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Writes `slot`'s `record` to the target; returns the store it went
+    /// to.
+    pub(super) async fn save(&self, slot: &Slot, record: &Record) -> Result<Store, SaveError> {
+        self.storage
+            .save(&slot.name, &slot.spec().consumer.name, record)
+            .await
+    }
+
     /// The store `name`'s tokens are in (`None`: it holds none).
     pub fn store_of(&self, name: &str) -> Option<Store> {
-        let slot = self.slot(name).ok()?;
+        let slot = self.installations.get(name).ok()?;
         let inner = lock(&slot.inner);
         let installation = &inner.installation;
         (installation.record.refresh_token.is_some()
@@ -53,7 +79,7 @@ impl Broker {
     }
 
     /// Changes the target (a reload) and moves what must move.
-    pub(crate) async fn retarget(&self, target: Store) {
+    pub(super) async fn retarget(&self, target: Store) {
         if self.storage.retarget(target) {
             self.move_all().await;
         }
@@ -62,7 +88,7 @@ impl Broker {
     /// Reads the tokens the keyring keeps for the installations in `slots`
     /// that have not read theirs (at start, and for those a reload adds),
     /// in one search and one read.
-    pub(crate) async fn read_keyring(&self, slots: Vec<Arc<Slot>>) {
+    pub(super) async fn read_keyring(&self, slots: Vec<Arc<Slot>>) {
         let unread: Vec<Arc<Slot>> = slots
             .into_iter()
             .filter(|slot| lock(&slot.inner).installation.tokens_unread)
@@ -80,18 +106,20 @@ impl Broker {
                         warn!(installation = %slot.name, "the keyring holds no tokens for it (was the item deleted?); it needs a login");
                     }
                     let tokens = tokens.cloned();
-                    self.change(&slot, &mut inner, |installation, _| {
-                        installation.tokens_read(
-                            tokens.as_ref().and_then(|t| t.access_token.clone()),
-                            tokens.and_then(|t| t.refresh_token),
-                        );
-                    });
+                    self.installations
+                        .change(&slot, &mut inner, |installation, _| {
+                            installation.tokens_read(
+                                tokens.as_ref().and_then(|t| t.access_token.clone()),
+                                tokens.and_then(|t| t.refresh_token),
+                            );
+                        });
                 }
                 Err(error) => {
                     warn!(installation = %slot.name, %error, "cannot read the tokens from the keyring; the installation is locked until it can");
-                    self.change(&slot, &mut inner, |installation, _| {
-                        installation.keyring_down = Some(down(error));
-                    });
+                    self.installations
+                        .change(&slot, &mut inner, |installation, _| {
+                            installation.keyring_down = Some(down(error));
+                        });
                 }
             }
         }
@@ -100,9 +128,9 @@ impl Broker {
     /// Reads the tokens the keyring keeps for every installation (at
     /// start, before the name is taken).
     pub async fn read_keyring_all(&self) {
-        self.read_keyring(self.all_slots()).await;
+        self.read_keyring(self.installations.all()).await;
         let (mut in_keyring, mut in_files) = (0usize, 0usize);
-        for slot in self.all_slots() {
+        for slot in self.installations.all() {
             match self.store_of(&slot.name) {
                 Some(Store::Keyring) => in_keyring += 1,
                 Some(Store::File) => in_files += 1,
@@ -121,16 +149,16 @@ impl Broker {
     pub async fn move_all(&self) {
         let target = self.storage.target();
         let mut moved = 0usize;
-        for slot in self.all_slots() {
+        for slot in self.installations.all() {
             if !self.must_move(&slot, target) {
                 continue;
             }
-            let Ok(_guard) = self.flight(&slot).await else {
+            let Ok(_guard) = self.installations.flight(&slot).await else {
                 return;
             };
             // In the keyring and not read: read first (which moves them).
             if lock(&slot.inner).installation.tokens_unread {
-                if self.keyring_gate(&slot, false).await.is_ok() && !self.must_move(&slot, target) {
+                if self.gate(&slot, false).await.is_ok() && !self.must_move(&slot, target) {
                     moved += 1;
                 }
                 continue;
@@ -174,11 +202,7 @@ impl Broker {
         if record.store == target {
             return false;
         }
-        match self
-            .storage
-            .save(&slot.name, &slot.spec().consumer.name, &record)
-            .await
-        {
+        match self.save(slot, &record).await {
             Ok(store) => {
                 lock(&slot.inner).installation.record.store = store;
                 info!(installation = %slot.name, "moved its tokens {}", store.place());
@@ -188,9 +212,10 @@ impl Broker {
                 warn!(installation = %slot.name, %error, "cannot move its tokens now; tokd tries again");
                 if let SaveError::Keyring(error) = &error {
                     let mut inner = lock(&slot.inner);
-                    self.change(slot, &mut inner, |installation, _| {
-                        installation.keyring_down = Some(down(error));
-                    });
+                    self.installations
+                        .change(slot, &mut inner, |installation, _| {
+                            installation.keyring_down = Some(down(error));
+                        });
                 }
                 false
             }
@@ -203,7 +228,7 @@ impl Broker {
         let removed = self
             .storage
             .remove_keyring_leftovers(|name| {
-                self.slot(name).is_ok_and(|slot| {
+                self.installations.get(name).is_ok_and(|slot| {
                     let inner = lock(&slot.inner);
                     inner.installation.record.store == Store::File
                         && inner.installation.record.refresh_token.is_some()
@@ -219,7 +244,7 @@ impl Broker {
     /// tokens not read yet and finishes a move; `prompt`: a caller needs a
     /// new token, so the desktop is asked to unlock a locked keyring. On
     /// failure the installation is `locked`. The caller holds `flight`.
-    pub(crate) async fn keyring_gate(&self, slot: &Slot, prompt: bool) -> Result<(), Error> {
+    pub(super) async fn gate(&self, slot: &Slot, prompt: bool) -> Result<(), Error> {
         let needed = {
             let inner = lock(&slot.inner);
             let installation = &inner.installation;
@@ -240,25 +265,28 @@ impl Broker {
             let mut inner = lock(&slot.inner);
             match outcome {
                 Ok(read) => {
-                    self.change(slot, &mut inner, |installation, _| {
-                        if let Some(tokens) = read {
-                            installation.tokens_read(
-                                tokens.as_ref().and_then(|t| t.access_token.clone()),
-                                tokens.and_then(|t| t.refresh_token),
-                            );
-                        }
-                        installation.keyring_down = None;
-                    });
+                    self.installations
+                        .change(slot, &mut inner, |installation, _| {
+                            if let Some(tokens) = read {
+                                installation.tokens_read(
+                                    tokens.as_ref().and_then(|t| t.access_token.clone()),
+                                    tokens.and_then(|t| t.refresh_token),
+                                );
+                            }
+                            installation.keyring_down = None;
+                        });
                     Ok(())
                 }
                 Err(error) => {
                     if inner.installation.keyring_down.is_none() {
                         warn!(installation = %slot.name, %error, "the keyring cannot be used now; the installation is locked until it can");
                     }
-                    let message = self.change(slot, &mut inner, |installation, spec| {
-                        installation.keyring_down = Some(down(&error));
-                        installation.message(spec, self.clock.now())
-                    });
+                    let message =
+                        self.installations
+                            .change(slot, &mut inner, |installation, spec| {
+                                installation.keyring_down = Some(down(&error));
+                                installation.message(spec, self.installations.clock.now())
+                            });
                     Err(Error::Locked(message))
                 }
             }
@@ -272,7 +300,7 @@ impl Broker {
 
     /// The stored record of `slot` when its refresh token is not `used`
     /// (another writer put a newer one there).
-    pub(crate) async fn newer_stored(&self, slot: &Slot, used: &RefreshToken) -> Option<Record> {
+    pub(super) async fn newer_stored(&self, slot: &Slot, used: &RefreshToken) -> Option<Record> {
         self.storage
             .load_with_tokens(&slot.name)
             .await

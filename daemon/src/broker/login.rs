@@ -2,14 +2,21 @@
 //! listener for the answer), taking the provider's answer, and exchanging
 //! the code, once, under the installation's `flight` lock.
 
+use super::decision::Want;
+use super::device::Polling;
+use super::endpoints::Resolver;
 use super::installation::Spec;
-use super::{Broker, Error, Event, Slot};
+use super::keeping::Keeper;
+use super::refresh::Refresher;
+use super::slots::{Installations, Slot};
+use super::{Error, Event};
 use crate::config::{self, Grant};
-use crate::login::{self, Answer, Page, Pending};
+use crate::login::{self, Answer, Logins, Page, Pending};
+use crate::oauth::OAuthClient;
 use crate::oauth::{self, Pkce};
 use crate::secret::{AuthorizationCode, PkceVerifier};
-use crate::sync::lock;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 use url::Url;
@@ -17,12 +24,60 @@ use url::Url;
 /// The longest code accepted from a caller.
 const MAX_CODE_LEN: usize = 4096;
 
-impl Broker {
+/// Logins: the pending ones, their listeners, and the device logins
+/// being polled.
+#[derive(Debug)]
+pub struct LoginDesk {
+    pub(super) installations: Arc<Installations>,
+    pub(super) refresher: Arc<Refresher>,
+    pub(super) keeper: Arc<Keeper>,
+    pub(super) resolver: Arc<Resolver>,
+    pub(super) http: OAuthClient,
+    /// Browser logins waiting for the provider's answer.
+    pub(super) pending: Arc<Logins>,
+    /// The device logins polling now, by installation.
+    pub(super) device: Mutex<HashMap<String, Polling>>,
+    pub(super) this: Weak<LoginDesk>,
+}
+
+impl LoginDesk {
+    pub(super) fn new(
+        installations: Arc<Installations>,
+        refresher: Arc<Refresher>,
+        keeper: Arc<Keeper>,
+        resolver: Arc<Resolver>,
+        http: OAuthClient,
+        login_timeout: std::time::Duration,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
+            installations,
+            refresher,
+            keeper,
+            resolver,
+            http,
+            pending: Arc::new(Logins::new(login_timeout)),
+            device: Mutex::default(),
+            this: this.clone(),
+        })
+    }
+
+    pub(super) fn arc(&self) -> Arc<Self> {
+        // `self` is always reached through the Arc built in `new`.
+        self.this
+            .upgrade()
+            .expect("the login desk outlives its own calls")
+    }
+
+    /// Forgets `name`'s pending logins (it left the config).
+    pub(super) fn forget(&self, name: &str) {
+        self.pending.take_by_name(name);
+    }
+
     /// Whether a login of `name` can be finished without a terminal: a
     /// browser login whose answer tokd receives on a loopback
     /// `redirect_uri` (what a notification's "Log in" starts).
     pub fn login_finishes_by_itself(&self, name: &str) -> bool {
-        self.slot(name).is_ok_and(|slot| {
+        self.installations.get(name).is_ok_and(|slot| {
             let spec = slot.spec();
             let consumer = &spec.consumer;
             spec.grant() == Grant::AuthorizationCode
@@ -43,7 +98,7 @@ impl Broker {
         name: &str,
         wait: Option<Duration>,
     ) -> Result<(Url, bool), Error> {
-        self.refuse_if_stopping()?;
+        self.installations.refuse_if_stopping()?;
         if let Some(wait) = wait
             && (wait > login::LOGIN_TIMEOUT || wait.is_zero())
         {
@@ -53,7 +108,7 @@ impl Broker {
                 humantime::format_duration(login::LOGIN_TIMEOUT)
             )));
         }
-        let slot = self.slot(name)?;
+        let slot = self.installations.get(name)?;
         let spec = slot.spec();
         if spec.grant() != Grant::AuthorizationCode {
             return Err(Error::InvalidArgument(format!(
@@ -63,9 +118,9 @@ impl Broker {
         // A login whose tokens could not be kept is refused before the user
         // goes through the provider's pages (a human is there: the
         // desktop is asked to unlock the keyring).
-        self.keyring_ready_for_login(&slot).await?;
+        self.keyring_ready(&slot).await?;
         let consumer = &spec.consumer;
-        let endpoints = self.endpoints(consumer).await.map_err(|error| {
+        let endpoints = self.resolver.endpoints(consumer).await.map_err(|error| {
             Error::of_kind(
                 error.kind,
                 format!("cannot start the login of `{name}`: {}", error.message),
@@ -92,23 +147,27 @@ impl Broker {
             .as_ref()
             .filter(|uri| uri.scheme() == "http" && config::is_loopback(uri));
         let wait = match loopback {
-            Some(_) => self.logins.wait(wait),
-            None => self.logins.wait(None),
+            Some(_) => self.pending.wait(wait),
+            None => self.pending.wait(None),
         };
         let listen_addrs = match loopback {
-            Some(uri) => {
-                login::ensure_listener(&self.logins, &self.tasks, uri, self.answer_handler(), wait)
-                    .await
-                    .map_err(|error| {
-                        Error::Misconfigured(format!(
-                            "{error}; free that port and run `tokctl login {name}` again"
-                        ))
-                    })?
-            }
+            Some(uri) => login::ensure_listener(
+                &self.pending,
+                &self.installations.tasks,
+                uri,
+                self.answer_handler(),
+                wait,
+            )
+            .await
+            .map_err(|error| {
+                Error::Misconfigured(format!(
+                    "{error}; free that port and run `tokctl login {name}` again"
+                ))
+            })?,
             None => Vec::new(),
         };
         let listening = !listen_addrs.is_empty();
-        self.logins.add(
+        self.pending.add(
             Pending {
                 name: name.to_owned(),
                 state,
@@ -129,7 +188,7 @@ impl Broker {
             let weak = weak.clone();
             Box::pin(async move {
                 match weak.upgrade() {
-                    Some(broker) => broker.take_answer(answer).await,
+                    Some(desk) => desk.take_answer(answer).await,
                     None => Page::new(503, "tokd is stopping."),
                 }
             })
@@ -146,7 +205,7 @@ impl Broker {
         let Some(pending) = answer
             .state
             .as_deref()
-            .and_then(|state| self.logins.take_by_state(state))
+            .and_then(|state| self.pending.take_by_state(state))
         else {
             warn!("a login answer with an unknown or used state was refused");
             return Page::new(
@@ -164,7 +223,7 @@ impl Broker {
             let message = format!(
                 "the provider refused the login of `{name}` ({detail}); run `tokctl login {name}` again"
             );
-            self.emit(Event::LoginFinished {
+            self.installations.emit(Event::LoginFinished {
                 name,
                 success: false,
                 message: message.clone(),
@@ -174,7 +233,7 @@ impl Broker {
         let Some(code) = answer.code else {
             return Page::new(400, "The answer has no code.");
         };
-        let Ok(slot) = self.slot(&name) else {
+        let Ok(slot) = self.installations.get(&name) else {
             return Page::new(410, "That installation is gone from the config.");
         };
         match self
@@ -203,14 +262,14 @@ impl Broker {
         name: &str,
         code: &str,
     ) -> Result<Option<SystemTime>, Error> {
-        let slot = self.slot(name)?;
+        let slot = self.installations.get(name)?;
         let code = code.trim();
         if code.is_empty() || code.len() > MAX_CODE_LEN || code.chars().any(char::is_control) {
             return Err(Error::InvalidArgument(
                 "that code is empty, too long or has control characters; paste the `code` value from the address the browser was sent to".to_owned(),
             ));
         }
-        let taken = self.logins.take_for_code(name);
+        let taken = self.pending.take_for_code(name);
         let (verifier, redirect_uri) = match &taken {
             Some(taken) => (
                 Some(taken.pending.verifier.clone()),
@@ -236,7 +295,7 @@ impl Broker {
             Err(Error::ProviderUnavailable(_) | Error::Locked(_) | Error::Stopping(_))
         );
         if let (true, Some(taken)) = (unused, taken) {
-            self.logins.put_back(taken);
+            self.pending.put_back(taken);
         }
         outcome
     }
@@ -250,35 +309,35 @@ impl Broker {
         redirect_uri: Option<Url>,
         by_hand: ByHand,
     ) -> Result<Option<SystemTime>, Error> {
-        let guard = match self.flight(slot).await {
+        let guard = match self.installations.flight(slot).await {
             Ok(guard) => guard,
             Err(error) => return Err(self.login_failed(slot, error)),
         };
-        let (broker, slot) = (self.arc(), slot.clone());
-        self.in_flight(guard, "login", async move {
-            // A code is used once: not before its tokens can be kept.
-            if let Err(error) = broker.keyring_gate(&slot, true).await {
-                return Err(broker.login_failed(&slot, error));
-            }
-            let spec = slot.spec();
-            broker
-                .exchange_locked(&slot, &spec, code, verifier, redirect_uri, by_hand)
-                .await
-        })
-        .await
+        let (desk, slot) = (self.arc(), slot.clone());
+        self.refresher
+            .in_flight(guard, "login", async move {
+                // A code is used once: not before its tokens can be kept.
+                if let Err(error) = desk.keeper.gate(&slot, true).await {
+                    return Err(desk.login_failed(&slot, error));
+                }
+                let spec = slot.spec();
+                desk.exchange_locked(&slot, &spec, code, verifier, redirect_uri, by_hand)
+                    .await
+            })
+            .await
     }
 
     /// Makes sure the keyring (when the tokens go there) can keep a
     /// login's tokens, asking the desktop to unlock it.
-    pub(crate) async fn keyring_ready_for_login(&self, slot: &Slot) -> Result<(), Error> {
-        let _guard = self.flight(slot).await?;
-        self.keyring_gate(slot, true).await
+    pub(super) async fn keyring_ready(&self, slot: &Slot) -> Result<(), Error> {
+        let _guard = self.installations.flight(slot).await?;
+        self.keeper.gate(slot, true).await
     }
 
     /// A login that ends before its code is sent: `LoginFinished` says so
     /// (a waiting `tokctl login` must not wait for the browser in vain).
     fn login_failed(&self, slot: &Slot, error: Error) -> Error {
-        self.emit(Event::LoginFinished {
+        self.installations.emit(Event::LoginFinished {
             name: slot.name.to_string(),
             success: false,
             message: error.to_string(),
@@ -298,6 +357,7 @@ impl Broker {
         let (http, consumer) = (&self.http, &spec.consumer);
         let (code, verifier, redirect_uri) = (&code, verifier.as_ref(), redirect_uri.as_ref());
         let result = self
+            .resolver
             .with_endpoints(consumer, |endpoints| async move {
                 http.exchange_code(consumer, &endpoints, code, verifier, redirect_uri)
                     .await
@@ -306,9 +366,12 @@ impl Broker {
         let name = slot.name.to_string();
         match result {
             Ok(response) => {
-                self.keep_answer(slot, spec, response).await;
-                let expires_at = lock(&slot.inner).installation.record.expires_at;
-                self.emit(Event::LoginFinished {
+                let expires_at = self
+                    .refresher
+                    .keep_answer(slot, spec, response, Want::Refresh)
+                    .await
+                    .map_or(None, |got| got.expiry());
+                self.installations.emit(Event::LoginFinished {
                     name: name.clone(),
                     success: true,
                     message: format!("logged in: `{name}` holds a fresh token"),
@@ -338,7 +401,7 @@ impl Broker {
                     ),
                 };
                 warn!(installation = %name, error = %error.message, "login failed");
-                self.emit(Event::LoginFinished {
+                self.installations.emit(Event::LoginFinished {
                     name,
                     success: false,
                     message: message.clone(),

@@ -15,14 +15,17 @@
 //! are kept and served from memory and the write is retried under the same
 //! lock, so it never overwrites a newer record.
 
+use super::decision::{Decision, Got, Want};
+use super::endpoints::Resolver;
 use super::installation::{self, Spec};
-use super::keeping::unsaved;
-use super::{Broker, Error, Event, Slot};
-use crate::oauth::{ErrorKind, TokenResponse};
+use super::keeping::{Keeper, unsaved};
+use super::slots::{Installations, Slot};
+use super::{Error, Event};
+use crate::oauth::{ErrorKind, OAuthClient, TokenResponse};
 use crate::schedule;
 use crate::sync::lock;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use tracing::{debug, error, info, warn};
 
@@ -30,10 +33,43 @@ use tracing::{debug, error, info, warn};
 const SAVE_RETRY_FIRST: Duration = Duration::from_secs(1);
 const SAVE_RETRY_CAP: Duration = Duration::from_secs(60);
 
-impl Broker {
+/// Requests to the provider, one at a time per installation, and what
+/// comes of them.
+#[derive(Debug)]
+pub struct Refresher {
+    installations: Arc<Installations>,
+    keeper: Arc<Keeper>,
+    resolver: Arc<Resolver>,
+    http: OAuthClient,
+    this: Weak<Refresher>,
+}
+
+impl Refresher {
+    pub(super) fn new(
+        installations: Arc<Installations>,
+        keeper: Arc<Keeper>,
+        resolver: Arc<Resolver>,
+        http: OAuthClient,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
+            installations,
+            keeper,
+            resolver,
+            http,
+            this: this.clone(),
+        })
+    }
+
+    fn arc(&self) -> Arc<Self> {
+        // `self` is always reached through the Arc built in `new`.
+        self.this
+            .upgrade()
+            .expect("the refresher outlives its own calls")
+    }
+
     /// Refreshes now on request (`tokctl refresh`), even after a failure.
     pub async fn refresh_now(&self, name: &str) -> Result<Option<SystemTime>, Error> {
-        let slot = self.slot(name)?;
+        let slot = self.installations.get(name)?;
         let spec = slot.spec();
         let seen = {
             let inner = lock(&slot.inner);
@@ -46,18 +82,21 @@ impl Broker {
             }
             inner.attempts
         };
-        self.attempt_shared(&slot, seen, true).await?;
-        Ok(lock(&slot.inner).installation.record.expires_at)
+        let got = self.request(&slot, seen, Want::Refresh, false).await?;
+        Ok(got.expiry())
     }
 
     /// A refresh the queue (expiry, backoff or cron) asked for.
-    pub(crate) async fn scheduled(&self, name: &str) {
-        let Ok(slot) = self.slot(name) else { return };
+    pub(super) async fn scheduled(&self, name: &str) {
+        let installations = &self.installations;
+        let Ok(slot) = installations.get(name) else {
+            return;
+        };
         if lock(&slot.inner).installation.keyring_down.is_some() {
             // Only a check whether the keyring is back (with the read or
             // move it may owe); a refresh, if one is due, comes after.
-            let back = match self.flight(&slot).await {
-                Ok(_guard) => self.keyring_gate(&slot, false).await.is_ok(),
+            let back = match installations.flight(&slot).await {
+                Ok(_guard) => self.keeper.gate(&slot, false).await.is_ok(),
                 Err(_) => false,
             };
             if back {
@@ -65,103 +104,120 @@ impl Broker {
                 // The others waiting for the same keyring need not wait
                 // for their own next check.
                 // (Spread over a few seconds, as overdue ones are at start.)
-                let now = self.clock.now();
-                for other in self.all_slots() {
+                let now = installations.clock.now();
+                for other in installations.all() {
                     if lock(&other.inner).installation.keyring_down.is_some() {
                         let spread = schedule::OVERDUE_SPREAD.mul_f64(schedule::random_fraction());
-                        self.queue.set(&other.name, Some(now + spread));
+                        installations.queue.set(&other.name, Some(now + spread));
                     }
                 }
             }
-            self.schedule(&slot);
+            installations.schedule(&slot);
             return;
         }
         let seen = {
             let inner = lock(&slot.inner);
             if inner
                 .installation
-                .skips_scheduled(&slot.spec(), self.clock.now())
+                .skips_scheduled(&slot.spec(), installations.clock.now())
             {
                 debug!(installation = %name, state = %inner.installation.kind(), "scheduled refresh skipped");
                 drop(inner);
-                self.schedule(&slot);
+                installations.schedule(&slot);
                 return;
             }
             inner.attempts
         };
         debug!(installation = %name, "scheduled refresh");
-        let _ = self.attempt_shared(&slot, seen, false).await;
-    }
-
-    /// Puts the slot in the queue at its next due time (or takes it out).
-    pub(crate) fn schedule(&self, slot: &Slot) {
-        let spec = slot.spec();
-        let inner = lock(&slot.inner);
-        self.arm(
-            slot,
-            &spec,
-            &inner.installation,
-            self.clock.now(),
-            self.clock.monotonic(),
-        );
+        let _ = self.request(&slot, seen, Want::Scheduled, false).await;
     }
 
     /// Makes one request to the provider unless one finished since the
-    /// caller saw `seen` attempts, in which case its result is shared.
-    /// `asked`: a caller needs the token, so a locked keyring is worth a
-    /// prompt on the desktop.
-    pub(crate) async fn attempt_shared(
+    /// caller saw `seen` attempts, in which case its result is shared
+    /// (read under the one lock this takes). `want`: what the caller
+    /// wants back; unless it is the schedule, a locked keyring is worth
+    /// asking the desktop to unlock. `keyring_first`: the caller decided before the
+    /// keyring's tokens were read, so decide again once they are.
+    pub(super) async fn request(
         &self,
         slot: &Arc<Slot>,
         seen: u64,
-        asked: bool,
-    ) -> Result<(), Error> {
-        let guard = self.flight(slot).await?;
+        want: Want,
+        keyring_first: bool,
+    ) -> Result<Got, Error> {
+        let flight = self.installations.flight(slot).await;
         {
-            let inner = lock(&slot.inner);
-            if inner.attempts != seen {
-                return inner.last_outcome.clone();
+            let spec = slot.spec();
+            let at = self.installations.at(&spec);
+            let mut inner = lock(&slot.inner);
+            let shared = match &flight {
+                // Stopping: no request, but a held token still serves.
+                Err(error) => Some(Err(error.clone())),
+                Ok(_) if inner.attempts != seen => Some(inner.last_outcome.clone()),
+                Ok(_) => None,
+            };
+            if let Some(outcome) = shared {
+                return at.settle(&mut inner.installation, outcome, want);
             }
         }
-        let (broker, slot) = (self.arc(), slot.clone());
+        let guard = flight?;
+        self.request_holding(slot, guard, want, keyring_first).await
+    }
+
+    /// [`Refresher::request`] for a caller that holds `guard`, the
+    /// installation's `flight` lock, and knows no attempt finished since
+    /// it decided.
+    pub(super) async fn request_holding(
+        &self,
+        slot: &Arc<Slot>,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        want: Want,
+        keyring_first: bool,
+    ) -> Result<Got, Error> {
+        let (this, slot) = (self.arc(), slot.clone());
         self.in_flight(guard, "refresh", async move {
             // Nothing is asked of the provider when its answer could not
             // be kept where tokens go.
-            broker.keyring_gate(&slot, asked).await?;
-            broker.attempt(&slot).await
+            if let Err(error) = this.keeper.gate(&slot, want.asked()).await {
+                let spec = slot.spec();
+                let at = this.installations.at(&spec);
+                let mut inner = lock(&slot.inner);
+                let installation = &mut inner.installation;
+                // Decided before the keyring was tried: what it would
+                // have decided with the keyring down.
+                if let (true, Want::Token(min_valid)) = (keyring_first, want) {
+                    match at.decide_request(installation, min_valid) {
+                        Decision::Serve(token) => return Ok(Got::Token(token)),
+                        Decision::Refuse(error) => return Err(error),
+                        _ => {}
+                    }
+                }
+                return at.settle(installation, Err(error), want);
+            }
+            if let (true, Want::Token(min_valid)) = (keyring_first, want) {
+                let spec = slot.spec();
+                let at = this.installations.at(&spec);
+                let decision = at.decide_after_keyring(&lock(&slot.inner).installation, min_valid);
+                match decision {
+                    Decision::Serve(token) => return Ok(Got::Token(token)),
+                    Decision::Refuse(error) => return Err(error),
+                    _ => {}
+                }
+            }
+            this.attempt(&slot, want).await
         })
         .await
     }
 
-    /// Takes the installation's `flight` lock, unless tokd is stopping.
-    pub(crate) async fn flight(
-        &self,
-        slot: &Slot,
-    ) -> Result<tokio::sync::OwnedMutexGuard<()>, Error> {
-        self.refuse_if_stopping()?;
-        let guard = slot.flight.clone().lock_owned().await;
-        // Checked again: stop may have begun while this call waited.
-        self.refuse_if_stopping()?;
-        Ok(guard)
-    }
-
-    pub(crate) fn refuse_if_stopping(&self) -> Result<(), Error> {
-        if self.tasks.stopping() {
-            Err(Error::stopping())
-        } else {
-            Ok(())
-        }
-    }
-
     /// Runs `work` in a tracked task of its own that holds `guard`, the
     /// installation's `flight` lock.
-    pub(crate) async fn in_flight<T: Send + 'static>(
+    pub(super) async fn in_flight<T: Send + 'static>(
         &self,
         guard: tokio::sync::OwnedMutexGuard<()>,
         what: &'static str,
         work: impl Future<Output = Result<T, Error>> + Send + 'static,
     ) -> Result<T, Error> {
-        let task = self.tasks.spawn(async move {
+        let task = self.installations.tasks.spawn(async move {
             let _guard = guard;
             work.await
         });
@@ -173,12 +229,15 @@ impl Broker {
         })
     }
 
-    /// One request to the provider; the caller holds `flight`.
-    async fn attempt(&self, slot: &Slot) -> Result<(), Error> {
+    /// One request to the provider; the caller holds `flight`. Returns
+    /// what the caller wanted, decided under the lock that records the
+    /// outcome.
+    async fn attempt(&self, slot: &Slot, want: Want) -> Result<Got, Error> {
+        let installations = &self.installations;
         let spec = slot.spec();
         let refresh_token = {
             let mut inner = lock(&slot.inner);
-            self.change(slot, &mut inner, |installation, _| {
+            installations.change(slot, &mut inner, |installation, _| {
                 installation.begin_request();
             });
             inner.installation.record.refresh_token.clone()
@@ -186,28 +245,30 @@ impl Broker {
         let consumer = &spec.consumer;
         debug!(installation = %slot.name, "asking the provider for a token");
         let http = &self.http;
+        let resolver = &self.resolver;
         let mut result = match (&refresh_token, spec.grant()) {
             (Some(refresh_token), _) => {
-                self.with_endpoints(consumer, |endpoints| async move {
-                    http.refresh(consumer, &endpoints, refresh_token).await
-                })
-                .await
+                resolver
+                    .with_endpoints(consumer, |endpoints| async move {
+                        http.refresh(consumer, &endpoints, refresh_token).await
+                    })
+                    .await
             }
             (None, crate::config::Grant::ClientCredentials) => {
                 let scopes = spec.scopes();
                 let scopes = &scopes;
-                self.with_endpoints(consumer, |endpoints| async move {
-                    http.client_credentials(consumer, &endpoints, scopes).await
-                })
-                .await
+                resolver
+                    .with_endpoints(consumer, |endpoints| async move {
+                        http.client_credentials(consumer, &endpoints, scopes).await
+                    })
+                    .await
             }
             (None, crate::config::Grant::AuthorizationCode) => {
                 let mut inner = lock(&slot.inner);
-                let error = self.change(slot, &mut inner, |installation, spec| {
+                let error = installations.change(slot, &mut inner, |installation, spec| {
                     installation.no_refresh_token(spec)
                 });
-                inner.attempts += 1;
-                inner.last_outcome = Err(error.clone());
+                inner.finished(Err(error.clone()));
                 return Err(error);
             }
         };
@@ -216,54 +277,55 @@ impl Broker {
         // put a newer refresh token in the state file.
         if let (Err(error), Some(used)) = (&result, &refresh_token)
             && error.kind == ErrorKind::NeedsLogin
-            && let Some(newer) = self.newer_stored(slot, used).await
+            && let Some(newer) = self.keeper.newer_stored(slot, used).await
             && let Some(newer_token) = newer.refresh_token.clone()
         {
             info!(installation = %slot.name, "the refresh token was refused, but the state file holds another one; trying that");
             lock(&slot.inner).installation.record = newer;
             let newer_token = &newer_token;
-            result = self
+            result = resolver
                 .with_endpoints(consumer, |endpoints| async move {
                     http.refresh(consumer, &endpoints, newer_token).await
                 })
                 .await;
         }
         match result {
-            Ok(response) => {
-                self.keep_answer(slot, &spec, response).await;
-                Ok(())
-            }
+            Ok(response) => self.keep_answer(slot, &spec, response, want).await,
             Err(failure) => {
-                let error = {
-                    let now = self.clock.now();
-                    let mut inner = lock(&slot.inner);
-                    let error = self.change(slot, &mut inner, |installation, spec| {
-                        installation.failed(spec, &failure, now, schedule::random_fraction())
-                    });
-                    inner.attempts += 1;
-                    inner.last_outcome = Err(error.clone());
-                    warn!(installation = %slot.name, error = %failure.message, state = %inner.installation.kind(), "request to the provider failed");
-                    error
-                };
-                Err(error)
+                let (now, monotonic) = installations.now();
+                let mut inner = lock(&slot.inner);
+                let error = installations.change(slot, &mut inner, |installation, spec| {
+                    installation.failed(spec, &failure, now, schedule::random_fraction())
+                });
+                inner.finished(Err(error.clone()));
+                warn!(installation = %slot.name, error = %failure.message, state = %inner.installation.kind(), "request to the provider failed");
+                super::decision::At {
+                    spec: &spec,
+                    now,
+                    monotonic,
+                }
+                .settle(&mut inner.installation, Err(error), want)
             }
         }
     }
 
-    /// Stores a token response durably, then makes it visible. The caller
-    /// holds `flight`.
-    pub(crate) async fn keep_answer(&self, slot: &Slot, spec: &Spec, response: TokenResponse) {
-        let (now, monotonic) = (self.clock.now(), self.clock.monotonic());
+    /// Keeps a token response durably, then makes it visible; returns what
+    /// the caller wanted. The caller holds `flight`.
+    pub(super) async fn keep_answer(
+        &self,
+        slot: &Slot,
+        spec: &Spec,
+        response: TokenResponse,
+        want: Want,
+    ) -> Result<Got, Error> {
+        let installations = &self.installations;
+        let (now, monotonic) = installations.now();
         let mut record = {
             let mut inner = lock(&slot.inner);
             inner.writing = true;
             installation::renewed(&inner.installation.record, response, spec, now)
         };
-        let unsaved = match self
-            .storage
-            .save(&slot.name, &spec.consumer.name, &record)
-            .await
-        {
+        let unsaved = match self.keeper.save(slot, &record).await {
             Ok(store) => {
                 record.store = store;
                 None
@@ -278,23 +340,26 @@ impl Broker {
         };
         let expires_at = record.expires_at;
         let retry = unsaved.is_some();
-        {
+        let got = {
             let mut inner = lock(&slot.inner);
-            self.change(slot, &mut inner, |installation, _| {
+            installations.change(slot, &mut inner, |installation, _| {
                 installation.succeeded(record, unsaved, now, monotonic);
             });
             inner.writing = false;
-            inner.attempts += 1;
-            inner.last_outcome = Ok(());
-        }
+            inner.finished(Ok(()));
+            installations
+                .at(spec)
+                .settle(&mut inner.installation, Ok(()), want)
+        };
         if retry {
             self.retry_save(&slot.name);
         }
         info!(installation = %slot.name, expires_at = ?expires_at.map(schedule::unix_seconds), "token refreshed");
-        self.emit(Event::TokenRefreshed {
+        installations.emit(Event::TokenRefreshed {
             name: slot.name.to_string(),
             expires_at,
         });
+        got
     }
 
     /// Retries the write of `name`'s record until it succeeds, the slot
@@ -303,15 +368,17 @@ impl Broker {
     fn retry_save(&self, name: &str) {
         let weak = self.this.clone();
         let name = name.to_owned();
-        self.tasks.spawn_until_stopped(async move {
+        self.installations.tasks.spawn_until_stopped(async move {
             let mut delay = SAVE_RETRY_FIRST;
             loop {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(SAVE_RETRY_CAP);
-                let Some(broker) = weak.upgrade() else { return };
-                let Ok(slot) = broker.slot(&name) else { return };
+                let Some(this) = weak.upgrade() else { return };
+                let Ok(slot) = this.installations.get(&name) else {
+                    return;
+                };
                 let _guard = slot.flight.lock().await;
-                if broker.save_if_unsaved(&slot).await {
+                if this.save_if_unsaved(&slot).await {
                     return;
                 }
             }
@@ -320,7 +387,7 @@ impl Broker {
 
     /// Writes the slot's record if a write is owed; true when nothing is
     /// owed any more. The caller holds `flight`.
-    pub(crate) async fn save_if_unsaved(&self, slot: &Slot) -> bool {
+    pub(super) async fn save_if_unsaved(&self, slot: &Slot) -> bool {
         let record = {
             let inner = lock(&slot.inner);
             if inner.installation.unsaved.is_none() {
@@ -328,10 +395,7 @@ impl Broker {
             }
             inner.installation.record.clone()
         };
-        let outcome = self
-            .storage
-            .save(&slot.name, &slot.spec().consumer.name, &record)
-            .await;
+        let outcome = self.keeper.save(slot, &record).await;
         match &outcome {
             Ok(_) => {
                 info!(installation = %slot.name, "the tokens held in memory are written now");
@@ -342,12 +406,13 @@ impl Broker {
         }
         let written = outcome.is_ok();
         let mut inner = lock(&slot.inner);
-        self.change(slot, &mut inner, |installation, _| {
-            installation.write_retried(outcome.as_ref().map(|_| ()).map_err(unsaved));
-            if let Ok(store) = outcome {
-                installation.record.store = store;
-            }
-        });
+        self.installations
+            .change(slot, &mut inner, |installation, _| {
+                installation.write_retried(outcome.as_ref().map(|_| ()).map_err(unsaved));
+                if let Ok(store) = outcome {
+                    installation.record.store = store;
+                }
+            });
         written
     }
 }

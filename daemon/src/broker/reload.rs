@@ -10,7 +10,8 @@
 //! whose state file could not be loaded reads it again.
 
 use super::installation::Installation;
-use super::{Broker, Error, Event, Slot, specs_of};
+use super::slots::Slot;
+use super::{Broker, Error, Event, specs_of};
 use crate::config::Config;
 use crate::sync::{lock, read, write};
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ use tracing::info;
 impl Broker {
     /// Re-reads the config file and applies it.
     pub async fn reload(&self) -> Result<String, Error> {
-        self.refuse_if_stopping()?;
+        self.installations.refuse_if_stopping()?;
         let Some(path) = self.config_path.clone() else {
             return Err(Error::InvalidArgument(
                 "this tokd was started without a config file; restart it instead".to_owned(),
@@ -42,15 +43,15 @@ impl Broker {
         })?;
         self.apply(config).await;
         let configured = read(&self.config).daemon.store;
-        let target = self.storage.wanted(configured).await;
-        self.retarget(target).await;
+        let target = self.keeper.storage().wanted(configured).await;
+        self.keeper.retarget(target).await;
         let summary = read(&self.config).summary();
         info!(%summary, "config reloaded");
         Ok(summary)
     }
 
     async fn apply(&self, config: Config) {
-        let old: BTreeMap<Arc<str>, Arc<Slot>> = read(&self.slots).clone();
+        let old: BTreeMap<Arc<str>, Arc<Slot>> = self.installations.map();
         let mut slots: BTreeMap<Arc<str>, Arc<Slot>> = BTreeMap::new();
         let mut changed = Vec::new();
         let mut added = Vec::new();
@@ -60,7 +61,7 @@ impl Broker {
         for spec in specs_of(&config) {
             let slot = match old.get(spec.name()) {
                 Some(slot) if slot.spec().same_identity(&spec) => {
-                    *lock(&slot.spec) = spec;
+                    slot.set_spec(spec);
                     let mut inner = lock(&slot.inner);
                     if inner.installation.state_file_unusable() {
                         reread.push(slot.clone());
@@ -68,9 +69,10 @@ impl Broker {
                         // A misconfiguration is the old config's: the
                         // next request (a get, or the schedule) tries the
                         // new one.
-                        self.change(slot, &mut inner, |installation, _| {
-                            installation.reconfigured();
-                        });
+                        self.installations
+                            .change(slot, &mut inner, |installation, _| {
+                                installation.reconfigured();
+                            });
                     }
                     drop(inner);
                     slot.clone()
@@ -79,7 +81,7 @@ impl Broker {
                     // The tokens were issued to another client or for other
                     // scopes: they do not belong to this installation now.
                     let installation = Installation::identity_changed(&spec);
-                    let now = self.clock.now();
+                    let now = self.installations.clock.now();
                     changed.push(Event::StateChanged {
                         name: spec.name().to_owned(),
                         state: installation.kind(),
@@ -97,10 +99,10 @@ impl Broker {
         // New installations' records are read off the runtime thread: calls
         // are being answered meanwhile.
         let names: Vec<String> = added.iter().map(|spec| spec.name().to_owned()).collect();
-        let loaded = self.storage.load_many(names).await;
+        let loaded = self.keeper.storage().load_many(names).await;
         let mut new_slots = Vec::new();
         for (spec, loaded) in added.into_iter().zip(loaded) {
-            let slot = Arc::new(super::slot_from(spec, loaded));
+            let slot = Arc::new(Slot::loaded(spec, loaded));
             slots.insert(slot.name.clone(), slot.clone());
             new_slots.push(slot);
         }
@@ -108,30 +110,32 @@ impl Broker {
             // Read under the installation's `flight` lock: a request in
             // flight (a client-credentials refresh needs no state file)
             // writes its result first, and is not overwritten.
-            let Ok(_guard) = self.flight(&slot).await else {
+            let Ok(_guard) = self.installations.flight(&slot).await else {
                 continue;
             };
-            let result = self.storage.load(&slot.name).await;
-            let loaded = super::loaded_installation(&slot.spec(), result);
+            let result = self.keeper.storage().load(&slot.name).await;
+            let loaded = super::slots::loaded_installation(&slot.spec(), result);
             let mut inner = lock(&slot.inner);
-            self.change(&slot, &mut inner, |installation, _| *installation = loaded);
+            self.installations
+                .change(&slot, &mut inner, |installation, _| *installation = loaded);
             drop(inner);
             info!(installation = %slot.name, "read its state file again");
             new_slots.push(slot);
         }
         for name in old.keys().filter(|name| !slots.contains_key(*name)) {
-            self.queue.set(name, None);
-            self.logins.take_by_name(name);
+            self.installations.queue.set(name, None);
+            self.logins.forget(name);
         }
+        self.installations
+            .replace(slots, config.daemon.refresh_margin);
         *write(&self.config) = Arc::new(config);
-        *write(&self.slots) = slots;
-        self.read_keyring(new_slots).await;
-        self.forget_endpoints();
+        self.keeper.read_keyring(new_slots).await;
+        self.resolver.forget();
         for event in changed {
-            self.emit(event);
+            self.installations.emit(event);
         }
-        for slot in self.all_slots() {
-            self.schedule(&slot);
+        for slot in self.installations.all() {
+            self.installations.schedule(&slot);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Revocation: tell the provider (RFC 7009) when the consumer has a
 //! revocation endpoint, then forget the tokens, on disk and in memory.
 
-use super::{Broker, Error, Slot};
+use super::slots::Slot;
+use super::{Broker, Error};
 use crate::oauth::{OAuthError, RevocableToken};
 use crate::storage::{SaveError, Store};
 use crate::sync::lock;
@@ -11,25 +12,27 @@ impl Broker {
     /// Revokes the installation's grant at the provider when it has a
     /// revocation endpoint, then forgets its tokens.
     pub async fn revoke(&self, name: &str) -> Result<String, Error> {
-        let slot = self.slot(name)?;
-        let guard = self.flight(&slot).await?;
+        let slot = self.installations.get(name)?;
+        let guard = self.installations.flight(&slot).await?;
         let broker = self.arc();
-        self.in_flight(guard, "revocation", async move {
-            broker.revoke_locked(&slot).await
-        })
-        .await
+        self.refresher
+            .in_flight(guard, "revocation", async move {
+                broker.revoke_locked(&slot).await
+            })
+            .await
     }
 
     async fn revoke_locked(&self, slot: &Slot) -> Result<String, Error> {
         let name = &slot.name;
         let spec = slot.spec();
         // Tokens in a locked keyring are read first (the desktop is asked).
-        self.keyring_gate(slot, true).await?;
+        self.keeper.gate(slot, true).await?;
         let record = lock(&slot.inner).installation.record.clone();
         if record.access_token.is_none() && record.refresh_token.is_none() {
             return Ok(format!("`{name}` holds no token; nothing to revoke"));
         }
         let told_provider = self
+            .resolver
             .endpoints(&spec.consumer)
             .await
             .is_ok_and(|endpoints| endpoints.revoke_url.is_some());
@@ -45,24 +48,27 @@ impl Broker {
             };
             let (http, consumer) = (&self.http, &spec.consumer);
             if let Some(token) = &record.refresh_token {
-                self.with_endpoints(consumer, |endpoints| async move {
-                    http.revoke(consumer, &endpoints, RevocableToken::Refresh(token))
-                        .await
-                })
-                .await
-                .map_err(refused)?;
+                self.resolver
+                    .with_endpoints(consumer, |endpoints| async move {
+                        http.revoke(consumer, &endpoints, RevocableToken::Refresh(token))
+                            .await
+                    })
+                    .await
+                    .map_err(refused)?;
             }
             if let Some(token) = &record.access_token {
-                self.with_endpoints(consumer, |endpoints| async move {
-                    http.revoke(consumer, &endpoints, RevocableToken::Access(token))
-                        .await
-                })
-                .await
-                .map_err(refused)?;
+                self.resolver
+                    .with_endpoints(consumer, |endpoints| async move {
+                        http.revoke(consumer, &endpoints, RevocableToken::Access(token))
+                            .await
+                    })
+                    .await
+                    .map_err(refused)?;
             }
         }
         let in_keyring = record.store == Store::Keyring;
-        self.storage
+        self.keeper
+            .storage()
             .remove(name, in_keyring)
             .await
             .map_err(|error| match error {
@@ -75,11 +81,11 @@ impl Broker {
             })?;
         {
             let mut inner = lock(&slot.inner);
-            self.change(slot, &mut inner, |installation, _| installation.revoked());
-            inner.attempts += 1;
-            inner.last_outcome = Ok(());
+            self.installations
+                .change(slot, &mut inner, |installation, _| installation.revoked());
+            inner.finished(Ok(()));
         }
-        self.queue.set(name, None);
+        self.installations.queue.set(name, None);
         info!(installation = %name, told_provider, "revoked");
         Ok(if told_provider {
             format!("revoked `{name}` at the provider and forgot its tokens")

@@ -338,7 +338,7 @@ impl Manager {
             .list()
             .into_iter()
             .map(|view| {
-                let kept = self.broker.store_of(&view.name);
+                let kept = self.broker.keeper().store_of(&view.name);
                 (
                     view.name,
                     kept.map(|k| k.as_str().to_owned()).unwrap_or_default(),

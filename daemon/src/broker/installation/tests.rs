@@ -3,6 +3,7 @@
 //! an argument.
 
 use super::*;
+use crate::broker::decision::{At, Decision, Got, Want};
 use crate::config::Config;
 use crate::oauth::OAuthError;
 use crate::secret::RefreshToken;
@@ -703,4 +704,115 @@ fn a_down_keyring_shows_as_locked_refuses_requests_and_is_checked_again() {
     );
     assert_eq!(unread.state, State::Valid);
     assert!(!unread.tokens_unread);
+}
+
+/// `now` for `spec`, with the one monotonic moment.
+fn moment(spec: &Spec, now: SystemTime) -> At<'_> {
+    At {
+        spec,
+        now,
+        monotonic: mono(),
+    }
+}
+
+#[test]
+fn a_get_decides_under_one_lock_what_it_gets() {
+    let a = spec("a", None);
+    let (now, min) = (at(0), Duration::from_secs(60));
+    let served = |decision: Decision| match decision {
+        Decision::Serve(token) => token,
+        other => panic!("served nothing: {other:?}"),
+    };
+    // A token that lasts is served; one that does not is asked for.
+    let installation = valid(now, HOUR);
+    assert!(
+        served(moment(&a, now).decide(&installation, min))
+            .warning
+            .is_none()
+    );
+    assert!(matches!(
+        moment(&a, now).decide(&installation, 2 * HOUR),
+        Decision::Request {
+            keyring_first: false
+        }
+    ));
+    // A refresh in flight may kill the held token: wait for it.
+    let mut refreshing = installation.clone();
+    refreshing.begin_request();
+    assert!(matches!(
+        moment(&a, now).decide(&refreshing, min),
+        Decision::AwaitRotation(_)
+    ));
+    // A lost grant takes its access token with it.
+    let mut lost = installation.clone();
+    lost.state = State::NeedsLogin(LoginNeeded::Lost {
+        detail: "invalid_grant".into(),
+    });
+    assert!(matches!(
+        moment(&a, now).decide(&lost, min),
+        Decision::Refuse(Error::NeedsLogin(_))
+    ));
+    // Tokens kept in a keyring not read yet: read them first.
+    let mut unread = installation.clone();
+    unread.tokens_unread = true;
+    assert!(matches!(
+        moment(&a, now).decide(&unread, 2 * HOUR),
+        Decision::Request {
+            keyring_first: true
+        }
+    ));
+    // Backing off: the held token, with the reason it is short.
+    let mut failing = installation.clone();
+    failing.failed(
+        &a,
+        &failure(ErrorKind::Transient, "HTTP 503", None),
+        now,
+        0.5,
+    );
+    let token = served(moment(&a, now).decide(&failing, 2 * HOUR));
+    assert!(
+        token
+            .warning
+            .is_some_and(|w| w.contains("less than the 2h"))
+    );
+}
+
+#[test]
+fn a_finished_request_gives_each_caller_what_it_wanted() {
+    let a = spec("a", None);
+    let now = at(0);
+    let down = || Err(Error::ProviderUnavailable("the provider is down".into()));
+    // A get is given the held token, with the reason, when the request
+    // failed transiently; `tokctl refresh` is given the failure.
+    let mut held = valid(now, HOUR);
+    match moment(&a, now).settle(&mut held, down(), Want::Token(2 * HOUR)) {
+        Ok(Got::Token(token)) => {
+            assert!(
+                token
+                    .warning
+                    .is_some_and(|w| w.contains("the provider is down"))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        moment(&a, now).settle(&mut held, down(), Want::Refresh),
+        Err(Error::ProviderUnavailable(_))
+    ));
+    // A fresh token shorter than asked: served with a warning, and
+    // further gets asking as much pause instead of refreshing each.
+    let mut short = valid(now, HOUR);
+    assert!(!short.fell_short_recently(mono()));
+    match moment(&a, now).settle(&mut short, Ok(()), Want::Token(2 * HOUR)) {
+        Ok(Got::Token(token)) => assert!(token.warning.is_some()),
+        other => panic!("{other:?}"),
+    }
+    assert!(short.fell_short_recently(mono()));
+    // The schedule never asks the desktop to unlock a keyring; callers do.
+    assert!(!Want::Scheduled.asked());
+    assert!(Want::Refresh.asked() && Want::Token(HOUR).asked());
+    assert!(matches!(
+        moment(&a, now).settle(&mut valid(now, HOUR), Ok(()), Want::Scheduled),
+        Ok(Got::Expiry(Some(_)))
+    ));
 }
