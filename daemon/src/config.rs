@@ -46,7 +46,7 @@ pub struct DaemonConfig {
     /// Whether a desktop notification says when a human must log in.
     pub notify: bool,
     /// Where tokens are kept; `None`: in the keyring when one answered at
-    /// first start, else in the state files (see `broker/vault.rs`).
+    /// first start, else in the state files (see `storage/`).
     pub store: Option<Store>,
 }
 
