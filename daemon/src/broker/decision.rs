@@ -95,6 +95,16 @@ impl At<'_> {
             }
             _ => {}
         }
+        // Asking for more than the provider's tokens live, a caller takes
+        // the held token for a while rather than refresh (`decide_request`);
+        // not the one a refresh in flight may be killing.
+        if matches!(installation.state, State::Refreshing { .. })
+            && installation.fell_short_recently(self.monotonic)
+            && let Some(held) =
+                installation.token_valid_for(self.now, self.monotonic, Duration::ZERO)
+        {
+            return Decision::AwaitRotation(held.with_warning(self.now, min_valid, SHORT_LIVED));
+        }
         // Tokens kept in a keyring that was locked or away: read first
         // (asking the desktop to unlock it); they may do.
         if installation.keyring_down.is_some() || installation.tokens_unread {

@@ -179,6 +179,44 @@ for_each_store! {
     }
 }
 
+/// A caller asking for more than the provider's tokens live is given the
+/// held token, with a warning, for a while rather than cause a refresh
+/// each; during a refresh in flight it waits for the new token like any
+/// other get (it was once handed the token the rotation was killing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_that_fell_short_waits_for_a_rotation_too() {
+    within(async {
+        let world = World::start(Behaviour::django_oauth_toolkit()).await;
+        world.login("a").await;
+        let short = world.tokctl(&["get", "a", "--min-valid", "24h"]).await;
+        assert_eq!(short.status, 0, "{short:?}");
+        assert!(short.stderr.contains("warning"), "{short:?}");
+        let old = short.stdout.trim_end().to_owned();
+
+        let mut hold = world.emulator.hold_next_answer();
+        let refresh = tokio::spawn(world.command(&["refresh", "a"]).output());
+        hold.arrived().await;
+        assert!(!world.emulator.access_token_is_valid(&old), "rotated");
+        let get = tokio::spawn(world.command(&["get", "a", "--min-valid", "24h"]).output());
+        let waiting = eventually(Duration::from_secs(20), async || {
+            world
+                .log()
+                .contains("a refresh is in flight; waiting for its token")
+        })
+        .await;
+        assert!(waiting, "the get did not wait\n{}", world.log());
+        hold.release();
+        let got = get.await.expect("join").expect("tokctl get");
+        assert_eq!(got.status.code(), Some(0), "{got:?}");
+        let new = String::from_utf8(got.stdout).expect("utf-8");
+        assert_ne!(new.trim_end(), old, "served the token the rotation killed");
+        assert!(world.emulator.access_token_is_valid(new.trim_end()));
+        let refresh = refresh.await.expect("join").expect("tokctl refresh");
+        assert_eq!(refresh.status.code(), Some(0), "{refresh:?}");
+    })
+    .await;
+}
+
 /// The provider answered at once, and the new tokens are slow to be
 /// written (a keyring behind a confirmation dialog): a `get` waiting for
 /// them is not given the held token, which the rotation killed, when the

@@ -816,3 +816,24 @@ fn a_finished_request_gives_each_caller_what_it_wanted() {
         Ok(Got::Expiry(Some(_)))
     ));
 }
+
+#[test]
+fn a_caller_that_fell_short_waits_for_a_refresh_in_flight_like_the_others() {
+    // Asked for more than the provider's tokens live, a get takes the held
+    // token rather than refresh again; while a refresh is in flight that
+    // token may be the one a rotating provider is killing, so it waits
+    // for the refresh as a caller whose token lasts does.
+    let a = spec("a", None);
+    let now = at(0);
+    let mut installation = valid(now, HOUR);
+    installation.fell_short(mono());
+    assert!(matches!(
+        moment(&a, now).decide(&installation, 2 * HOUR),
+        Decision::Serve(_)
+    ));
+    installation.begin_request();
+    match moment(&a, now).decide(&installation, 2 * HOUR) {
+        Decision::AwaitRotation(held) => assert!(held.warning.is_some()),
+        other => panic!("did not wait for the refresh in flight: {other:?}"),
+    }
+}
