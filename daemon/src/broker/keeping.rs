@@ -13,8 +13,9 @@
 //!   is found and finished at the next start.
 
 use super::Error;
-use super::installation::{KeyringDown, Unsaved};
+use super::installation::{KEYRING_RECHECK, KeyringDown, Unsaved};
 use super::slots::{Installations, Slot};
+use crate::schedule;
 use crate::secret::RefreshToken;
 use crate::storage::{KeyringError, Record, SaveError, Storage, Store};
 use crate::sync::lock;
@@ -44,6 +45,8 @@ fn down(error: &KeyringError) -> KeyringDown {
 pub struct Keeper {
     installations: Arc<Installations>,
     storage: Arc<Storage>,
+    /// When the keyring was last found back (see `others_may_carry_on`).
+    back_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Keeper {
@@ -51,6 +54,7 @@ impl Keeper {
         Self {
             installations,
             storage,
+            back_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -261,10 +265,12 @@ impl Keeper {
             }
             outcome => outcome.map(|()| None),
         };
+        let mut back = false;
         let result = {
             let mut inner = lock(&slot.inner);
             match outcome {
                 Ok(read) => {
+                    back = inner.installation.keyring_down.is_some();
                     self.installations
                         .change(slot, &mut inner, |installation, _| {
                             if let Some(tokens) = read {
@@ -291,11 +297,39 @@ impl Keeper {
                 }
             }
         };
+        if back {
+            info!(installation = %slot.name, "the keyring is usable again");
+            self.others_may_carry_on();
+        }
         // A move the keyring's absence held up.
         if result.is_ok() && self.must_move(slot, self.storage.target()) {
             self.move_one(slot).await;
         }
         result
+    }
+
+    /// The keyring is back: the others waiting for it need not wait for
+    /// their own next check. They are checked now, spread over a few
+    /// seconds as overdue ones are at start.
+    /// (Once per return: the others, finding it back in turn, do not
+    /// each go through every installation again.)
+    fn others_may_carry_on(&self) {
+        let installations = &self.installations;
+        let monotonic = installations.clock.monotonic();
+        {
+            let mut back_at = lock(&self.back_at);
+            if back_at.is_some_and(|at| monotonic.saturating_duration_since(at) < KEYRING_RECHECK) {
+                return;
+            }
+            *back_at = Some(monotonic);
+        }
+        let now = installations.clock.now();
+        for other in installations.all() {
+            if lock(&other.inner).installation.keyring_down.is_some() {
+                let spread = schedule::OVERDUE_SPREAD.mul_f64(schedule::random_fraction());
+                installations.queue.set(&other.name, Some(now + spread));
+            }
+        }
     }
 
     /// The stored record of `slot` when its refresh token is not `used`

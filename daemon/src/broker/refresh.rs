@@ -95,22 +95,9 @@ impl Refresher {
         if lock(&slot.inner).installation.keyring_down.is_some() {
             // Only a check whether the keyring is back (with the read or
             // move it may owe); a refresh, if one is due, comes after.
-            let back = match installations.flight(&slot).await {
-                Ok(_guard) => self.keeper.gate(&slot, false).await.is_ok(),
-                Err(_) => false,
-            };
-            if back {
-                info!(installation = %name, "the keyring is usable again");
-                // The others waiting for the same keyring need not wait
-                // for their own next check.
-                // (Spread over a few seconds, as overdue ones are at start.)
-                let now = installations.clock.now();
-                for other in installations.all() {
-                    if lock(&other.inner).installation.keyring_down.is_some() {
-                        let spread = schedule::OVERDUE_SPREAD.mul_f64(schedule::random_fraction());
-                        installations.queue.set(&other.name, Some(now + spread));
-                    }
-                }
+            // (When it is, the others waiting for it are checked soon.)
+            if let Ok(_guard) = installations.flight(&slot).await {
+                let _ = self.keeper.gate(&slot, false).await;
             }
             installations.schedule(&slot);
             return;

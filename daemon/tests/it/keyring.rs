@@ -228,10 +228,28 @@ async fn a_locked_keyring_locks_the_installation_serves_held_tokens_and_writes_n
         let login = world.tokctl(&["login", "b", "--code", "x"]).await;
         assert_eq!(login.status, 8, "{login:?}");
 
+        // `b` is locked too (its login was refused).
+        let status = world.status("b").await;
+        assert_eq!(status["state"], "locked", "{status}");
+
         gnome.unlock().await;
         let out = world.tokctl(&["refresh", "a"]).await;
         assert_eq!(out.status, 0, "{out:?}\n{}", world.log());
         assert_eq!(world.status("a").await["state"], "valid");
+        // The keyring is back: `b` carries on within seconds (it is checked
+        // again within the few seconds overdue ones are spread over), not
+        // at its own next check, 30 s after it found the keyring locked.
+        let status = world.status("b").await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_secs() as i64;
+        let next = status["next_refresh"].as_i64().expect("b is checked again");
+        assert!(
+            next <= now + 6,
+            "checked again in {}s: {status}",
+            next - now
+        );
         let rotated = kept_refresh_token(&gnome, "a").await.expect("item");
         assert_ne!(rotated, refresh);
         let newer = world.get("a").await;
