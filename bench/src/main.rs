@@ -298,6 +298,10 @@ async fn run(args: &Args) -> Fallible<Vec<String>> {
         }
     }
     summary.push('\n');
+    // What each change bought: kept by hand, from runs of this suite.
+    if let Ok(changes) = std::fs::read_to_string("bench/changes.md") {
+        report.push_str(&changes);
+    }
     let report = report.replacen("<!-- targets -->\n", &summary, 1);
     std::fs::write(&args.out, report)?;
     Ok(missed)
@@ -1350,12 +1354,13 @@ fn get_stages(binary: &Path, env: &[(String, String)], runs: u32) -> Fallible<St
             return Err(format!("get-stages failed: {}", run.status).into());
         }
         let json: serde_json::Value = serde_json::from_slice(&run.stdout)?;
-        let object = json.as_object().ok_or("get-stages printed no object")?;
-        for (index, (stage, micros)) in object.iter().enumerate() {
-            let micros = micros.as_f64().unwrap_or(f64::NAN);
+        let pairs = json.as_array().ok_or("get-stages printed no array")?;
+        for (index, pair) in pairs.iter().enumerate() {
+            let stage = pair[0].as_str().unwrap_or("?");
+            let micros = pair[1].as_f64().unwrap_or(f64::NAN);
             match stages.get_mut(index) {
                 Some((_, times)) => times.push(micros),
-                None => stages.push((stage.clone(), vec![micros])),
+                None => stages.push((stage.to_owned(), vec![micros])),
             }
         }
     }

@@ -3,7 +3,7 @@
 //! (`ctl/src/main.rs`: `connect`, `served_by_this_user`, the proxy, the
 //! call): the runtime, the socket's connect, the uid check, the zbus
 //! handshake, the proxy, the call, and the teardown. Prints one line of
-//! JSON with each stage's time in microseconds; tokd-bench runs it many
+//! JSON, each stage and its time in microseconds in order; tokd-bench runs it many
 //! times and takes the medians. Linked as tokctl is (glibc static) by
 //! `bench/run`.
 //!
@@ -50,19 +50,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if token.is_empty() {
         return Err("an empty token".into());
     }
-    let mut line = String::from("{");
+    // An array of [stage, µs] pairs, in the order they happened.
+    let mut line = String::from("[");
     let mut before = start;
     for (index, (stage, at)) in marks.iter().enumerate() {
         if index > 0 {
             line.push(',');
         }
         line.push_str(&format!(
-            "\"{stage}\":{:.1}",
+            "[\"{stage}\",{:.1}]",
             at.duration_since(before).as_secs_f64() * 1e6
         ));
         before = *at;
     }
-    line.push('}');
+    line.push(']');
     #[allow(clippy::print_stdout)] // the result
     {
         println!("{line}");
