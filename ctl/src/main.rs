@@ -12,6 +12,7 @@ mod failure;
 mod git;
 mod login;
 mod output;
+mod socket;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use failure::{Failure, exit};
@@ -471,9 +472,13 @@ pub(crate) async fn connect(needs_the_bus: bool) -> Result<zbus::Connection, Fai
         // A missing or stale socket (tokd killed) fails here at once.
         && let Ok(stream) = std::os::unix::net::UnixStream::connect(&path)
         && served_by_this_user(&stream, &path)
+        && stream.set_nonblocking(true).is_ok()
+        && let Ok(stream) = tokio::net::UnixStream::from_std(stream)
         && let Ok(Ok(connection)) = tokio::time::timeout(
             SOCKET_HANDSHAKE,
-            zbus::connection::Builder::unix_stream(stream).p2p().build(),
+            zbus::connection::Builder::socket(socket::NoFdSocket(stream))
+                .p2p()
+                .build(),
         )
         .await
     {
