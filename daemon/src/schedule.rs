@@ -165,17 +165,18 @@ impl Queue {
         }
     }
 
-    /// Sets (or with `None` clears) the due time of `name`.
-    pub fn set(&self, name: &str, due: Option<SystemTime>) {
+    /// Sets (or with `None` clears) the due time of `name` (the slot's own
+    /// name allocation, shared rather than copied).
+    pub fn set(&self, name: &Arc<str>, due: Option<SystemTime>) {
         let earliest_changed = {
             let mut inner = lock(&self.inner);
             let before = inner.by_time.first().map(|(time, _)| *time);
-            let key = match inner.by_name.remove_entry(name) {
+            let key = match inner.by_name.remove_entry(&**name) {
                 Some((key, old)) => {
                     inner.by_time.remove(&(old, key.clone()));
                     key
                 }
-                None => Arc::from(name),
+                None => name.clone(),
             };
             if let Some(due) = due {
                 inner.by_name.insert(key.clone(), due);
@@ -302,12 +303,12 @@ mod tests {
     #[test]
     fn the_queue_pops_what_is_due_in_order_and_replaces_times() {
         let queue = Queue::default();
-        queue.set("b", Some(at(20)));
-        queue.set("a", Some(at(10)));
-        queue.set("c", Some(at(30)));
-        queue.set("c", Some(at(5)));
-        queue.set("gone", Some(at(1)));
-        queue.set("gone", None);
+        queue.set(&Arc::from("b"), Some(at(20)));
+        queue.set(&Arc::from("a"), Some(at(10)));
+        queue.set(&Arc::from("c"), Some(at(30)));
+        queue.set(&Arc::from("c"), Some(at(5)));
+        queue.set(&Arc::from("gone"), Some(at(1)));
+        queue.set(&Arc::from("gone"), None);
         assert_eq!(queue.next(), Some(at(5)));
         assert_eq!(queue.get("b"), Some(at(20)));
         assert_eq!(queue.pop_due(at(15)), vec!["c", "a"]);
@@ -325,11 +326,11 @@ mod tests {
             tokio::spawn(async move { queue.run(|name| drop(tx.send(name))).await })
         };
         // Far in the future: nothing happens while the runner sleeps.
-        queue.set("later", Some(SystemTime::now() + 10 * HOUR));
+        queue.set(&Arc::from("later"), Some(SystemTime::now() + 10 * HOUR));
         tokio::task::yield_now().await;
         assert!(rx.try_recv().is_err());
         // Due now: the notify wakes the runner without waiting for the cap.
-        queue.set("now", Some(SystemTime::now()));
+        queue.set(&Arc::from("now"), Some(SystemTime::now()));
         let name = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
         assert_eq!(name.ok().flatten().as_deref(), Some("now"));
         runner.abort();
@@ -346,7 +347,7 @@ mod tests {
             let queue = queue.clone();
             tokio::spawn(async move { queue.run(|name| drop(tx.send(name))).await })
         };
-        queue.set("token", Some(clock.now() + 2 * HOUR));
+        queue.set(&Arc::from("token"), Some(clock.now() + 2 * HOUR));
         tokio::task::yield_now().await;
         clock.jump(3 * HOUR);
         // Just short of the cap nothing has looked at the clock yet.

@@ -23,9 +23,40 @@ use tokd_shared::InstallationState;
 pub struct Spec {
     pub installation: Arc<config::InstallationConfig>,
     pub consumer: Arc<Consumer>,
+    /// See [`Spec::identity`]; one allocation shared by the specs with
+    /// the same (see [`Spec::sharing`]), and by their records.
+    identity: Arc<str>,
 }
 
 impl Spec {
+    pub fn new(installation: Arc<config::InstallationConfig>, consumer: Arc<Consumer>) -> Self {
+        let identity = format!(
+            "{} {} {} {}",
+            consumer.client_id,
+            consumer.token_identity(),
+            installation.grant.as_str(),
+            installation.scopes.join(" ")
+        );
+        Self {
+            installation,
+            consumer,
+            identity: Arc::from(identity),
+        }
+    }
+
+    /// This spec with its identity shared with the specs in `known` that
+    /// have the same (an installation's record keeps it: 10,000
+    /// installations of a few consumers have a few identities).
+    pub fn sharing(mut self, known: &mut std::collections::HashSet<Arc<str>>) -> Self {
+        match known.get(&self.identity) {
+            Some(same) => self.identity = same.clone(),
+            None => {
+                known.insert(self.identity.clone());
+            }
+        }
+        self
+    }
+
     pub fn name(&self) -> &str {
         &self.installation.name
     }
@@ -36,14 +67,8 @@ impl Spec {
 
     /// Whom tokens obtained under this spec belong to: client, token
     /// endpoint, grant and scopes. Stored with the tokens.
-    pub fn identity(&self) -> String {
-        format!(
-            "{} {} {} {}",
-            self.consumer.client_id,
-            self.consumer.token_identity(),
-            self.installation.grant.as_str(),
-            self.installation.scopes.join(" ")
-        )
+    pub fn identity(&self) -> Arc<str> {
+        self.identity.clone()
     }
 
     /// Its cron schedule: its own, else its consumer's keep-alive.
@@ -245,10 +270,14 @@ impl Installation {
             {
                 return Self::identity_changed(spec);
             }
-            Ok(Loaded::Found(record)) if record.access_token.is_some() => (record, State::Valid),
+            Ok(Loaded::Found(mut record)) if record.access_token.is_some() => {
+                record.issued_for = record.issued_for.map(|_| spec.identity());
+                (record, State::Valid)
+            }
             // The tokens are in the keyring: read at start, or when it is
             // unlocked (`tokens_read`).
-            Ok(Loaded::Found(record)) if record.store == Store::Keyring => {
+            Ok(Loaded::Found(mut record)) if record.store == Store::Keyring => {
+                record.issued_for = record.issued_for.map(|_| spec.identity());
                 let mut installation = Self::with(record, State::Empty(Empty::Never));
                 installation.tokens_unread = true;
                 return installation;

@@ -443,15 +443,15 @@ impl Broker {
 }
 
 fn specs_of(config: &Config) -> Vec<Arc<Spec>> {
+    let mut identities = std::collections::HashSet::new();
     config
         .installations
         .values()
         .filter_map(|installation| {
             let consumer = config.consumer_of(installation)?.clone();
-            Some(Arc::new(Spec {
-                installation: installation.clone(),
-                consumer,
-            }))
+            Some(Arc::new(
+                Spec::new(installation.clone(), consumer).sharing(&mut identities),
+            ))
         })
         .collect()
 }

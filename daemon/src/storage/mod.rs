@@ -343,8 +343,11 @@ impl Storage {
                 ..record.clone()
             },
         };
+        // Encoded here, written on the blocking pool.
+        let bytes = self.folder.encode(name, &file_record)?;
+        drop(file_record);
         let file = name.to_owned();
-        self.blocking(move |folder| folder.save(&file, &file_record))
+        self.blocking(move |folder| folder.write_encoded(&file, &bytes))
             .await?;
         if record.store == Store::Keyring
             && target == Store::File

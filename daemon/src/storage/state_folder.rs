@@ -20,6 +20,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
@@ -59,7 +60,7 @@ pub struct Record {
     /// scopes as configured then. A record whose identity no longer
     /// matches the config is not used (older records have none).
     #[serde(default)]
-    pub issued_for: Option<String>,
+    pub issued_for: Option<Arc<str>>,
     /// The store the tokens are in: here, or (`"keyring"`) in the
     /// keyring, in which case this file holds none. (Kept under its first
     /// name, `secrets`, in the file.)
@@ -312,15 +313,28 @@ impl StateFolder {
     /// the record survives a crash or power loss; when it returns Err, the
     /// previous record is still in place.
     pub fn save(&self, name: &str, record: &Record) -> Result<(), StateError> {
-        let path = self.path_of(name);
+        self.write_encoded(name, &self.encode(name, record)?)
+    }
+
+    /// `record` as its state file holds it (the first half of
+    /// [`StateFolder::save`]: `Storage` does it off the blocking pool, so
+    /// that the pool's threads, which keep what they free, allocate little).
+    pub fn encode(&self, name: &str, record: &Record) -> Result<Zeroizing<Vec<u8>>, StateError> {
         let mut bytes = Zeroizing::new(serde_json::to_vec_pretty(record).map_err(|error| {
             StateError::Write {
-                path: path.clone(),
+                path: self.path_of(name),
                 source: io::Error::other(error),
             }
         })?);
         bytes.push(b'\n');
-        write_atomically(&self.dir, &path, name, &bytes)
+        Ok(bytes)
+    }
+
+    /// Writes `name`'s state file from [`StateFolder::encode`]'s bytes,
+    /// atomically and durably (the second half of [`StateFolder::save`]).
+    pub fn write_encoded(&self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+        let path = self.path_of(name);
+        write_atomically(&self.dir, &path, name, bytes)
             .map_err(|source| StateError::Write { path, source })
     }
 

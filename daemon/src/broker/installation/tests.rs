@@ -38,10 +38,10 @@ grant = "client_credentials"
 {schedule}"#
     ))
     .expect("config");
-    Spec {
-        installation: config.installations[name].clone(),
-        consumer: config.consumers["c"].clone(),
-    }
+    Spec::new(
+        config.installations[name].clone(),
+        config.consumers["c"].clone(),
+    )
 }
 
 /// A record holding a token obtained at `obtained`, living `lifetime`.
