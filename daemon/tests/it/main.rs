@@ -19,5 +19,6 @@ mod promises;
 mod security;
 mod server;
 mod store;
+mod structure;
 mod support;
 mod systemd;
