@@ -339,6 +339,23 @@ fn every_key_is_in_the_example_the_man_page_and_the_readme() {
     assert!(missing.is_empty(), "undocumented keys: {missing:?}");
 }
 
+/// The install section copies the example as the user's config: as
+/// copied, it must leave tokd on its defaults (found by a new user, who
+/// ended up with `store = "keyring"` forced, so that without a keyring
+/// every installation was `locked` instead of using the files).
+#[test]
+fn the_example_config_keeps_the_daemons_defaults() {
+    let example = repo().join("examples/config.toml");
+    let config = tokd::config::Config::from_path(&example).expect("the example parses");
+    let defaults = tokd::config::Config::from_str("").expect("an empty config");
+    assert_eq!(config.daemon.store, defaults.daemon.store, "store");
+    assert_eq!(
+        config.daemon.refresh_margin, defaults.daemon.refresh_margin,
+        "refresh_margin"
+    );
+    assert_eq!(config.daemon.notify, defaults.daemon.notify, "notify");
+}
+
 #[test]
 fn the_example_config_passes_the_check() {
     let home = tempfile::tempdir().expect("tempdir");
