@@ -12,7 +12,6 @@ mod failure;
 mod git;
 mod login;
 mod output;
-mod socket;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use failure::{Failure, exit};
@@ -476,7 +475,7 @@ pub(crate) async fn connect(needs_the_bus: bool) -> Result<zbus::Connection, Fai
         && let Ok(stream) = tokio::net::UnixStream::from_std(stream)
         && let Ok(Ok(connection)) = tokio::time::timeout(
             SOCKET_HANDSHAKE,
-            zbus::connection::Builder::socket(socket::NoFdSocket(stream))
+            zbus::connection::Builder::socket(tokd_shared::socket::NoFdSocket(stream))
                 .p2p()
                 .build(),
         )

@@ -4,6 +4,8 @@
 //! It never depends on the daemon, never speaks HTTP and never reads config:
 //! a client (tokctl, a desktop program) compiles only this.
 
+pub mod socket;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

@@ -1,7 +1,7 @@
 //! What `tokctl get NAME` does between its start and its exit, stage by
 //! stage, with the same crates and the same calls as tokctl
 //! (`ctl/src/main.rs`: `connect`, `served_by_this_user`, the socket of
-//! `ctl/src/socket.rs`, the proxy, the call): the runtime, the socket's connect, the uid check, the zbus
+//! `tokd_shared::socket`, the proxy, the call): the runtime, the socket's connect, the uid check, the zbus
 //! handshake, the proxy, the call, and the teardown. Prints one line of
 //! JSON, each stage and its time in microseconds in order; tokd-bench runs it many
 //! times and takes the medians. Linked as tokctl is (glibc static) by
@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let token = runtime.block_on(async {
         stream.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(stream)?;
-        let connection = zbus::connection::Builder::socket(NoFdSocket(stream))
+        let connection = zbus::connection::Builder::socket(tokd_shared::socket::NoFdSocket(stream))
             .p2p()
             .build()
             .await?;
@@ -71,53 +71,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{line}");
     }
     Ok(())
-}
-
-/// tokctl's socket (`ctl/src/socket.rs`): a Unix stream that passes no
-/// file descriptors, so the handshake does not negotiate them.
-#[derive(Debug)]
-struct NoFdSocket(tokio::net::UnixStream);
-
-#[derive(Debug)]
-struct Reader(tokio::net::unix::OwnedReadHalf);
-
-#[derive(Debug)]
-struct Writer(tokio::net::unix::OwnedWriteHalf);
-
-impl zbus::connection::Socket for NoFdSocket {
-    type ReadHalf = Reader;
-    type WriteHalf = Writer;
-
-    fn split(self) -> zbus::connection::socket::Split<Reader, Writer> {
-        let (read, write) = self.0.into_split();
-        zbus::connection::socket::Split::new(Reader(read), Writer(write))
-    }
-}
-
-#[zbus::export::async_trait::async_trait]
-impl zbus::connection::socket::ReadHalf for Reader {
-    async fn recvmsg(
-        &mut self,
-        buffer: &mut [u8],
-    ) -> std::io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
-        use tokio::io::AsyncReadExt;
-        Ok((self.0.read(buffer).await?, Vec::new()))
-    }
-}
-
-#[zbus::export::async_trait::async_trait]
-impl zbus::connection::socket::WriteHalf for Writer {
-    async fn sendmsg(
-        &mut self,
-        buffer: &[u8],
-        _fds: &[std::os::fd::BorrowedFd<'_>],
-    ) -> std::io::Result<usize> {
-        use tokio::io::AsyncWriteExt;
-        self.0.write(buffer).await
-    }
-
-    async fn close(&mut self) -> std::io::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        self.0.shutdown().await
-    }
 }

@@ -1,4 +1,5 @@
-//! The private socket as zbus sees it from tokctl: a Unix stream that
+//! The private socket as zbus sees it from tokctl (and the benchmark
+//! that times tokctl's steps): a Unix stream that
 //! passes no file descriptors. zbus's own Unix stream offers descriptor
 //! passing in the handshake (`NEGOTIATE_UNIX_FD`), which tokctl never
 //! uses and which costs tokd one more answer and tokctl one more wakeup
@@ -11,13 +12,13 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 #[derive(Debug)]
-pub(crate) struct NoFdSocket(pub(crate) UnixStream);
+pub struct NoFdSocket(pub UnixStream);
 
 #[derive(Debug)]
-pub(crate) struct Reader(OwnedReadHalf);
+pub struct Reader(OwnedReadHalf);
 
 #[derive(Debug)]
-pub(crate) struct Writer(OwnedWriteHalf);
+pub struct Writer(OwnedWriteHalf);
 
 impl zbus::connection::Socket for NoFdSocket {
     type ReadHalf = Reader;
