@@ -244,12 +244,17 @@ async fn a_locked_keyring_locks_the_installation_serves_held_tokens_and_writes_n
             .duration_since(std::time::UNIX_EPOCH)
             .expect("time")
             .as_secs() as i64;
-        let next = status["next_refresh"].as_i64().expect("b is checked again");
-        assert!(
-            next <= now + 6,
-            "checked again in {}s: {status}",
-            next - now
-        );
+        match status["next_refresh"].as_i64() {
+            Some(next) => assert!(
+                next <= now + 6,
+                "checked again in {}s: {status}",
+                next - now
+            ),
+            // On a slow machine the check may already have run: `b` has no
+            // tokens, so it is then empty (no longer locked) with nothing
+            // scheduled.
+            None => assert_eq!(status["state"], "empty", "{status}"),
+        }
         let rotated = kept_refresh_token(&gnome, "a").await.expect("item");
         assert_ne!(rotated, refresh);
         let newer = world.get("a").await;
