@@ -162,37 +162,45 @@ impl Refresher {
         keyring_first: bool,
     ) -> Result<Got, Error> {
         let (this, slot) = (self.arc(), slot.clone());
-        self.in_flight(guard, "refresh", async move {
-            // Nothing is asked of the provider when its answer could not
-            // be kept where tokens go.
-            if let Err(error) = this.keeper.gate(&slot, want.asked()).await {
-                let spec = slot.spec();
-                let at = this.installations.at(&spec);
-                let mut inner = lock(&slot.inner);
-                let installation = &mut inner.installation;
-                // Decided before the keyring was tried: what it would
-                // have decided with the keyring down.
+        // Boxed: the request (an HTTP exchange and a write) is a large
+        // future, and every caller waiting on this one would otherwise
+        // carry its size.
+        self.in_flight(
+            guard,
+            "refresh",
+            Box::pin(async move {
+                // Nothing is asked of the provider when its answer could not
+                // be kept where tokens go.
+                if let Err(error) = this.keeper.gate(&slot, want.asked()).await {
+                    let spec = slot.spec();
+                    let at = this.installations.at(&spec);
+                    let mut inner = lock(&slot.inner);
+                    let installation = &mut inner.installation;
+                    // Decided before the keyring was tried: what it would
+                    // have decided with the keyring down.
+                    if let (true, Want::Token(min_valid)) = (keyring_first, want) {
+                        match at.decide_request(installation, min_valid) {
+                            Decision::Serve(token) => return Ok(Got::Token(token)),
+                            Decision::Refuse(error) => return Err(error),
+                            _ => {}
+                        }
+                    }
+                    return at.settle(installation, Err(error), want);
+                }
                 if let (true, Want::Token(min_valid)) = (keyring_first, want) {
-                    match at.decide_request(installation, min_valid) {
+                    let spec = slot.spec();
+                    let at = this.installations.at(&spec);
+                    let decision =
+                        at.decide_after_keyring(&lock(&slot.inner).installation, min_valid);
+                    match decision {
                         Decision::Serve(token) => return Ok(Got::Token(token)),
                         Decision::Refuse(error) => return Err(error),
                         _ => {}
                     }
                 }
-                return at.settle(installation, Err(error), want);
-            }
-            if let (true, Want::Token(min_valid)) = (keyring_first, want) {
-                let spec = slot.spec();
-                let at = this.installations.at(&spec);
-                let decision = at.decide_after_keyring(&lock(&slot.inner).installation, min_valid);
-                match decision {
-                    Decision::Serve(token) => return Ok(Got::Token(token)),
-                    Decision::Refuse(error) => return Err(error),
-                    _ => {}
-                }
-            }
-            this.attempt(&slot, want).await
-        })
+                this.attempt(&slot, want).await
+            }),
+        )
         .await
     }
 

@@ -66,30 +66,40 @@ impl Manager {
         let cached = lock(&self.uids).get(sender.as_str()).copied();
         let uid = match cached {
             Some(uid) => uid,
-            None => {
-                let proxy = self
-                    .bus
-                    .get_or_try_init(|| async {
-                        zbus::fdo::DBusProxy::builder(connection)
-                            .cache_properties(zbus::proxy::CacheProperties::No)
-                            .build()
-                            .await
-                    })
-                    .await?;
-                let uid = proxy
-                    .get_connection_unix_user(sender.clone().into())
-                    .await
-                    .map_err(zbus::Error::from)?;
-                let mut uids = lock(&self.uids);
-                if uids.len() >= UID_CACHE {
-                    uids.clear();
-                }
-                uids.insert(sender.to_string(), uid);
-                uid
-            }
+            // Boxed: the bus call is a large future, and every call in
+            // flight would otherwise carry its size though only a new
+            // caller's first call makes it.
+            None => Box::pin(self.ask_uid(connection, sender)).await?,
         };
         caller_allowed(uid, self.own_uid)
             .inspect_err(|_| warn!(caller_uid = uid, "refused a caller with another uid"))
+    }
+
+    /// Asks the bus for the uid of `sender`, and remembers it.
+    async fn ask_uid(
+        &self,
+        connection: &Connection,
+        sender: &zbus::names::UniqueName<'_>,
+    ) -> Result<u32, Error> {
+        let proxy = self
+            .bus
+            .get_or_try_init(|| async {
+                zbus::fdo::DBusProxy::builder(connection)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await
+            })
+            .await?;
+        let uid = proxy
+            .get_connection_unix_user(sender.clone().into())
+            .await
+            .map_err(zbus::Error::from)?;
+        let mut uids = lock(&self.uids);
+        if uids.len() >= UID_CACHE {
+            uids.clear();
+        }
+        uids.insert(sender.to_string(), uid);
+        Ok(uid)
     }
 }
 
@@ -155,7 +165,7 @@ impl Manager {
         Ok((
             token.access_token.expose().to_owned(),
             token.expires_at.map_or(0, unix_seconds),
-            token.token_type,
+            token.token_type.to_owned(),
             token.warning.unwrap_or_default(),
         ))
     }
