@@ -1227,7 +1227,6 @@ fn many_homes(count: usize, emulator: &Emulator) -> Fallible<Home> {
             refresh_token: Some(RefreshToken::new(format!("{i:05}{}", "r".repeat(59)))),
             expires_at: Some(now + 24 * HOUR),
             scopes: vec!["read".into()],
-            token_type: Some("bearer".into()),
             last_refresh: Some(now),
             ..Record::default()
         };

@@ -193,7 +193,8 @@ pub enum KeyringDown {
 pub struct Token {
     pub access_token: AccessToken,
     pub expires_at: Option<SystemTime>,
-    pub token_type: String,
+    /// Always `bearer`: the only type tokd accepts.
+    pub token_type: &'static str,
     /// Set when the token is valid for less than was asked because the
     /// provider is failing: one sentence for the caller's stderr.
     pub warning: Option<String>,
@@ -240,7 +241,7 @@ pub struct Installation {
     pub state: State,
     /// Set while the record in memory is newer than what is kept: why the
     /// write failed. The write is being retried.
-    pub unsaved: Option<Unsaved>,
+    pub unsaved: Option<Box<Unsaved>>,
     /// When the held token expires by the monotonic clock, if it was
     /// obtained since tokd started: a wall clock set back must not make an
     /// expired token look valid.
@@ -251,7 +252,7 @@ pub struct Installation {
     /// Set while the keyring that keeps (or must keep) the tokens cannot
     /// be used: nothing is asked of the provider, whose answer could not
     /// be kept; a held token is still served. Shown as `locked`.
-    pub keyring_down: Option<KeyringDown>,
+    pub keyring_down: Option<Box<KeyringDown>>,
     /// The record's tokens are in the keyring and not read yet.
     pub tokens_unread: bool,
 }
@@ -393,11 +394,7 @@ impl Installation {
         Some(Token {
             access_token,
             expires_at: self.record.expires_at,
-            token_type: self
-                .record
-                .token_type
-                .clone()
-                .unwrap_or_else(|| "bearer".to_owned()),
+            token_type: "bearer",
             warning: None,
         })
     }
@@ -470,7 +467,7 @@ impl Installation {
         self.record = record;
         self.record.last_error = unsaved.as_ref().map(Unsaved::sentence);
         self.state = State::Valid;
-        self.unsaved = unsaved;
+        self.unsaved = unsaved.map(Box::new);
     }
 
     /// A caller asked for more validity than a refresh just gave.
@@ -531,7 +528,7 @@ impl Installation {
             }
             Err(unsaved) => {
                 self.record.last_error = Some(unsaved.sentence());
-                self.unsaved = Some(unsaved);
+                self.unsaved = Some(Box::new(unsaved));
             }
         }
     }
@@ -613,9 +610,15 @@ pub fn renewed(before: &Record, response: TokenResponse, spec: &Spec, now: Syste
     if let Some(refresh_token) = response.refresh_token {
         record.refresh_token = Some(refresh_token);
     }
-    record.token_type = Some(response.token_type);
+    // The scopes granted. Those asked for are not kept: the record's empty
+    // list means "as configured" (what the view shows), which saves a copy
+    // per installation. Left out of the answer, they are what they were
+    // (RFC 6749 §5.1 and §6).
     if let Some(scopes) = response.scopes {
-        record.scopes = scopes;
+        let asked = spec.scopes();
+        let as_asked =
+            scopes.len() == asked.len() && scopes.iter().all(|scope| asked.contains(scope));
+        record.scopes = if as_asked { Vec::new() } else { scopes };
     }
     record.last_refresh = Some(now);
     record.last_error = None;

@@ -122,7 +122,7 @@ impl Keeper {
                     warn!(installation = %slot.name, %error, "cannot read the tokens from the keyring; the installation is locked until it can");
                     self.installations
                         .change(&slot, &mut inner, |installation, _| {
-                            installation.keyring_down = Some(down(error));
+                            installation.keyring_down = Some(Box::new(down(error)));
                         });
                 }
             }
@@ -218,7 +218,7 @@ impl Keeper {
                     let mut inner = lock(&slot.inner);
                     self.installations
                         .change(slot, &mut inner, |installation, _| {
-                            installation.keyring_down = Some(down(error));
+                            installation.keyring_down = Some(Box::new(down(error)));
                         });
                 }
                 false
@@ -290,7 +290,7 @@ impl Keeper {
                     let message =
                         self.installations
                             .change(slot, &mut inner, |installation, spec| {
-                                installation.keyring_down = Some(down(&error));
+                                installation.keyring_down = Some(Box::new(down(&error)));
                                 installation.message(spec, self.installations.clock.now())
                             });
                     Err(Error::Locked(message))

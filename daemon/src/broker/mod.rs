@@ -140,7 +140,11 @@ impl Default for Options {
 #[derive(Debug)]
 pub struct Broker {
     config_path: Option<PathBuf>,
-    config: RwLock<Arc<Config>>,
+    /// The `[daemon]` table of the config in force. The rest of the config
+    /// lives on in the specs (each installation's and consumer's share);
+    /// the whole file is not kept, which with 10,000 installations is a
+    /// map of 10,000 names.
+    daemon: RwLock<config::DaemonConfig>,
     installations: Arc<Installations>,
     keeper: Arc<Keeper>,
     resolver: Arc<Resolver>,
@@ -204,7 +208,7 @@ impl Broker {
         );
         Arc::new_cyclic(|this| Broker {
             config_path,
-            config: RwLock::new(Arc::new(config)),
+            daemon: RwLock::new(config.daemon),
             installations,
             keeper,
             resolver,
@@ -286,7 +290,7 @@ impl Broker {
 
     /// Whether the config lets tokd notify the desktop (`[daemon] notify`).
     pub fn notifications_on(&self) -> bool {
-        read(&self.config).daemon.notify
+        read(&self.daemon).notify
     }
 
     /// A token for `name` valid for at least `min_valid`, refreshing first

@@ -13,7 +13,7 @@ use super::installation::Installation;
 use super::slots::Slot;
 use super::{Broker, Error, Event, specs_of};
 use crate::config::Config;
-use crate::sync::{lock, read, write};
+use crate::sync::{lock, write};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tracing::info;
@@ -41,11 +41,11 @@ impl Broker {
                 "{error}; the running config stays, fix the file and reload again"
             ))
         })?;
+        let summary = config.summary();
+        let configured = config.daemon.store;
         self.apply(config).await;
-        let configured = read(&self.config).daemon.store;
         let target = self.keeper.storage().wanted(configured).await;
         self.keeper.retarget(target).await;
-        let summary = read(&self.config).summary();
         info!(%summary, "config reloaded");
         Ok(summary)
     }
@@ -128,7 +128,7 @@ impl Broker {
         }
         self.installations
             .replace(slots, config.daemon.refresh_margin);
-        *write(&self.config) = Arc::new(config);
+        *write(&self.daemon) = config.daemon;
         self.keeper.read_keyring(new_slots).await;
         self.resolver.forget();
         for event in changed {

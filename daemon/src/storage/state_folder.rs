@@ -48,9 +48,8 @@ pub struct Record {
     /// Scopes the provider granted (may differ from those asked for).
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// Lowercased token type, usually `bearer`.
-    #[serde(default)]
-    pub token_type: Option<String>,
+    // No `token_type`: tokd accepts only bearer tokens (`oauth/response.rs`),
+    // so it is not kept. Files that have one (written before) still read.
     #[serde(default, with = "unix_seconds")]
     pub last_refresh: Option<SystemTime>,
     /// The last failure, as a human sentence (never a secret).
@@ -89,7 +88,6 @@ impl Default for Record {
             refresh_token: None,
             expires_at: None,
             scopes: Vec::new(),
-            token_type: None,
             last_refresh: None,
             last_error: None,
             issued_for: None,

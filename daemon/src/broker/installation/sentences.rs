@@ -1,9 +1,7 @@
 //! The sentences a human reads about an installation: derived from its
 //! state when asked, so that a wait ("tries again in 23s") is never stale.
 
-use super::{
-    Empty, Installation, KeyringDown, LoginNeeded, Misconfiguration, Spec, State, Unsaved,
-};
+use super::{Empty, Installation, KeyringDown, LoginNeeded, Misconfiguration, Spec, State};
 use crate::config::Grant;
 use std::time::{Duration, SystemTime};
 
@@ -63,7 +61,7 @@ impl Installation {
             State::Valid => self
                 .unsaved
                 .as_ref()
-                .map(Unsaved::sentence)
+                .map(|unsaved| unsaved.sentence())
                 .unwrap_or_default(),
             State::Refreshing { .. } => String::new(),
             State::Failing {

@@ -51,7 +51,6 @@ fn holding(obtained: SystemTime, lifetime: Duration) -> Record {
         refresh_token: Some(RefreshToken::new("refresh")),
         expires_at: Some(obtained + lifetime),
         last_refresh: Some(obtained),
-        token_type: Some("bearer".to_owned()),
         ..Record::default()
     }
 }
@@ -665,7 +664,7 @@ fn a_caller_that_got_less_than_it_asked_pauses_further_refreshes() {
 fn a_down_keyring_shows_as_locked_refuses_requests_and_is_checked_again() {
     let a = spec("a", None);
     let mut installation = valid(at(0), HOUR);
-    installation.keyring_down = Some(KeyringDown::Locked);
+    installation.keyring_down = Some(Box::new(KeyringDown::Locked));
     assert_eq!(installation.kind(), InstallationState::Locked);
     assert!(
         matches!(installation.refusal(&a, at(10)), Err(Error::Locked(m)) if m.contains("is locked; unlock it")),
@@ -681,7 +680,7 @@ fn a_down_keyring_shows_as_locked_refuses_requests_and_is_checked_again() {
             .token_valid_for(at(10), mono(), Duration::from_secs(60))
             .is_some()
     );
-    installation.keyring_down = Some(KeyringDown::Gone);
+    installation.keyring_down = Some(Box::new(KeyringDown::Gone));
     assert!(
         installation
             .message(&a, at(10))

@@ -6,7 +6,6 @@ fn sample(access: &str) -> Record {
         refresh_token: Some(RefreshToken::new("refresh-1")),
         expires_at: Some(UNIX_EPOCH + Duration::from_secs(1_900_000_000)),
         scopes: vec!["repository".into(), "pullrequest".into()],
-        token_type: Some("bearer".into()),
         last_refresh: Some(UNIX_EPOCH + Duration::from_secs(1_899_992_800)),
         last_error: None,
         ..Record::default()
@@ -55,6 +54,30 @@ fn the_format_is_versioned_json_with_wall_clock_seconds() {
     assert_eq!(value["expires_at"], 1_900_000_000u64);
     assert_eq!(value["access_token"], "tok");
     assert_eq!(value["scopes"][1], "pullrequest");
+}
+
+#[test]
+fn a_record_written_by_an_earlier_tokd_still_reads() {
+    // As the tokd of the first release wrote it: with `token_type`, which
+    // is no longer kept (only bearer tokens are accepted), and `secrets`.
+    let root = tempfile::tempdir().expect("tempdir");
+    let store = StateFolder::open(root.path()).expect("open");
+    let earlier = br#"{"version":1,"access_token":"tok","refresh_token":"refresh-1","expires_at":1900000000,"scopes":["repository"],"token_type":"bearer","last_refresh":1899992800,"last_error":null,"issued_for":"id","secrets":"keyring"}"#;
+    fs::write(store.path_of("a"), earlier).expect("write");
+    fs::set_permissions(store.path_of("a"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    let Loaded::Found(record) = store.load("a").expect("load") else {
+        panic!("not found");
+    };
+    assert_eq!(
+        record
+            .access_token
+            .as_ref()
+            .map(|token| token.expose().to_owned()),
+        Some("tok".to_owned())
+    );
+    assert_eq!(record.scopes, ["repository"]);
+    assert_eq!(record.store, Store::Keyring);
+    assert_eq!(record.issued_for.as_deref(), Some("id"));
 }
 
 #[test]
