@@ -78,6 +78,12 @@ pub fn bindings(name: Option<&str>, envs: &[String]) -> Result<Vec<Binding>, Fai
                 binding.var
             )));
         }
+        if let Some(why) = interpreted_at_start(&binding.var) {
+            return Err(usage(format!(
+                "`{}` is not given a token: {why}; name another variable",
+                binding.var
+            )));
+        }
         if bindings[..index]
             .iter()
             .any(|other| other.var == binding.var)
@@ -89,6 +95,73 @@ pub fn bindings(name: Option<&str>, envs: &[String]) -> Result<Vec<Binding>, Fai
         }
     }
     Ok(bindings)
+}
+
+/// Why a token may not go in `var`, if it may not: the dynamic loader, a
+/// shell or a common runtime reads the variable when the command starts,
+/// and could print it, load a file it names, or run it (`LD_PRELOAD` made
+/// the loader print the token to stderr).
+fn interpreted_at_start(var: &str) -> Option<&'static str> {
+    const SHELL: &[&str] = &[
+        "BASH_ENV",
+        "ENV",
+        "PATH",
+        "IFS",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "PS1",
+        "PS2",
+        "PROMPT_COMMAND",
+        "CDPATH",
+        "HOME",
+        "SHELL",
+        "TMPDIR",
+        "GLOBIGNORE",
+        "HISTFILE",
+    ];
+    const RUNTIMES: &[&str] = &[
+        "PERL5OPT",
+        "PERL5LIB",
+        "PERLLIB",
+        "PYTHONSTARTUP",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONWARNINGS",
+        "PYTHONINSPECT",
+        "RUBYOPT",
+        "RUBYLIB",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS",
+        "JDK_JAVA_OPTIONS",
+        "GIT_EXEC_PATH",
+        "GIT_SSH_COMMAND",
+        "GIT_CONFIG_GLOBAL",
+        "GCONV_PATH",
+        "LOCPATH",
+        "NLSPATH",
+        "HOSTALIASES",
+        "RESOLV_HOST_CONF",
+        "MALLOC_CHECK_",
+        "MALLOC_TRACE",
+    ];
+    if var.starts_with("LD_") {
+        Some("the dynamic loader reads `LD_*` variables when the command starts")
+    } else if var.starts_with("BASH_FUNC_") || SHELL.contains(&var) {
+        Some("shells read it when they start")
+    } else if var.starts_with("GLIBC_")
+        || var.starts_with("LC_")
+        || var == "LANG"
+        || var == "LANGUAGE"
+    {
+        Some("the C library reads it when the command starts")
+    } else if RUNTIMES.contains(&var) {
+        Some("a language runtime or git reads it when the command starts and may run what it names")
+    } else {
+        None
+    }
 }
 
 fn valid_var(var: &str) -> bool {
@@ -186,5 +259,57 @@ mod tests {
         assert!(refused(None, &["bb=1X"]).contains("not an environment variable name"));
         assert!(refused(None, &["bb=A-B"]).contains("not an environment variable name"));
         assert!(refused(None, &["=X"]).contains("goes before the '='"));
+    }
+
+    #[test]
+    fn variables_read_when_the_command_starts_are_refused() {
+        for var in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "LD_DEBUG",
+            "BASH_ENV",
+            "ENV",
+            "PATH",
+            "IFS",
+            "SHELLOPTS",
+            "PS4",
+            "PROMPT_COMMAND",
+            "BASH_FUNC_x%%",
+            "GCONV_PATH",
+            "LANG",
+            "LC_ALL",
+            "PERL5OPT",
+            "PYTHONSTARTUP",
+            "NODE_OPTIONS",
+            "GIT_SSH_COMMAND",
+        ] {
+            for envs in [vec![var.to_owned()], vec![format!("gh={var}")]] {
+                let envs: Vec<&str> = envs.iter().map(String::as_str).collect();
+                let message = refused(Some("bb"), &envs);
+                // Names that are no variable names at all are refused first.
+                assert!(
+                    message.contains("is not given a token")
+                        || message.contains("not an environment variable name"),
+                    "{var}: {message}"
+                );
+            }
+            let message = refused(Some("bb"), &[var]);
+            if valid_var(var) {
+                assert!(
+                    message.contains("name another variable"),
+                    "{var}: {message}"
+                );
+            }
+        }
+        // Ordinary names still go.
+        for var in [
+            "TOKEN",
+            "GH_TOKEN",
+            "PATHFINDER_TOKEN",
+            "ENV_TOKEN",
+            "LDAP_TOKEN",
+        ] {
+            assert!(bindings(Some("bb"), &[var.to_owned()]).is_ok(), "{var}");
+        }
     }
 }

@@ -165,6 +165,8 @@ enum Command {
         name: Option<String>,
         /// VAR: the variable for NAME's token (default TOKEN).
         /// INSTALLATION=VAR: that installation's token in VAR. Repeatable.
+        /// Not a variable read as COMMAND starts (LD_*, PATH, IFS, ENV,
+        /// BASH_ENV, LANG, LC_*, NODE_OPTIONS, …).
         #[arg(long = "env", value_name = "VAR | INSTALLATION=VAR")]
         env: Vec<String>,
         /// Refresh first if a held token expires sooner than this.

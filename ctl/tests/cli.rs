@@ -24,6 +24,8 @@ fn bad_usage_exits_2_with_nothing_on_stdout() {
         &["frobnicate"],
         &["get", "x", "--format", "yaml"],
         &["get", "x", "--min-valid", "soon"],
+        &["exec", "x", "--env", "LD_PRELOAD", "--", "true"],
+        &["exec", "--env", "x=BASH_ENV", "--", "true"],
         &[],
     ] {
         let out = tokctl(args, NO_BUS);

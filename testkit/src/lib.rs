@@ -100,6 +100,9 @@ pub struct Behaviour {
     /// from a client that authenticates with HTTP Basic (oauthlib:
     /// `400 invalid_request` "Missing client_id parameter.").
     pub device_needs_client_id_in_body: bool,
+    /// Whether a client-credentials answer carries a refresh token too
+    /// (Keycloak before 12 did; RFC 6749 §4.4.3 says it should not).
+    pub refresh_with_client_credentials: bool,
 }
 
 impl Behaviour {
@@ -125,6 +128,7 @@ impl Behaviour {
             device_expires_in: Duration::from_secs(600),
             revoke_access_on_rotation: false,
             device_needs_client_id_in_body: false,
+            refresh_with_client_credentials: false,
         }
     }
 
@@ -161,6 +165,7 @@ impl Behaviour {
             device_expires_in: Duration::from_secs(600),
             revoke_access_on_rotation: false,
             device_needs_client_id_in_body: false,
+            refresh_with_client_credentials: false,
         }
     }
 
@@ -174,6 +179,7 @@ impl Behaviour {
             rotation: Rotation::Strict,
             revoke_access_on_rotation: true,
             device_needs_client_id_in_body: true,
+            refresh_with_client_credentials: false,
             ..Self::wso2()
         }
     }
@@ -261,6 +267,8 @@ pub enum Mangle {
     HtmlWrapped,
     /// `"access_token": 12345`, the rest (refresh token included) intact.
     NumericAccessToken,
+    /// The access token with a CR LF and a header line after it.
+    HeaderInAccessToken,
 }
 
 /// A fault injected into the next token (or revocation) request.

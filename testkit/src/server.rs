@@ -762,6 +762,15 @@ async fn mangled(response: HttpResponse, mangle: Mangle) -> HttpResponse {
             value["access_token"] = json!(12345);
             value.to_string().into_bytes()
         }
+        Mangle::HeaderInAccessToken => {
+            let mut value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let token = value["access_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            value["access_token"] = json!(format!("{token}\r\nX-Injected: yes"));
+            value.to_string().into_bytes()
+        }
     };
     respond(status, "application/json", changed)
 }
@@ -1193,6 +1202,17 @@ fn token(state: &mut State, request: &RecordedRequest) -> HttpResponse {
         Some("client_credentials") => {
             state.counters.client_credentials += 1;
             let scopes = request.scopes();
+            if state.behaviour.refresh_with_client_credentials {
+                state.grants.push(Grant {
+                    client_id: client_id.clone(),
+                    scopes: scopes.clone(),
+                    revoked: false,
+                });
+                let grant = state.grants.len() as u64 - 1;
+                let refresh = issue_refresh(state, grant);
+                let access = issue_access(state, Some(grant), &client_id);
+                return token_body(state, &access, Some(&refresh), &scopes);
+            }
             let access = issue_access(state, None, &client_id);
             token_body(state, &access, None, &scopes)
         }

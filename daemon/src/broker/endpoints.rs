@@ -6,7 +6,7 @@
 //! request is made once more if the endpoints changed.
 
 use crate::config::Consumer;
-use crate::oauth::{Discovery, Endpoints, ErrorKind, OAuthClient, OAuthError};
+use crate::oauth::{Discovery, Endpoints, ErrorKind, OAuthClient, OAuthError, check_discovery};
 use crate::storage::Storage;
 use crate::sync::lock;
 use std::collections::HashMap;
@@ -49,7 +49,17 @@ impl Resolver {
                     .storage
                     .load_document(DISCOVERY, &consumer.name)
                     .await
-                    .filter(|document: &Discovery| same_issuer(&document.issuer, issuer));
+                    .filter(|document: &Discovery| same_issuer(&document.issuer, issuer))
+                    .and_then(|document| {
+                        // Checked as a fetched one is: the file may have
+                        // been edited since it was kept.
+                        let kept_in = format!("kept for consumer `{}`", consumer.name);
+                        check_discovery(issuer, &kept_in, document)
+                            .inspect_err(|error| {
+                                warn!(consumer = %consumer.name, %error, "the kept discovery document is refused; discovering again");
+                            })
+                            .ok()
+                    });
                 let document = match kept {
                     Some(document) => document,
                     None => self.discover(consumer).await?,

@@ -607,7 +607,11 @@ pub fn renewed(before: &Record, response: TokenResponse, spec: &Spec, now: Syste
     record.version = crate::storage::FORMAT_VERSION;
     record.expires_at = response.expires_at(now, renewable);
     record.access_token = Some(response.access_token);
-    if let Some(refresh_token) = response.refresh_token {
+    // A refresh token that came with client credentials is not kept: it
+    // is never used (see `Refresher::attempt`).
+    if let Some(refresh_token) = response.refresh_token
+        && spec.grant() == Grant::AuthorizationCode
+    {
         record.refresh_token = Some(refresh_token);
     }
     // The scopes granted. Those asked for are not kept: the record's empty

@@ -241,15 +241,19 @@ impl Refresher {
         debug!(installation = %slot.name, "asking the provider for a token");
         let http = &self.http;
         let resolver = &self.resolver;
+        // Client credentials are always asked for with the client's own
+        // credentials, even where the provider sent a refresh token with
+        // the last answer (RFC 6749 §4.4.3 says it should not): nothing of
+        // the grant can be lost, and no sentence says it could be.
         let mut result = match (&refresh_token, spec.grant()) {
-            (Some(refresh_token), _) => {
+            (Some(refresh_token), crate::config::Grant::AuthorizationCode) => {
                 resolver
                     .with_endpoints(consumer, |endpoints| async move {
                         http.refresh(consumer, &endpoints, refresh_token).await
                     })
                     .await
             }
-            (None, crate::config::Grant::ClientCredentials) => {
+            (_, crate::config::Grant::ClientCredentials) => {
                 let scopes = spec.scopes();
                 let scopes = &scopes;
                 resolver

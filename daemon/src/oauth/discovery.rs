@@ -183,8 +183,14 @@ impl OAuthClient {
     }
 }
 
-/// Accepts `document` (read from `url`) for `issuer`, or says why not.
-fn check(issuer: &Url, url: &Url, document: Discovery) -> Result<Discovery, OAuthError> {
+/// Accepts `document` (read from `url`: an address, or the file it was
+/// kept in) for `issuer`, or says why not. A kept document passes this
+/// again when it is read: the file could have been edited since.
+pub fn check(
+    issuer: &Url,
+    url: &dyn std::fmt::Display,
+    document: Discovery,
+) -> Result<Discovery, OAuthError> {
     let refuse = |text: String| Err(OAuthError::new(ErrorKind::Misconfigured, text));
     if !same_issuer(&document.issuer, issuer) {
         return refuse(format!(

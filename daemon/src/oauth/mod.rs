@@ -24,7 +24,7 @@ mod response;
 
 pub use crate::text::sanitize;
 pub use device::{DEFAULT_INTERVAL, DeviceAuthorization, parse_device_authorization};
-pub use discovery::{Discovery, Endpoints, document_urls};
+pub use discovery::{Discovery, Endpoints, check as check_discovery, document_urls};
 pub use error::{ErrorKind, OAuthError, classify};
 pub use post::parse_retry_after;
 pub use response::{

@@ -69,6 +69,16 @@ pub enum ParseError {
     NoAccessToken,
     #[error("the token type is {0:?}, and tokd serves only bearer tokens")]
     UnsupportedTokenType(String),
+    /// A token with a byte outside RFC 6749's VSCHAR (printable ASCII):
+    /// sent on, a CR or LF in it would inject a header.
+    #[error("the {0} has characters no token may have (only printable ASCII is allowed)")]
+    TokenCharacters(&'static str),
+}
+
+/// Whether `token` is made of RFC 6749's VSCHAR (%x20-7E) only (Appendix
+/// A.12, A.17).
+fn vschar_only(token: &str) -> bool {
+    token.bytes().all(|byte| (0x20..=0x7e).contains(&byte))
 }
 
 #[derive(Deserialize, Default)]
@@ -162,6 +172,16 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, ParseError> {
     let expires_in = parse_expires_in(raw.expires_in.as_ref());
     let scopes = parse_scopes(raw.scope.as_ref()).or_else(|| parse_scopes(raw.scopes.as_ref()));
     let access_token = as_text(raw.access_token).ok_or(ParseError::NoAccessToken)?;
+    if !vschar_only(&access_token) {
+        return Err(ParseError::TokenCharacters("access token"));
+    }
+    let refresh_token = as_text(raw.refresh_token);
+    if refresh_token
+        .as_deref()
+        .is_some_and(|token| !vschar_only(token))
+    {
+        return Err(ParseError::TokenCharacters("refresh token"));
+    }
     // RFC 6750: `bearer` in any case; missing means bearer too. Anything
     // else (a MAC or DPoP token, a provider's "N/A") cannot be sent as
     // `Authorization: Bearer`.
@@ -178,7 +198,7 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, ParseError> {
         access_token: AccessToken::new(access_token),
         token_type,
         expires_in,
-        refresh_token: as_text(raw.refresh_token).map(RefreshToken::new),
+        refresh_token: refresh_token.map(RefreshToken::new),
         scopes,
     })
 }
@@ -326,6 +346,32 @@ mod tests {
             None,
             "GitHub-style non-expiring token"
         );
+    }
+
+    #[test]
+    fn tokens_outside_printable_ascii_are_refused() {
+        for (body, which) in [
+            (r#"{"access_token":"A\r\nX-Injected: 1"}"#, "access token"),
+            (r#"{"access_token":"A\u0000B"}"#, "access token"),
+            (r#"{"access_token":"caf\u00e9"}"#, "access token"),
+            (r#"{"access_token":"A\u007f"}"#, "access token"),
+            (
+                r#"{"access_token":"A","refresh_token":"R\nX"}"#,
+                "refresh token",
+            ),
+            (
+                r#"{"access_token":"A","refresh_token":"R\u2028"}"#,
+                "refresh token",
+            ),
+        ] {
+            let error = parse_token_response(body.as_bytes()).expect_err(body);
+            assert_eq!(error, ParseError::TokenCharacters(which), "{body}");
+        }
+        // The whole of VSCHAR is fine, space and `~` included.
+        let all: String = (0x20u8..=0x7e).map(char::from).collect();
+        let body = serde_json::json!({ "access_token": all, "refresh_token": all }).to_string();
+        let response = parse_token_response(body.as_bytes()).expect("parsed");
+        assert_eq!(response.access_token.expose(), all);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! secret command that floods or leaks, a stopped tokd.
 
 use crate::support::{
-    CLIENT_ID, SECRET, World, bash_as_nobody, browse, browser, eventually, mode, open_descriptors,
-    query_value, set_mode, tokd_bin, within, within_for,
+    CLIENT_ID, SECRET, World, bash_as_nobody, browse, browser, eventually, everything_in, mode,
+    open_descriptors, query_value, set_mode, tokd_bin, within, within_for,
 };
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -802,6 +802,86 @@ async fn a_refresh_given_up_on_says_the_grant_may_be_lost() {
             .expect("a token");
         assert!(emulator.access_token_is_valid(token.access_token.expose()));
         broker.stop(Duration::from_secs(5)).await;
+    })
+    .await;
+}
+
+/// A provider's token with a CR LF in it (RFC 6749 allows printable ASCII
+/// only): refused when the answer is read, under either grant, so it is
+/// never stored, served, put in a header by `--format header`, or passed
+/// on by `exec`; the token held before is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_with_a_line_break_is_refused_and_never_served() {
+    within(async {
+        let world = World::start(Behaviour::bitbucket_classic()).await;
+        world.login("a").await;
+        let held = world.get("a").await;
+        world
+            .emulator
+            .fail_next(1, Fault::mangled(Mangle::HeaderInAccessToken));
+        let out = world.tokctl(&["refresh", "a"]).await;
+        assert_eq!(out.status, 5, "{out:?}");
+        assert!(
+            out.stderr.contains("characters no token may have"),
+            "{out:?}"
+        );
+        let header = world.tokctl(&["get", "a", "--format", "header"]).await;
+        assert_eq!(header.status, 0, "{header:?}");
+        assert_eq!(header.stdout, format!("Authorization: Bearer {held}\n"));
+        let exec = world
+            .tokctl(&["exec", "a", "--", "sh", "-c", "printf %s \"$TOKEN\""])
+            .await;
+        assert_eq!(exec.stdout, held, "{exec:?}");
+
+        // Client credentials: the first fetch is refused, nothing is kept.
+        world
+            .emulator
+            .fail_next(1, Fault::mangled(Mangle::HeaderInAccessToken));
+        let bot = world.tokctl(&["get", "bot"]).await;
+        assert_ne!(bot.status, 0, "{bot:?}");
+        assert!(!bot.stdout.contains("X-Injected"), "{bot:?}");
+        for (path, text) in everything_in(&world.home.state_dir()) {
+            assert!(!text.contains("X-Injected"), "{}: {text}", path.display());
+        }
+        assert!(!world.log().contains("X-Injected"), "{}", world.log());
+        // The provider mended: both carry on.
+        assert_eq!(world.tokctl(&["refresh", "bot"]).await.status, 0);
+        world.get("bot").await;
+        assert_eq!(world.tokctl(&["refresh", "a"]).await.status, 0);
+        assert_ne!(world.get("a").await, held);
+    })
+    .await;
+}
+
+/// A provider that sends a refresh token with client credentials: tokd
+/// neither keeps nor uses it (the client's own credentials get the next
+/// token), so an answer it cannot read never says the authorization may
+/// be lost, and a lost "grant" never asks for a login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_never_say_a_grant_may_be_lost() {
+    within(async {
+        let world = World::start(Behaviour {
+            refresh_with_client_credentials: true,
+            ..Behaviour::wso2()
+        })
+        .await;
+        world.get("bot").await;
+        let record = world.stored("bot").expect("a state file");
+        assert!(record["refresh_token"].is_null(), "{record}");
+        world
+            .emulator
+            .fail_next(1, Fault::mangled(Mangle::HtmlWrapped));
+        let out = world.tokctl(&["refresh", "bot"]).await;
+        assert_eq!(out.status, 5, "{out:?}");
+        let status = world.status("bot").await;
+        for text in [&out.stderr, &status.to_string()] {
+            assert!(!text.contains("may be lost"), "{text}");
+            assert!(!text.contains("refresh token"), "{text}");
+        }
+        let counters = world.emulator.counters();
+        assert_eq!(counters.refresh_token, 0, "{counters:?}");
+        assert_eq!(world.tokctl(&["refresh", "bot"]).await.status, 0);
+        assert_eq!(world.status("bot").await["state"], "valid");
     })
     .await;
 }

@@ -401,6 +401,45 @@ async fn after_discovery_a_restart_needs_no_network() {
     .await;
 }
 
+/// A kept document is checked again when it is read, as a fetched one is:
+/// one edited to name an `ftp://` (or plain-http) endpoint is refused, and
+/// the issuer's document is fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_document_edited_to_a_bad_endpoint_is_refused_and_fetched_again() {
+    within(async {
+        let mut world = discovered_world().await;
+        let out = world.tokctl(&["login", "x", "--no-browser"]).await;
+        assert_eq!(out.status, 0, "{out:?}");
+        assert_eq!(world.emulator.counters().discovery, 1);
+        assert!(world.tokd().terminate().success());
+        let kept = world.home.state_dir().join("discovery/id-remote.json");
+        for endpoint in ["ftp://127.0.0.1/auth", "http://auth.example/auth"] {
+            let mut document: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&kept).expect("kept")).expect("json");
+            document["authorization_endpoint"] = endpoint.into();
+            std::fs::write(&kept, document.to_string()).expect("edit");
+            let fetched = world.emulator.counters().discovery;
+            world.start_tokd().await;
+            let out = world.tokctl(&["login", "x", "--no-browser"]).await;
+            assert_eq!(out.status, 0, "{out:?}\n{}", world.log());
+            assert!(
+                out.stdout.starts_with(&world.emulator.auth_url()),
+                "{endpoint}: {out:?}"
+            );
+            assert_eq!(world.emulator.counters().discovery, fetched + 1);
+            assert!(
+                world
+                    .log()
+                    .contains("the kept discovery document is refused"),
+                "{}",
+                world.log()
+            );
+            assert!(world.tokd().terminate().success());
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_for_another_issuer_is_refused() {
     within(async {
