@@ -1,7 +1,9 @@
 //! Tokens for git: what `tokctl git-credential` asks for. A token goes
-//! only where its consumer serves git (`git_hosts`), over HTTPS or to
-//! loopback: a credential helper configured for every host must not hand
-//! a Bitbucket token to whatever server a submodule points at.
+//! only where its consumer serves git (`git_hosts`), over HTTPS, or over
+//! plain HTTP to a loopback port a `git_hosts` entry names: a credential
+//! helper configured for every host must not hand a Bitbucket token to
+//! whatever server a submodule points at, nor to another local user's
+//! listener on 127.0.0.1.
 
 use super::{Broker, Error, Token};
 use crate::config;
@@ -30,6 +32,12 @@ impl Broker {
         let spec = self.installations.get(name)?.spec();
         let consumer = &spec.consumer;
         check_transport(protocol, host)?;
+        if protocol == "http" && !consumer.names_git_port(host) {
+            return Err(Error::InvalidArgument(format!(
+                "not sending a token to {host} over plain HTTP: any user of this machine can listen there; if that git server is yours, list \"{host}\" (with its port) in `git_hosts` in [consumers.{}]",
+                consumer.name,
+            )));
+        }
         if !consumer.serves_git_host(host) {
             return Err(Error::InvalidArgument(format!(
                 "`{name}` (consumer `{}`) is not for git at {host}: its git hosts are {}; add the host to `git_hosts` in [consumers.{}] if it belongs there",

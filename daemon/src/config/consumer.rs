@@ -98,12 +98,27 @@ impl Consumer {
 
     /// Whether git may be given this consumer's tokens for `host` (a host
     /// name, with or without a `:port`, as git's credential protocol
-    /// sends it).
+    /// sends it). A `git_hosts` entry with a port matches that port only;
+    /// one without matches the host at any port.
     pub fn serves_git_host(&self, host: &str) -> bool {
-        let name = host_name(host);
-        self.git_hosts
-            .iter()
-            .any(|known| known.eq_ignore_ascii_case(name))
+        let (name, port) = split_host(host);
+        self.git_hosts.iter().any(|known| {
+            let (known_name, known_port) = split_host(known);
+            known_name.eq_ignore_ascii_case(name) && known_port.is_none_or(|p| Some(p) == port)
+        })
+    }
+
+    /// Whether a `git_hosts` entry names `host` with its very port: what
+    /// plain HTTP to this machine needs, since any local user can listen
+    /// on a loopback port (a `git_hosts` entry without a port, or the
+    /// consumer's own loopback endpoints, are not enough).
+    pub fn names_git_port(&self, host: &str) -> bool {
+        let (name, port) = split_host(host);
+        port.is_some()
+            && self.git_hosts.iter().any(|known| {
+                let (known_name, known_port) = split_host(known);
+                known_name.eq_ignore_ascii_case(name) && known_port == port
+            })
     }
 
     /// The URL that says whom tokens belong to: the token endpoint, or the
@@ -141,16 +156,42 @@ pub(super) struct RawConsumer {
 
 /// `host` without a `:port` (and without the brackets of an IPv6
 /// literal).
-fn host_name(host: &str) -> &str {
+/// A host as git sends it (`name`, `name:port`, `[v6]`, `[v6]:port`) in
+/// its name and port.
+fn split_host(host: &str) -> (&str, Option<&str>) {
     if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+        return match rest.split_once(']') {
+            Some((name, after)) => (name, after.strip_prefix(':').filter(|p| !p.is_empty())),
+            None => (rest, None),
+        };
     }
     match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            name
+        Some((name, port))
+            if !name.contains(':')
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (name, Some(port))
         }
-        _ => host,
+        _ => (host, None),
     }
+}
+
+/// Whether `entry` is a `git_hosts` entry: a host name, or a bracketed
+/// IPv6 address, with an optional `:port` (1 to 65535).
+fn valid_git_host(entry: &str) -> bool {
+    let (name, port) = split_host(entry);
+    let name_ok = if entry.starts_with('[') {
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_hexdigit() || b == b':')
+    } else {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+    };
+    let port_ok = port.is_none_or(|port| port.parse::<u16>().is_ok_and(|port| port > 0));
+    let trailing = entry.starts_with('[') && !entry.ends_with(']') && port.is_none();
+    name_ok && port_ok && !trailing
 }
 
 /// A list of strings, with an example in the error when a plain string
@@ -331,18 +372,11 @@ pub(super) fn build_consumer(
         Some(hosts) => {
             let span = hosts.span();
             let hosts = hosts.into_inner().0;
-            if hosts.is_empty()
-                || hosts.iter().any(|host| {
-                    host.is_empty()
-                        || !host
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
-                })
-            {
+            if hosts.is_empty() || hosts.iter().any(|host| !valid_git_host(host)) {
                 return Err(source.error(
                     Some(span),
                     format!(
-                        "consumer `{name}`: `git_hosts` lists host names without scheme or port, e.g. [\"git.example.com\"]"
+                        "consumer `{name}`: `git_hosts` lists host names without scheme or path, each with a port if it needs one, e.g. [\"git.example.com\", \"127.0.0.1:8080\"]"
                     ),
                 ));
             }
@@ -386,6 +420,11 @@ fn default_git_hosts<const N: usize>(preset: &[&str], urls: [&Option<Url>; N]) -
     }
     let mut hosts: Vec<String> = Vec::new();
     for url in urls.into_iter().flatten() {
+        // Never this machine: any local user can listen on a loopback
+        // port, and git would hand them the token over plain HTTP.
+        if is_loopback(url) {
+            continue;
+        }
         if let Some(host) = url.host_str() {
             let host = host
                 .trim_start_matches('[')

@@ -272,11 +272,52 @@ git_hosts = ["Git.Example.com", "mirror.example.com"]
         !listed.serves_git_host("sso.example.com"),
         "the list replaces the default"
     );
-    refused(
-        "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\ngit_hosts = [\"https://github.com\"]\n",
-        4,
-        "host names without scheme or port",
+    for bad in [
+        "https://github.com",
+        "github.com/team",
+        "github.com:0",
+        "github.com:99999",
+        "github.com:",
+        "[::1",
+        "[::1]x",
+        "[::g]:80",
+        "",
+    ] {
+        refused(
+            &format!(
+                "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\ngit_hosts = [\"{bad}\"]\n"
+            ),
+            4,
+            "host names without scheme or path, each with a port if it needs one",
+        );
+    }
+    // Loopback endpoints never become git hosts: any local user can
+    // listen on a loopback port. A port named in `git_hosts` is needed
+    // for plain HTTP, and matches that port only.
+    let config = parse(
+        r#"[consumers.local]
+token_url = "http://127.0.0.1:18080/token"
+auth_url = "http://localhost:18080/authorize"
+client_id = "id"
+
+[consumers.dev]
+token_url = "http://127.0.0.1:18080/token"
+client_id = "id"
+git_hosts = ["127.0.0.1:8080", "[::1]:8080", "localhost", "git.example.com:8443"]
+"#,
     );
+    let local = &config.consumers["local"];
+    assert!(local.git_hosts.is_empty(), "{:?}", local.git_hosts);
+    assert!(!local.serves_git_host("127.0.0.1:31337"));
+    let dev = &config.consumers["dev"];
+    assert!(dev.serves_git_host("127.0.0.1:8080") && dev.names_git_port("127.0.0.1:8080"));
+    assert!(!dev.serves_git_host("127.0.0.1:31337") && !dev.names_git_port("127.0.0.1:31337"));
+    assert!(!dev.names_git_port("127.0.0.1"));
+    assert!(dev.names_git_port("[::1]:8080") && !dev.names_git_port("[::1]:8081"));
+    assert!(dev.serves_git_host("localhost:31337"), "https to any port");
+    assert!(!dev.names_git_port("localhost:31337"), "but not plain HTTP");
+    assert!(dev.serves_git_host("git.example.com:8443"));
+    assert!(!dev.serves_git_host("git.example.com"));
     refused(
         "[consumers.c]\nprovider = \"github\"\nclient_id = \"id\"\ngit_hosts = \"github.com\"\n",
         4,

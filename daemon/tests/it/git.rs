@@ -27,8 +27,11 @@ impl GitWorld {
             &secret,
             &format!("http://127.0.0.1:{}/callback", world.port),
         );
+        // The emulator's git server is plain HTTP on a loopback port: it
+        // must be named with its port.
+        let git_host = world.emulator.address();
         world.home.write_config(&world.config(&format!(
-            "{bb}git_username = \"x-token-auth\"\n\n[installations.repo]\nconsumer = \"bb\"\nscopes = [\"repository\"]\n"
+            "{bb}git_username = \"x-token-auth\"\ngit_hosts = [\"{git_host}\"]\n\n[installations.repo]\nconsumer = \"bb\"\nscopes = [\"repository\"]\n\n[installations.fresh]\nconsumer = \"bb\"\nscopes = [\"repository\"]\n"
         )));
         let reload = world.tokctl(&["reload"]).await;
         assert_eq!(reload.status, 0, "{reload:?}");
@@ -311,15 +314,42 @@ async fn the_helper_gives_nothing_where_a_token_must_not_go() {
                 String::from_utf8_lossy(&output.stderr).into_owned(),
             )
         };
+        let address = git.world.emulator.address();
+        let port = address.port();
+        let other_port = if port == 31337 { 31338 } else { 31337 };
         for (input, says) in [
             (
-                "protocol=https\nhost=evil.example\n",
-                "is not for git at evil.example: its git hosts are 127.0.0.1",
+                "protocol=https\nhost=evil.example\n".to_owned(),
+                format!("is not for git at evil.example: its git hosts are {address}"),
             ),
-            ("protocol=http\nhost=bitbucket.org\n", "over plain HTTP"),
-            ("protocol=ssh\nhost=127.0.0.1\n", "not `ssh`"),
-            ("host=127.0.0.1\n", "no protocol or host"),
+            (
+                "protocol=http\nhost=bitbucket.org\n".to_owned(),
+                "over plain HTTP".to_owned(),
+            ),
+            (
+                "protocol=ssh\nhost=127.0.0.1\n".to_owned(),
+                "not `ssh`".to_owned(),
+            ),
+            (
+                "host=127.0.0.1\n".to_owned(),
+                "no protocol or host".to_owned(),
+            ),
+            // Another loopback port (another user's listener, say), or
+            // the named one under another loopback name: no.
+            (
+                format!("protocol=http\nhost=127.0.0.1:{other_port}\n"),
+                "any user of this machine can listen there".to_owned(),
+            ),
+            (
+                format!("protocol=http\nhost=localhost:{port}\n"),
+                "any user of this machine can listen there".to_owned(),
+            ),
+            (
+                "protocol=http\nhost=127.0.0.1\n".to_owned(),
+                "any user of this machine can listen there".to_owned(),
+            ),
         ] {
+            let (input, says) = (input.as_str(), says.as_str());
             let (status, stdout, stderr) = helper("repo", "get", input);
             assert_eq!(stdout, "", "a token was given for {input:?}");
             assert_eq!(status, Some(2), "{stderr}");
@@ -328,12 +358,21 @@ async fn the_helper_gives_nothing_where_a_token_must_not_go() {
         }
         // Never logged in: nothing, and the sentence says what to do.
         let (status, stdout, stderr) = helper(
-            "a",
+            "fresh",
             "get",
             &format!("protocol=http\nhost={}\n", git.world.emulator.address()),
         );
         assert_eq!((status, stdout.as_str()), (Some(4), ""), "{stderr}");
-        assert!(stderr.contains("tokctl login a"), "{stderr}");
+        assert!(stderr.contains("tokctl login fresh"), "{stderr}");
+        // A consumer whose endpoints are on this machine has no git host
+        // by default: not even its own loopback address.
+        let (status, stdout, stderr) = helper(
+            "a",
+            "get",
+            &format!("protocol=https\nhost={}\n", git.world.emulator.address()),
+        );
+        assert_eq!((status, stdout.as_str()), (Some(2), ""), "{stderr}");
+        assert!(stderr.contains("its git hosts are none"), "{stderr}");
         // `store` and operations git may add later: nothing, status 0.
         for operation in ["store", "capability-check"] {
             let (status, stdout, stderr) = helper(
@@ -356,6 +395,66 @@ async fn the_helper_gives_nothing_where_a_token_must_not_go() {
             git.world.emulator.git_requests().is_empty(),
             "nothing was fetched"
         );
+    })
+    .await;
+}
+
+/// The attack of the third review: another local user listens on a
+/// loopback port and answers `401` with `WWW-Authenticate: Basic`; the
+/// victim's git, with the helper configured for every host, runs
+/// `ls-remote` against it. Nothing is sent: plain HTTP goes only to the
+/// loopback port `git_hosts` names (the emulator's, here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_on_another_loopback_port_gets_no_token() {
+    within(async {
+        let git = GitWorld::start().await;
+        let token = git.world.get("repo").await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let port = listener.local_addr().expect("address").port();
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let recorder = heard.clone();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut request = vec![0; 8192];
+                let read = stream.read(&mut request).await.unwrap_or(0);
+                recorder
+                    .lock()
+                    .expect("record")
+                    .push_str(&String::from_utf8_lossy(&request[..read]));
+                let _ = stream
+                    .write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+            let output = git.git(
+                git.dir.path(),
+                &["ls-remote", &format!("http://{host}/team/repo.git")],
+            );
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{stderr}");
+            assert!(
+                stderr.contains("any user of this machine can listen there"),
+                "{stderr}"
+            );
+        }
+        server.abort();
+        let heard = heard.lock().expect("heard").clone();
+        assert!(heard.contains("GET /team/repo.git"), "git asked: {heard}");
+        assert!(!heard.contains(&token), "the token reached the listener");
+        assert!(
+            !heard.to_ascii_lowercase().contains("authorization:"),
+            "{heard}"
+        );
+        // The named port still works.
+        let refs = git.git_ok(git.dir.path(), &["ls-remote", &git.url()]);
+        assert!(refs.contains("refs/heads/main"), "{refs}");
     })
     .await;
 }
