@@ -12,7 +12,9 @@
 //! 5. memory: tokd idle with one installation beside `pizauth server` with
 //!    one account, and tokd's memory after the burst of 4;
 //! 6. 10,000 client-credentials installations, each fetched once (768-byte
-//!    tokens): RSS, and own memory per installation beyond its token.
+//!    tokens): RSS, and own memory per installation beyond its token;
+//! 7. `tokctl get` of one installation while a connect loop floods another's
+//!    login listener and 20,000 other sockets are open: p99 latency.
 //!
 //! Everything runs on a private dbus-daemon, against the provider emulator
 //! on 127.0.0.1. The binaries measured are the release builds beside this
@@ -56,6 +58,11 @@ struct Args {
     /// profiler (`valgrind --tool=massif`, `perf`, `strace -c`).
     #[arg(long)]
     hold_many: bool,
+    /// For the login flood: open this many connected loopback socket pairs,
+    /// say `held`, and keep them until standard input closes (a process
+    /// of its own, for its own descriptor limit).
+    #[arg(long, hide = true)]
+    hold_sockets: Option<usize>,
     /// Run one section only (the report then has only its figures).
     #[arg(long, value_enum)]
     only: Option<Section>,
@@ -69,6 +76,7 @@ enum Section {
     Installations,
     Memory,
     ClientCredentials,
+    LoginFlood,
 }
 
 /// How much of everything: the full run, or the smoke run.
@@ -81,6 +89,8 @@ struct Plan {
     starts: usize,
     idle: Duration,
     burst: usize,
+    /// `tokctl get`s timed in the login flood (and before it).
+    flood_gets: usize,
 }
 
 impl Plan {
@@ -94,6 +104,7 @@ impl Plan {
                 starts: 2,
                 idle: Duration::from_secs(5),
                 burst: 1000,
+                flood_gets: 50,
             }
         } else {
             Self {
@@ -104,6 +115,7 @@ impl Plan {
                 starts: 5,
                 idle: Duration::from_secs(60),
                 burst: 1000,
+                flood_gets: 300,
             }
         }
     }
@@ -111,6 +123,15 @@ impl Plan {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(pairs) = args.hold_sockets {
+        return match hold_sockets(pairs) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("tokd-bench: {error}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -251,36 +272,41 @@ async fn run(args: &Args) -> Fallible<Vec<String>> {
     }
     let runs = |section: Section| args.only.is_none_or(|only| only == section);
     if runs(Section::Process) {
-        eprintln!("tokd-bench: 1/6 one `tokctl get` as a whole process");
+        eprintln!("tokd-bench: 1/7 one `tokctl get` as a whole process");
         report.push_str(&process_latency(&bin, &world, &plan, &mut targets)?);
     }
     if runs(Section::Throughput) {
-        eprintln!("tokd-bench: 2/6 GetToken throughput");
+        eprintln!("tokd-bench: 2/7 GetToken throughput");
         report.push_str(&throughput(&bin, &world, &plan, &mut targets)?);
     }
     if runs(Section::Burst) {
-        eprintln!("tokd-bench: 3/6 concurrent gets on a token that needs a refresh");
+        eprintln!("tokd-bench: 3/7 concurrent gets on a token that needs a refresh");
         report.push_str(&burst(&bin, &world, &plan, &mut targets)?);
     }
     let small_rss = rss_kib(world.tokd.pid())?;
     drop(world);
     if runs(Section::Installations) {
         eprintln!(
-            "tokd-bench: 4/6 {} installations: start and idle",
+            "tokd-bench: 4/7 {} installations: start and idle",
             plan.installations
         );
         report.push_str(&many_installations(&bin, &plan, small_rss, &mut targets).await?);
     }
     if runs(Section::Memory) {
-        eprintln!("tokd-bench: 5/6 memory: idle beside pizauth, and after a burst");
+        eprintln!("tokd-bench: 5/7 memory: idle beside pizauth, and after a burst");
         report.push_str(&memory_section(&bin, &plan, &mut targets).await?);
     }
     if runs(Section::ClientCredentials) {
         eprintln!(
-            "tokd-bench: 6/6 {} client-credentials installations, each fetched once",
+            "tokd-bench: 6/7 {} client-credentials installations, each fetched once",
             plan.installations
         );
         report.push_str(&client_credentials(&bin, &plan, &mut targets).await?);
+    }
+
+    if runs(Section::LoginFlood) {
+        eprintln!("tokd-bench: 7/7 gets while the login listener is flooded, 20,000 sockets open");
+        report.push_str(&login_flood(&bin, &plan, &mut targets).await?);
     }
 
     let mut summary = String::from("## Targets\n\n| target | measured | |\n|---|---|---|\n");
@@ -1677,4 +1703,169 @@ async fn client_credentials(
         met: beyond <= 1.2 * 1024.0,
     });
     Ok(out)
+}
+
+/// Sockets held open during the login flood: this many connected loopback
+/// pairs (two sockets each) fill the kernel's socket table.
+const FLOOD_PAIRS: usize = 10_000;
+
+/// A connect loop against an open login listener while 20,000 other
+/// sockets are open, and `tokctl get` of another installation meanwhile
+/// (the third review: with the listener reading all of `/proc/net/tcp`
+/// per connection, on tokd's only thread, such a get took 20 s).
+async fn login_flood(bin: &Binaries, plan: &Plan, targets: &mut Vec<Target>) -> Fallible<String> {
+    let emulator = Emulator::start(Behaviour::bitbucket_classic()).await;
+    emulator.register_client(CLIENT_ID, SECRET);
+    let bus = PrivateBus::start();
+    let home = Home::new();
+    let secret = home.write_secret("bench.secret", SECRET);
+    let port = tokd_testkit::free_port();
+    home.write_config(&format!(
+        "{}\n[installations.victim]\nconsumer = \"local\"\nscopes = [\"read\"]\n\n\
+         [installations.other]\nconsumer = \"local\"\ngrant = \"client_credentials\"\nscopes = [\"read\"]\n",
+        emulator.consumer_table(
+            "local",
+            CLIENT_ID,
+            &secret,
+            &format!("http://127.0.0.1:{port}/callback")
+        )
+    ));
+    let tokd = Tokd::start(&bin.tokd, &home, &bus).await;
+    let get = |home: &Home| {
+        let mut command = std::process::Command::new(&bin.tokctl);
+        command
+            .args(["get", "other"])
+            .envs(home.env(&bus))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    };
+    if !get(&home).status()?.success() {
+        return Err("the first get of `other` failed".into());
+    }
+    let runs = plan.flood_gets;
+    let measure = |home: &Home| -> Fallible<Vec<f64>> {
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let started = std::time::Instant::now();
+            if !get(home).status()?.success() {
+                return Err("a get of `other` failed".into());
+            }
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(times)
+    };
+    let quiet = measure(&home)?;
+
+    // The listener opens with a login that waits for its browser.
+    let mut login = home
+        .tokctl(&bin.tokctl, &bus, &["login", "victim", "--no-browser"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err("the login listener did not open".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 20,000 sockets: pairs connected over loopback, held by this process.
+    // Held by child processes of 1,000 pairs each: a process's descriptor
+    // limit is often 1,024 to 20,000.
+    let mut held = Vec::new();
+    for _ in 0..FLOOD_PAIRS / 1000 {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["--hold-sockets", "1000"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut said = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?),
+            &mut said,
+        )?;
+        if said.trim() != "held" {
+            let _ = child.kill();
+            return Err("a socket holder failed".into());
+        }
+        held.push(child);
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp")?.lines().count();
+
+    // The connect loop, on a thread of its own, until the gets are done.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = stop.clone();
+    let flood = std::thread::spawn(move || {
+        let mut connections = 0u64;
+        while !flooding.load(std::sync::atomic::Ordering::Relaxed) {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                connections += 1;
+            }
+        }
+        connections
+    });
+    let started = std::time::Instant::now();
+    let flooded = measure(&home);
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let connections = flood.join().map_err(|_| "the connect loop panicked")?;
+    let mut flooded = flooded?;
+    for mut child in held {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+    let _ = login.kill().await;
+    drop(tokd);
+
+    let p99 = |times: &mut Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[((times.len() as f64) * 0.99).ceil() as usize - 1]
+    };
+    let mut quiet = quiet;
+    let (quiet_median, quiet_p99) = (median(&mut quiet.clone()), p99(&mut quiet));
+    let (flooded_median, flooded_p99) = (median(&mut flooded.clone()), p99(&mut flooded));
+    targets.push(Target {
+        what: "`tokctl get` of another installation while a login listener is flooded, 20,000 sockets open: p99 < 50 ms".to_owned(),
+        measured: format!("{flooded_p99:.1} ms"),
+        met: flooded_p99 < 50.0,
+    });
+    Ok(format!(
+        "\n## A flooded login listener\n\n\
+         A login waits at its loopback listener while this process holds \
+         {} loopback sockets ({} lines in `/proc/net/tcp`) and a thread \
+         connects to the listener and closes, in a loop ({connections} \
+         connections in {:.1} s); meanwhile `tokctl get` of a \
+         client-credentials installation runs {runs} times, one after the \
+         other. Before the flood, the same {runs} gets.\n\n\
+         | | median | p99 |\n|---|---|---|\n\
+         | quiet | {quiet_median:.2} ms | {quiet_p99:.2} ms |\n\
+         | flooded | {flooded_median:.2} ms | {flooded_p99:.2} ms |\n",
+        FLOOD_PAIRS * 2,
+        table,
+        took.as_secs_f64(),
+    ))
+}
+
+/// `--hold-sockets`: `pairs` connected loopback pairs, held until standard
+/// input closes.
+fn hold_sockets(pairs: usize) -> Fallible<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    let mut held = Vec::with_capacity(pairs * 2);
+    for _ in 0..pairs {
+        let client = std::net::TcpStream::connect(address)?;
+        let (server, _) = listener.accept()?;
+        held.push(client);
+        held.push(server);
+    }
+    let mut stdout = std::io::stdout();
+    std::io::Write::write_all(&mut stdout, b"held\n")?;
+    std::io::Write::flush(&mut stdout)?;
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)?;
+    drop(held);
+    Ok(())
 }

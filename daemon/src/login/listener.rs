@@ -29,6 +29,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -186,29 +187,38 @@ async fn serve(
     let own_uid = crate::os::current_uid().ok();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut errors = AcceptErrors::new("the login listener");
-    let mut refused = 0u64;
+    let refused = Arc::new(AtomicU64::new(0));
     loop {
         let deadline = *lock(&listener.deadline);
         tokio::select! {
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
                     errors.succeeded();
-                    let owner = peer::uid_of_peer(addr, peer).ok().flatten();
-                    if owner.is_none() || owner != own_uid {
-                        // Closed without a word; said once per listener.
-                        if refused == 0 {
-                            warn!(%addr, caller_uid = ?owner, "refused a login answer from another user's connection");
-                        }
-                        refused += 1;
-                        continue;
-                    }
+                    // At most MAX_CONNECTIONS are looked up or served at
+                    // once; the rest are closed at once, so a flood costs
+                    // an accept and a close each.
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
                         debug!(%addr, "too many login callback connections; closed one");
                         continue;
                     };
                     let (logins, path, handler) = (logins.clone(), path.clone(), handler.clone());
+                    let refused = refused.clone();
                     tasks.spawn_until_stopped(async move {
                         let _slot = slot;
+                        // Off the runtime's thread: the lookup is a
+                        // netlink exchange with the kernel.
+                        let owner = tokio::task::spawn_blocking(move || peer::uid_of_peer(addr, peer))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .flatten();
+                        if owner.is_none() || owner != own_uid {
+                            // Closed without a word; said once per listener.
+                            if refused.fetch_add(1, Ordering::Relaxed) == 0 {
+                                warn!(%addr, caller_uid = ?owner, "refused a login answer from another user's connection");
+                            }
+                            return;
+                        }
                         connection(stream, logins, addr, path, handler).await;
                     });
                 }
@@ -228,6 +238,7 @@ async fn serve(
             break;
         }
     }
+    let refused = refused.load(Ordering::Relaxed);
     if refused > 0 {
         warn!(%addr, refused, "connections from other users were refused while listening");
     }
