@@ -509,3 +509,85 @@ async fn a_keyring_that_locks_mid_refresh_keeps_the_new_tokens_in_memory_until_i
     })
     .await;
 }
+
+/// Another program (here `secret-tool`) plants an item with tokd's
+/// attributes plus one more, newer than tokd's, holding a token of its
+/// choosing: tokd serves its own item's token at every start, and warns
+/// naming the other item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_item_beside_tokds_own_is_never_served() {
+    within(async {
+        let (mut world, gnome) = keyring_world().await;
+        let token = world.get("a").await;
+        let own = gnome
+            .items()
+            .await
+            .into_iter()
+            .find(|item| item.attributes.get("installation").map(String::as_str) == Some("a"))
+            .expect("a's item");
+        let mut planted: serde_json::Value = serde_json::from_str(&own.secret).expect("json");
+        let access = planted
+            .as_object_mut()
+            .and_then(|tokens| {
+                tokens
+                    .iter_mut()
+                    .find(|(_, value)| value.as_str() == Some(token.as_str()))
+            })
+            .map(|(_, value)| value)
+            .expect("the access token in the item");
+        *access = "planted-access-token".into();
+        // Newer than tokd's own: the Secret Service counts whole seconds,
+        // so the planted item is written in a later second.
+        let second = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("time")
+                .as_secs()
+        };
+        let written = second();
+        while second() <= written {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mut store = tokio::process::Command::new("secret-tool")
+            .args([
+                "store",
+                "--label",
+                "tokd: a (acme)",
+                "application",
+                "tokd",
+                "installation",
+                "a",
+                "consumer",
+                "acme",
+                "planted",
+                "yes",
+            ])
+            .envs(world.home.env(&world.bus))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("secret-tool (Debian: libsecret-tools)");
+        use tokio::io::AsyncWriteExt as _;
+        let mut stdin = store.stdin.take().expect("stdin");
+        stdin
+            .write_all(planted.to_string().as_bytes())
+            .await
+            .expect("the planted secret");
+        drop(stdin);
+        assert!(store.wait().await.expect("secret-tool").success());
+        assert_eq!(gnome.items().await.len(), 2);
+        for round in 0..5 {
+            assert!(world.tokd().terminate().success());
+            world.start_tokd().await;
+            let got = world.get("a").await;
+            assert_eq!(got, token, "round {round}: the planted token was served");
+            assert!(
+                world
+                    .log()
+                    .contains("the keyring holds more than one item for this installation"),
+                "{}",
+                world.log()
+            );
+        }
+    })
+    .await;
+}

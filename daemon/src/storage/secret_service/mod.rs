@@ -340,9 +340,13 @@ impl SecretService {
             }
         }
         // Two items for one installation (an older tokd's, left by a
-        // renamed consumer, or a failed clean-up): the newest one wins,
-        // never whichever the service listed first.
-        let mut newest: HashMap<String, (u64, Tokens)> = HashMap::new();
+        // renamed consumer, a failed clean-up, or one planted by another
+        // program with tokd's attributes and more): tokd's own kind first
+        // (exactly the attributes it writes), then the newest, then the
+        // first by object path; never whichever the service listed first.
+        // The others are named in a warning.
+        let mut by_installation: HashMap<String, Vec<(Rank, OwnedObjectPath, Tokens)>> =
+            HashMap::new();
         let several = found.len()
             > found
                 .iter()
@@ -350,27 +354,58 @@ impl SecretService {
                 .collect::<std::collections::HashSet<_>>()
                 .len();
         for (path, tokens) in found {
-            let modified = if several {
-                self.modified(path).await
+            let rank = if several {
+                self.rank(path.clone()).await
             } else {
-                0
+                Rank::default()
             };
-            let known = newest.get(&tokens.installation).map(|(at, _)| *at);
-            if known.is_some() {
-                tracing::warn!(installation = %tokens.installation, "the keyring holds more than one item for this installation; using the newest");
-            }
-            if known.is_none_or(|known| modified > known) {
-                newest.insert(tokens.installation.clone(), (modified, tokens));
-            }
+            by_installation
+                .entry(tokens.installation.clone())
+                .or_default()
+                .push((rank, path, tokens));
         }
-        Ok(newest.into_values().map(|(_, tokens)| tokens).collect())
+        let mut chosen = Vec::with_capacity(by_installation.len());
+        for (installation, mut items) in by_installation {
+            items.sort_by(|(a, a_path, _), (b, b_path, _)| {
+                b.cmp(a).then_with(|| a_path.as_str().cmp(b_path.as_str()))
+            });
+            let mut items = items.into_iter();
+            let Some((_, path, tokens)) = items.next() else {
+                continue;
+            };
+            let others: Vec<String> = items.map(|(_, path, _)| path.to_string()).collect();
+            if !others.is_empty() {
+                tracing::warn!(
+                    %installation,
+                    used = %path,
+                    others = %others.join(", "),
+                    "the keyring holds more than one item for this installation; using the one tokd writes (its attributes exactly), else the newest; remove the others with `secret-tool clear` or your keyring's manager"
+                );
+            }
+            chosen.push(tokens);
+        }
+        Ok(chosen)
     }
 
-    /// When the item at `path` was last changed (0 when unknown).
-    async fn modified(&self, path: OwnedObjectPath) -> u64 {
-        match self.item(path).await {
-            Ok(item) => item.modified().await.unwrap_or(0),
-            Err(_) => 0,
+    /// How much an item looks like tokd's own, for choosing among several
+    /// for one installation.
+    async fn rank(&self, path: OwnedObjectPath) -> Rank {
+        let Ok(item) = self.item(path).await else {
+            return Rank::default();
+        };
+        let attributes = item.attributes().await.unwrap_or_default();
+        // The keyring may add its own (`xdg:schema`); tokd writes three.
+        let mut names: Vec<&str> = attributes
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !name.starts_with("xdg:"))
+            .collect();
+        names.sort_unstable();
+        let own = names == ["application", "consumer", "installation"]
+            && attributes.get("application").map(String::as_str) == Some(APPLICATION);
+        Rank {
+            own,
+            modified: item.modified().await.unwrap_or(0),
         }
     }
 
@@ -413,6 +448,14 @@ impl SecretService {
 
 /// `work`, or [`KeyringError::Failed`] when it takes longer than
 /// [`CALL_TIMEOUT`].
+/// An item's claim to be an installation's, best last: tokd's own kind
+/// of item (exactly its attributes), then the most recently changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    own: bool,
+    modified: u64,
+}
+
 async fn bounded<T>(
     work: impl Future<Output = Result<T, KeyringError>>,
 ) -> Result<T, KeyringError> {

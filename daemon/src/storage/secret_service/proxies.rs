@@ -64,6 +64,10 @@ pub trait Item {
     /// When the item was last changed, in Unix seconds.
     #[zbus(property)]
     fn modified(&self) -> zbus::Result<u64>;
+
+    /// Its lookup attributes.
+    #[zbus(property)]
+    fn attributes(&self) -> zbus::Result<HashMap<String, String>>;
 }
 
 #[zbus::proxy(
