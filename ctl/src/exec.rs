@@ -6,7 +6,6 @@
 
 use crate::Deadline;
 use crate::failure::{Failure, exit};
-use crate::output::one_line;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
@@ -195,7 +194,7 @@ pub async fn exec(
         };
         let (token, _, _, warning) = answer;
         if !warning.is_empty() {
-            eprintln!("tokctl: warning: {}", one_line(&warning));
+            crate::say::warning(&warning);
         }
         env.push((binding.var, token));
     }

@@ -9,7 +9,6 @@
 
 use crate::Deadline;
 use crate::failure::{Failure, exit};
-use crate::output::one_line;
 use std::io::Read;
 use std::time::Duration;
 use tokd_shared::ManagerProxy;
@@ -109,7 +108,7 @@ pub async fn answer(
                 ));
             }
             if !warning.is_empty() {
-                eprintln!("tokctl: warning: {}", one_line(&warning));
+                crate::say::warning(&warning);
             }
             Ok(credential(
                 username,
@@ -124,10 +123,10 @@ pub async fn answer(
                 // next `get`. A token already replaced needs nothing.
                 Some(refused) if refused == password => {
                     deadline.bound(proxy.refresh(name)).await??;
-                    eprintln!(
-                        "tokctl: {}://{} refused the token of `{name}`; tokd refreshed it",
+                    crate::say::line(&format!(
+                        "{}://{} refused the token of `{name}`; tokd refreshed it",
                         request.protocol, request.host
-                    );
+                    ));
                 }
                 _ => {}
             }
@@ -144,9 +143,11 @@ fn credential(
     password: &str,
     expires_at: i64,
 ) -> String {
+    // A line break would add lines to git's answer; nothing hidden either.
+    let fit = |name: &String| !name.is_empty() && !name.chars().any(tokd_shared::text::hidden);
     let username = Some(consumer_username)
-        .filter(|name| !name.is_empty())
-        .or(git_username.filter(|name| !name.is_empty() && !name.contains('\n')))
+        .filter(fit)
+        .or(git_username.filter(fit))
         .unwrap_or_else(|| FALLBACK_USERNAME.to_owned());
     let mut out = format!("username={username}\npassword={password}\n");
     if expires_at > 0 {

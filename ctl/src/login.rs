@@ -5,9 +5,9 @@
 
 use crate::failure::{Failure, exit};
 use crate::output::expiry_phrase;
+use crate::say;
 use crate::{DEFAULT_LOGIN_WAIT, Deadline, now};
 use futures_util::StreamExt;
-use std::io::Write;
 use std::time::Duration;
 use tokd_shared::{Error, ManagerProxy};
 
@@ -77,10 +77,10 @@ async fn complete(
         code
     };
     let expires_at = deadline.bound(proxy.complete_login(name, &code)).await??;
-    eprintln!(
-        "tokctl: logged in: `{name}` holds a token; {}",
+    say::line(&format!(
+        "logged in: `{name}` holds a token; {}",
         expiry_phrase(expires_at, now())
-    );
+    ));
     Ok(String::new())
 }
 
@@ -109,23 +109,27 @@ async fn browser(
         .bound(proxy.begin_login_within(name, secs))
         .await??;
     if open && open_in_browser(&url) {
-        eprintln!("tokctl: opened the login page of `{name}` in your browser");
+        say::line(&format!(
+            "opened the login page of `{name}` in your browser"
+        ));
     } else {
         // The URL is the result a human without a browser needs: stdout,
         // at once, since the wait follows.
-        print_now(&format!("{url}\n"));
-        eprintln!("tokctl: open the URL above in a browser to log in to `{name}`");
+        say::out(&format!("{url}\n"));
+        say::line(&format!(
+            "open the URL above in a browser to log in to `{name}`"
+        ));
     }
     if !listening {
-        eprintln!(
-            "tokctl: then run `tokctl login {name} --code CODE` with the `code` from the address the browser lands on"
-        );
+        say::line(&format!(
+            "then run `tokctl login {name} --code CODE` with the `code` from the address the browser lands on"
+        ));
         return Ok(String::new());
     }
-    eprintln!(
-        "tokctl: waiting up to {} for the browser…",
+    say::line(&format!(
+        "waiting up to {} for the browser…",
         humantime::format_duration(wait)
-    );
+    ));
     finish(finished, owner, name, wait, "the browser").await
 }
 
@@ -149,20 +153,20 @@ async fn device(
             Err(error) => return Err(error.into()),
         };
     if trying {
-        eprintln!(
-            "tokctl: no display here, so `{name}` logs in with a code entered on another device (`--no-browser` for the browser flow)"
-        );
+        say::line(&format!(
+            "no display here, so `{name}` logs in with a code entered on another device (`--no-browser` for the browser flow)"
+        ));
     }
     // The address to open, for a human or for a QR code maker: stdout.
-    print_now(&format!(
+    say::out(&format!(
         "{}\n",
         if complete.is_empty() { &uri } else { &complete }
     ));
     let left = u64::try_from(expires_at - now()).unwrap_or(0);
-    eprintln!(
-        "tokctl: to log in to `{name}`, open {uri} on any device and enter the code {user_code} (it expires in {})",
+    say::line(&format!(
+        "to log in to `{name}`, open {uri} on any device and enter the code {user_code} (it expires in {})",
         humantime::format_duration(Duration::from_secs(left))
-    );
+    ));
     // A little past the code's expiry: tokd says when it has expired.
     let wait = timeout.unwrap_or(Duration::from_secs(left) + DEVICE_GRACE);
     finish(finished, owner, name, wait, "the provider").await
@@ -219,7 +223,7 @@ async fn finish(
     };
     match tokio::time::timeout(wait, answer).await {
         Ok(Some((true, message))) => {
-            eprintln!("tokctl: {message}");
+            say::line(&message);
             Ok(String::new())
         }
         Ok(Some((false, message))) => Err(Failure::new(exit::NEEDS_LOGIN, message)),
@@ -235,13 +239,6 @@ async fn finish(
             ),
         )),
     }
-}
-
-fn print_now(text: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush());
 }
 
 pub fn has_display() -> bool {

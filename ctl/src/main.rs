@@ -12,14 +12,12 @@ mod failure;
 mod git;
 mod login;
 mod output;
+mod say;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use failure::{Failure, exit};
-use output::{
-    JsonInstallation, JsonStatus, details, expiry_phrase, format_token, one_line, table, to_json,
-};
+use output::{JsonInstallation, JsonStatus, details, expiry_phrase, format_token, table, to_json};
 use std::future::Future;
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokd_shared::ManagerProxy;
@@ -230,7 +228,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(error) => {
-            eprintln!("{}", usage_line(&error));
+            say::raw_line(&usage_line(&error));
             return ExitCode::from(exit::USAGE);
         }
     };
@@ -243,12 +241,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command, cli.timeout)) {
         Ok(output) => {
-            let mut stdout = std::io::stdout().lock();
-            if stdout
-                .write_all(output.as_bytes())
-                .and_then(|()| stdout.flush())
-                .is_err()
-            {
+            if !say::out(&output) {
                 // A closed pipe: nothing sensible left to say.
                 return ExitCode::from(exit::OTHER);
             }
@@ -281,7 +274,7 @@ fn usage_line(error: &clap::Error) -> String {
 }
 
 fn fail(failure: &Failure) -> ExitCode {
-    eprintln!("tokctl: {}", one_line(&failure.message));
+    say::line(&failure.message);
     ExitCode::from(failure.status)
 }
 
@@ -327,7 +320,7 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             let (token, expires_at, token_type, warning) =
                 deadline.bound(proxy.get_token(&name, secs)).await??;
             if !warning.is_empty() {
-                eprintln!("tokctl: warning: {}", one_line(&warning));
+                say::warning(&warning);
             }
             Ok(format_token(&token, expires_at, &token_type, format, now()))
         }
@@ -390,20 +383,20 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
         }
         Command::Refresh { name } => {
             let expires_at = deadline.bound(proxy.refresh(&name)).await??;
-            eprintln!(
-                "tokctl: refreshed `{name}`; {}",
+            say::line(&format!(
+                "refreshed `{name}`; {}",
                 expiry_phrase(expires_at, now())
-            );
+            ));
             Ok(String::new())
         }
         Command::Revoke { name } => {
             let message = deadline.bound(proxy.revoke(&name)).await??;
-            eprintln!("tokctl: {message}");
+            say::line(&message);
             Ok(String::new())
         }
         Command::Reload => {
             let summary = deadline.bound(proxy.reload()).await??;
-            eprintln!("tokctl: reloaded: {summary}");
+            say::line(&format!("reloaded: {summary}"));
             Ok(String::new())
         }
         Command::Exec {
@@ -430,9 +423,9 @@ async fn say_none_configured(proxy: &ManagerProxy<'_>, deadline: &Deadline) {
         Ok(Ok(path)) if !path.is_empty() => path,
         _ => "tokd's config file".to_owned(),
     };
-    eprintln!(
-        "tokctl: no installations are configured; add one to {path} (see `man tokd.conf`), then run `tokctl reload`"
-    );
+    say::line(&format!(
+        "no installations are configured; add one to {path} (see `man tokd.conf`), then run `tokctl reload`"
+    ));
 }
 
 /// When tokctl gives up on tokd.
@@ -504,11 +497,11 @@ fn served_by_this_user(stream: &std::os::unix::net::UnixStream, path: &std::path
     match rustix::net::sockopt::socket_peercred(stream) {
         Ok(credentials) if credentials.uid == own => true,
         Ok(credentials) => {
-            eprintln!(
-                "tokctl: warning: {} is served by uid {}, not by you; not using it (check that $XDG_RUNTIME_DIR is yours and mode 700)",
+            say::warning(&format!(
+                "{} is served by uid {}, not by you; not using it (check that $XDG_RUNTIME_DIR is yours and mode 700)",
                 path.display(),
                 credentials.uid.as_raw()
-            );
+            ));
             false
         }
         Err(_) => false,

@@ -6,9 +6,7 @@ use serde::Serialize;
 use std::time::Duration;
 use tokd_shared::InstallationInfo;
 
-pub fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
+use crate::say::one_line;
 
 pub fn format_token(
     token: &str,

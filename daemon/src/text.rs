@@ -1,6 +1,8 @@
 //! Text from outside tokd (a provider's error, a secret command's stderr)
 //! made fit to show a human: one line, no markup, no control characters,
-//! bounded. The lowest room: it depends on nothing of tokd's.
+//! bounded. The lowest room: it depends on nothing of tokd's (which
+//! characters never reach a screen is `tokd_shared::text`'s rule, which
+//! tokctl's output keeps too).
 
 /// Makes provider text safe to show: no control characters, no markup,
 /// at most `limit` characters.
@@ -25,6 +27,9 @@ pub fn sanitize(text: &str, limit: usize) -> String {
                     last_space = true;
                 }
             }
+            // Bidirectional controls and invisible characters: gone (an
+            // error description could otherwise show reversed).
+            c if tokd_shared::text::hidden(c) => {}
             c => {
                 out.push(c);
                 last_space = false;
@@ -59,5 +64,11 @@ mod tests {
             format!("{}…", "x".repeat(10))
         );
         assert_eq!(sanitize("   ", 10), "");
+        // Shown reversed, or with invisible parts: neither.
+        assert_eq!(
+            sanitize("invalid \u{202E}tnega-resu\u{202C} client\u{200B}", 80),
+            "invalid tnega-resu client"
+        );
+        assert_eq!(sanitize("a\u{9b}31mb\u{2066}c", 80), "a 31mbc");
     }
 }

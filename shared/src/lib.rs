@@ -5,6 +5,7 @@
 //! a client (tokctl, a desktop program) compiles only this.
 
 pub mod socket;
+pub mod text;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -269,6 +269,9 @@ pub enum Mangle {
     NumericAccessToken,
     /// The access token with a CR LF and a header line after it.
     HeaderInAccessToken,
+    /// A `scope` with a window-title escape, a screen clear, an OSC 8
+    /// link and a right-to-left override among the real scopes.
+    HostileScope,
 }
 
 /// A fault injected into the next token (or revocation) request.

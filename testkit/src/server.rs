@@ -762,6 +762,14 @@ async fn mangled(response: HttpResponse, mangle: Mangle) -> HttpResponse {
             value["access_token"] = json!(12345);
             value.to_string().into_bytes()
         }
+        Mangle::HostileScope => {
+            let mut value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let scopes = value["scope"].as_str().unwrap_or_default().to_owned();
+            value["scope"] = json!(format!(
+                "{scopes} \u{1b}]0;owned\u{7} \u{1b}[2J \u{1b}]8;;https://evil.example\u{1b}\\link \u{202E}nimda"
+            ));
+            value.to_string().into_bytes()
+        }
         Mangle::HeaderInAccessToken => {
             let mut value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let token = value["access_token"]

@@ -119,16 +119,30 @@ pub fn parse_device_authorization(body: &[u8]) -> Result<DeviceAuthorization, St
             .and_then(|text| Url::parse(&text).ok())
             .filter(|url| matches!(url.scheme(), "https" | "http"))
     };
+    // `https://accounts.google.com@evil.example/` shows one host and opens
+    // another: an address with a user part is refused.
+    let userinfo = |url: &Option<Url>| {
+        url.as_ref()
+            .is_some_and(|url| !url.username().is_empty() || url.password().is_some())
+    };
+    let (plain, complete) = (
+        web(raw.verification_uri.clone()).or_else(|| web(raw.verification_url.clone())),
+        web(raw.verification_uri_complete.clone()),
+    );
+    if userinfo(&plain) || userinfo(&complete) {
+        return Err(
+            "the verification_uri has a user part before an `@`, which makes an address look like another's; refused"
+                .to_owned(),
+        );
+    }
     let device_code = text(raw.device_code).ok_or("the answer has no device_code")?;
     let user_code = text(raw.user_code).ok_or("the answer has no user_code")?;
-    let verification_uri = web(raw.verification_uri)
-        .or_else(|| web(raw.verification_url))
-        .ok_or("the answer has no usable verification_uri")?;
+    let verification_uri = plain.ok_or("the answer has no usable verification_uri")?;
     Ok(DeviceAuthorization {
         device_code: DeviceCode::new(device_code),
         user_code: sanitize(&user_code, 64),
         verification_uri,
-        verification_uri_complete: web(raw.verification_uri_complete),
+        verification_uri_complete: complete,
         expires_in: seconds(raw.expires_in)
             .filter(|s| *s > 0)
             .map_or(DEFAULT_EXPIRY, Duration::from_secs)
@@ -185,5 +199,25 @@ mod tests {
             "{:?}",
             escaped.user_code
         );
+        for field in [
+            "verification_uri",
+            "verification_url",
+            "verification_uri_complete",
+        ] {
+            let mut body = serde_json::json!({
+                "device_code": "D", "user_code": "U",
+                "verification_uri": "https://accounts.example.com/device",
+            });
+            if field == "verification_url" {
+                // Google's older name, read when the standard one is absent.
+                body.as_object_mut()
+                    .expect("object")
+                    .remove("verification_uri");
+            }
+            body[field] = "https://accounts.google.com@127.0.0.1:8080/device".into();
+            let error =
+                parse_device_authorization(body.to_string().as_bytes()).expect_err("a user part");
+            assert!(error.contains("user part"), "{field}: {error}");
+        }
     }
 }

@@ -116,9 +116,18 @@ fn parse_expires_in(value: Option<&Value>) -> Option<Duration> {
 }
 
 fn parse_scopes(value: Option<&Value>) -> Option<Vec<String>> {
+    // RFC 6749 §3.3: a scope is printable ASCII but space, `"` and `\`.
+    // Anything else (an escape sequence, a bidi control) is not a scope
+    // and is dropped: scopes are shown to users and sent over D-Bus.
+    let scope_token = |scope: &&str| {
+        !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| matches!(b, 0x21 | 0x23..=0x5b | 0x5d..=0x7e))
+    };
     let split = |text: &str| -> Vec<String> {
         text.split(|c: char| c.is_whitespace() || c == ',')
-            .filter(|scope| !scope.is_empty())
+            .filter(scope_token)
             .map(str::to_owned)
             .collect()
     };

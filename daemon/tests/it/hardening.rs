@@ -885,3 +885,60 @@ async fn client_credentials_never_say_a_grant_may_be_lost() {
     })
     .await;
 }
+
+/// Provider text that would take over a terminal: scopes with a window
+/// title escape, a screen clear, an OSC 8 link and a right-to-left
+/// override, and an error description that reads backwards. No control,
+/// bidi or invisible character reaches tokctl's output or D-Bus's scopes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_text_never_reaches_a_terminal_raw() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        world.login("a").await;
+        world
+            .emulator
+            .fail_next(1, Fault::mangled(Mangle::HostileScope));
+        let out = world.tokctl(&["refresh", "a"]).await;
+        assert_eq!(out.status, 0, "{out:?}");
+        let hidden = |text: &str| text.chars().any(tokd_shared::text::hidden);
+        let (_connection, proxy) = world.proxy().await;
+        let info = proxy.status("a").await.expect("Status");
+        assert!(!hidden(&info.scopes), "{:?}", info.scopes);
+        assert!(info.scopes.contains("read"), "{:?}", info.scopes);
+        for args in [
+            &["status", "a"][..],
+            &["status", "a", "--json"],
+            &["list"],
+            &["list", "--json"],
+        ] {
+            let out = world.tokctl(args).await;
+            assert_eq!(out.status, 0, "{args:?}: {out:?}");
+            for text in [&out.stdout, &out.stderr] {
+                let shown: String = text.chars().filter(|c| *c != '\n').collect();
+                assert!(!hidden(&shown), "{args:?}: {text:?}");
+                assert!(!text.contains("evil.example"), "{args:?}: {text:?}");
+            }
+        }
+
+        // An error description that would read backwards.
+        world.emulator.fail_next(
+            1,
+            Fault::status(
+                503,
+                FaultBody::Json(
+                    "{\"error\":\"temporarily_unavailable\",\"error_description\":\"try \\u202Eniaga retal\\u200B \\u001b[2J\"}"
+                        .to_owned(),
+                ),
+            ),
+        );
+        let out = world.tokctl(&["refresh", "a"]).await;
+        assert_eq!(out.status, 5, "{out:?}");
+        assert!(out.stderr.contains("niaga retal"), "{out:?}");
+        let shown: String = out.stderr.chars().filter(|c| *c != '\n').collect();
+        assert!(!hidden(&shown), "{:?}", out.stderr);
+        let status = world.tokctl(&["status", "a"]).await;
+        let shown: String = status.stdout.chars().filter(|c| *c != '\n').collect();
+        assert!(!hidden(&shown), "{:?}", status.stdout);
+    })
+    .await;
+}

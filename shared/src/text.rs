@@ -1,0 +1,71 @@
+//! Text from outside (a provider's scopes, errors and addresses) made safe
+//! to show on a terminal: tokd's sanitizer and tokctl's output use the same
+//! rule for which characters never reach a screen.
+
+/// Whether `c` must not reach a terminal as it is: a control character
+/// (C0, DEL, C1: escape sequences, which retitle windows, clear screens
+/// or print links, start with one), a bidirectional control (which shows
+/// text in another order than it is read), or an invisible character
+/// (zero-width spaces and joiners, the word joiner, the byte order mark,
+/// the soft hyphen, line and paragraph separators).
+pub fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{206A}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
+/// `text` with every [`hidden`] character gone, except line breaks
+/// (kept, for text of several lines); whitespace among them (tab, CR, the
+/// line separators) becomes a space.
+pub fn for_terminal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push('\n'),
+            c if hidden(c) && c.is_whitespace() => out.push(' '),
+            c if hidden(c) => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_bidi_and_invisible_characters_never_reach_a_terminal() {
+        let attacks = [
+            ("\u{1b}]0;owned\u{7}read", "]0;ownedread"),
+            ("\u{1b}[2Jread", "[2Jread"),
+            (
+                "\u{1b}]8;;https://evil.example\u{1b}\\click\u{1b}]8;;\u{1b}\\",
+                "]8;;https://evil.example\\click]8;;\\",
+            ),
+            ("\u{9b}31mred", "31mred"),
+            ("abc\u{202E}fed", "abcfed"),
+            ("a\u{2066}b\u{2069}c\u{200F}", "abc"),
+            ("to\u{200B}ken\u{FEFF}", "token"),
+            ("tab\there\rcr", "tab here cr"),
+            ("two\nlines\u{2028}sep", "two\nlines sep"),
+        ];
+        for (given, shown) in attacks {
+            assert_eq!(for_terminal(given), shown, "{given:?}");
+        }
+        for fine in ["read write", "Müller's café — ok", "日本語", "repo:status"] {
+            assert_eq!(for_terminal(fine), fine);
+        }
+    }
+}
