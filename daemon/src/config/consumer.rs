@@ -112,9 +112,15 @@ impl Consumer {
     /// plain HTTP to this machine needs, since any local user can listen
     /// on a loopback port (a `git_hosts` entry without a port, or the
     /// consumer's own loopback endpoints, are not enough).
+    /// Only an IP address counts (127.0.0.1, ::1): `localhost:8080`
+    /// resolves to both, and a git server listening on one leaves the
+    /// other's port to anyone.
     pub fn names_git_port(&self, host: &str) -> bool {
         let (name, port) = split_host(host);
         port.is_some()
+            && name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
             && self.git_hosts.iter().any(|known| {
                 let (known_name, known_port) = split_host(known);
                 known_name.eq_ignore_ascii_case(name) && known_port == port

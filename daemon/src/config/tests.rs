@@ -316,6 +316,16 @@ git_hosts = ["127.0.0.1:8080", "[::1]:8080", "localhost", "git.example.com:8443"
     assert!(dev.names_git_port("[::1]:8080") && !dev.names_git_port("[::1]:8081"));
     assert!(dev.serves_git_host("localhost:31337"), "https to any port");
     assert!(!dev.names_git_port("localhost:31337"), "but not plain HTTP");
+    // `localhost` is two addresses: a server on 127.0.0.1 leaves the port
+    // on ::1 to anyone, so plain HTTP goes to IP addresses only.
+    let named = parse(
+        r#"[consumers.n]
+token_url = "https://sso.example.com/token"
+client_id = "id"
+git_hosts = ["localhost:8080"]
+"#,
+    );
+    assert!(!named.consumers["n"].names_git_port("localhost:8080"));
     assert!(dev.serves_git_host("git.example.com:8443"));
     assert!(!dev.serves_git_host("git.example.com"));
     refused(
