@@ -548,33 +548,37 @@ async fn a_planted_item_beside_tokds_own_is_never_served() {
         while second() <= written {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let mut store = tokio::process::Command::new("secret-tool")
-            .args([
+        // One with tokd's attributes and one more; one with exactly tokd's
+        // attributes but another installation's name outside.
+        for (installation, extra) in [("a", ["planted", "yes"]), ("decoy", ["", ""])] {
+            let mut args = vec![
                 "store",
                 "--label",
                 "tokd: a (acme)",
                 "application",
                 "tokd",
                 "installation",
-                "a",
+                installation,
                 "consumer",
                 "acme",
-                "planted",
-                "yes",
-            ])
-            .envs(world.home.env(&world.bus))
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("secret-tool (Debian: libsecret-tools)");
-        use tokio::io::AsyncWriteExt as _;
-        let mut stdin = store.stdin.take().expect("stdin");
-        stdin
-            .write_all(planted.to_string().as_bytes())
-            .await
-            .expect("the planted secret");
-        drop(stdin);
-        assert!(store.wait().await.expect("secret-tool").success());
-        assert_eq!(gnome.items().await.len(), 2);
+            ];
+            args.extend(extra.iter().filter(|word| !word.is_empty()));
+            let mut store = tokio::process::Command::new("secret-tool")
+                .args(&args)
+                .envs(world.home.env(&world.bus))
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("secret-tool (Debian: libsecret-tools)");
+            use tokio::io::AsyncWriteExt as _;
+            let mut stdin = store.stdin.take().expect("stdin");
+            stdin
+                .write_all(planted.to_string().as_bytes())
+                .await
+                .expect("the planted secret");
+            drop(stdin);
+            assert!(store.wait().await.expect("secret-tool").success());
+        }
+        assert_eq!(gnome.items().await.len(), 3);
         for round in 0..5 {
             assert!(world.tokd().terminate().success());
             world.start_tokd().await;

@@ -355,7 +355,7 @@ impl SecretService {
                 .len();
         for (path, tokens) in found {
             let rank = if several {
-                self.rank(path.clone()).await
+                self.rank(path.clone(), &tokens.installation).await
             } else {
                 Rank::default()
             };
@@ -389,7 +389,7 @@ impl SecretService {
 
     /// How much an item looks like tokd's own, for choosing among several
     /// for one installation.
-    async fn rank(&self, path: OwnedObjectPath) -> Rank {
+    async fn rank(&self, path: OwnedObjectPath, installation: &str) -> Rank {
         let Ok(item) = self.item(path).await else {
             return Rank::default();
         };
@@ -401,8 +401,11 @@ impl SecretService {
             .filter(|name| !name.starts_with("xdg:"))
             .collect();
         names.sort_unstable();
+        // And it names, outside, the installation its secret names inside:
+        // an item labelled for another installation is not this one's.
         let own = names == ["application", "consumer", "installation"]
-            && attributes.get("application").map(String::as_str) == Some(APPLICATION);
+            && attributes.get("application").map(String::as_str) == Some(APPLICATION)
+            && attributes.get("installation").map(String::as_str) == Some(installation);
         Rank {
             own,
             modified: item.modified().await.unwrap_or(0),
