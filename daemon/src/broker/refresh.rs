@@ -235,7 +235,14 @@ impl Refresher {
             installations.change(slot, &mut inner, |installation, _| {
                 installation.begin_request();
             });
-            inner.installation.record.refresh_token.clone()
+            // Client credentials never use one, even one kept by an
+            // earlier tokd.
+            match spec.grant() {
+                crate::config::Grant::AuthorizationCode => {
+                    inner.installation.record.refresh_token.clone()
+                }
+                crate::config::Grant::ClientCredentials => None,
+            }
         };
         let consumer = &spec.consumer;
         debug!(installation = %slot.name, "asking the provider for a token");

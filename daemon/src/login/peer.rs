@@ -55,9 +55,15 @@ pub fn uid_of_peer(local: SocketAddr, peer: SocketAddr) -> std::io::Result<Optio
     let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&answer[..size])
         .map_err(|error| Error::new(ErrorKind::InvalidData, error.to_string()))?;
     match message.payload {
+        // The very connection: established, from `peer` to `local` (the
+        // kernel's lookup falls back to a listening socket on the peer's
+        // address when the connection has gone).
         NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response))
-            if response.header.socket_id.source_address == peer.ip()
-                && response.header.socket_id.source_port == peer.port() =>
+            if response.header.state == TCP_ESTABLISHED
+                && response.header.socket_id.source_address == peer.ip()
+                && response.header.socket_id.source_port == peer.port()
+                && response.header.socket_id.destination_address == local.ip()
+                && response.header.socket_id.destination_port == local.port() =>
         {
             Ok(Some(response.header.uid))
         }
@@ -78,6 +84,8 @@ fn request_header() -> NetlinkHeader {
 
 /// What the kernel answers when no socket has those addresses.
 const ENOENT: i32 = 2;
+/// `TCP_ESTABLISHED` in the kernel's TCP states.
+const TCP_ESTABLISHED: u8 = 1;
 
 #[cfg(test)]
 mod tests {
