@@ -118,6 +118,8 @@ fn interpreted_at_start(var: &str) -> Option<&'static str> {
         "TMPDIR",
         "GLOBIGNORE",
         "HISTFILE",
+        "PS0",
+        "ZDOTDIR",
     ];
     const RUNTIMES: &[&str] = &[
         "PERL5OPT",
@@ -145,6 +147,21 @@ fn interpreted_at_start(var: &str) -> Option<&'static str> {
         "RESOLV_HOST_CONF",
         "MALLOC_CHECK_",
         "MALLOC_TRACE",
+        "GIT_CONFIG_PARAMETERS",
+        "GIT_PAGER",
+        "GIT_EDITOR",
+        "GIT_ASKPASS",
+        "SSH_ASKPASS",
+        "EDITOR",
+        "VISUAL",
+        "PAGER",
+        "BROWSER",
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
     ];
     if var.starts_with("LD_") {
         Some("the dynamic loader reads `LD_*` variables when the command starts")
@@ -156,8 +173,11 @@ fn interpreted_at_start(var: &str) -> Option<&'static str> {
         || var == "LANGUAGE"
     {
         Some("the C library reads it when the command starts")
-    } else if RUNTIMES.contains(&var) {
-        Some("a language runtime or git reads it when the command starts and may run what it names")
+    } else if RUNTIMES.contains(&var) || var.starts_with("LUA_INIT") || var.starts_with("GIT_TRACE")
+    {
+        Some(
+            "a language runtime, git or another common tool reads it and may run, load or send what it names",
+        )
     } else {
         None
     }
@@ -281,6 +301,11 @@ mod tests {
             "PYTHONSTARTUP",
             "NODE_OPTIONS",
             "GIT_SSH_COMMAND",
+            "PS0",
+            "LUA_INIT",
+            "GIT_TRACE",
+            "https_proxy",
+            "EDITOR",
         ] {
             for envs in [vec![var.to_owned()], vec![format!("gh={var}")]] {
                 let envs: Vec<&str> = envs.iter().map(String::as_str).collect();

@@ -7,14 +7,23 @@
 /// or print links, start with one), a bidirectional control (which shows
 /// text in another order than it is read), or an invisible character
 /// (zero-width spaces and joiners, the word joiner, the byte order mark,
-/// the soft hyphen, line and paragraph separators).
+/// the soft hyphen, line and paragraph separators, the combining grapheme
+/// joiner, Hangul and Mongolian fillers, variation selectors and tag
+/// characters).
 pub fn hidden(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
             '\u{00AD}'
+                | '\u{034F}'
                 | '\u{061C}'
-                | '\u{180E}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FFA0}'
+                | '\u{E0000}'..='\u{E0FFF}'
                 | '\u{200B}'..='\u{200F}'
                 | '\u{2028}'..='\u{202E}'
                 | '\u{2060}'..='\u{2064}'
@@ -58,6 +67,7 @@ mod tests {
             ("abc\u{202E}fed", "abcfed"),
             ("a\u{2066}b\u{2069}c\u{200F}", "abc"),
             ("to\u{200B}ken\u{FEFF}", "token"),
+            ("t\u{034F}o\u{3164}k\u{FE0F}e\u{E0041}n\u{115F}", "token"),
             ("tab\there\rcr", "tab here cr"),
             ("two\nlines\u{2028}sep", "two\nlines sep"),
         ];
