@@ -273,6 +273,7 @@ impl Installation {
             }
             Ok(Loaded::Found(mut record)) if record.access_token.is_some() => {
                 record.issued_for = record.issued_for.map(|_| spec.identity());
+                expire_if_unprintable(&mut record);
                 (record, State::Valid)
             }
             // The tokens are in the keyring: read at start, or when it is
@@ -327,6 +328,7 @@ impl Installation {
         self.keyring_down = None;
         self.record.access_token = access;
         self.record.refresh_token = refresh;
+        expire_if_unprintable(&mut self.record);
         if self.record.access_token.is_some() && matches!(self.state, State::Empty(_)) {
             self.state = State::Valid;
         }
@@ -595,6 +597,20 @@ impl Installation {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+}
+
+/// A kept access token with a character outside RFC 6749's VSCHAR (kept
+/// before tokd checked answers for them; a CR LF in one would add a
+/// header where it is sent) is taken as expired: it is never served, and
+/// the next get or the schedule replaces it.
+fn expire_if_unprintable(record: &mut Record) {
+    if record
+        .access_token
+        .as_ref()
+        .is_some_and(|token| !crate::oauth::vschar_only(token.expose()))
+    {
+        record.expires_at = Some(SystemTime::UNIX_EPOCH);
     }
 }
 

@@ -29,7 +29,7 @@ pub use error::{ErrorKind, OAuthError, classify};
 pub use post::parse_retry_after;
 pub use response::{
     DEFAULT_LIFETIME, ErrorResponse, MAX_LIFETIME, ParseError, TokenResponse, parse_error_response,
-    parse_token_response,
+    parse_token_response, vschar_only,
 };
 
 use crate::config::Consumer;

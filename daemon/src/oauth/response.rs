@@ -77,7 +77,7 @@ pub enum ParseError {
 
 /// Whether `token` is made of RFC 6749's VSCHAR (%x20-7E) only (Appendix
 /// A.12, A.17).
-fn vschar_only(token: &str) -> bool {
+pub fn vschar_only(token: &str) -> bool {
     token.bytes().all(|byte| (0x20..=0x7e).contains(&byte))
 }
 

@@ -942,3 +942,31 @@ async fn provider_text_never_reaches_a_terminal_raw() {
     })
     .await;
 }
+
+/// A token kept before tokd checked answers for unprintable characters
+/// (here: a state file with a CR LF in its access token) is never served
+/// after a restart: it counts as expired, and the first get refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_token_with_a_line_break_is_replaced_not_served() {
+    within(async {
+        let mut world = World::start(Behaviour::bitbucket_classic()).await;
+        world.login("a").await;
+        let held = world.get("a").await;
+        assert!(world.tokd().terminate().success());
+        let path = world.home.state_dir().join("a.json");
+        let mut record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("state file"))
+                .expect("json");
+        record["access_token"] = format!("{held}\r\nX-Injected: yes").into();
+        std::fs::write(&path, record.to_string()).expect("edit");
+        set_mode(&path, 0o600);
+        let refreshes = world.emulator.counters().refresh_token;
+        world.start_tokd().await;
+        let header = world.tokctl(&["get", "a", "--format", "header"]).await;
+        assert_eq!(header.status, 0, "{header:?}\n{}", world.log());
+        assert!(!header.stdout.contains("X-Injected"), "{header:?}");
+        assert_eq!(header.stdout.lines().count(), 1, "{header:?}");
+        assert_eq!(world.emulator.counters().refresh_token, refreshes + 1);
+    })
+    .await;
+}
