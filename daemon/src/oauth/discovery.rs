@@ -205,7 +205,11 @@ pub fn check(
         document.device_authorization_endpoint.as_ref(),
     ];
     for endpoint in endpoints.into_iter().flatten() {
-        let plain_http = endpoint.scheme() == "http" && !is_loopback(endpoint);
+        // Plain HTTP to this machine only for an issuer on this machine: a
+        // remote issuer's document naming a loopback endpoint would send
+        // the client secret to whoever listens there.
+        let plain_http =
+            endpoint.scheme() == "http" && !(is_loopback(endpoint) && is_loopback(issuer));
         if plain_http || !matches!(endpoint.scheme(), "http" | "https") {
             return refuse(format!(
                 "the discovery document {url} names the endpoint {endpoint}, which is not https; refusing it"
@@ -272,6 +276,17 @@ mod tests {
         let mut plain = document("https://id.example.com");
         plain.token_endpoint = url("http://id.example.com/token");
         assert!(check(&issuer, &at, plain).is_err());
+        // A remote issuer naming an endpoint on this machine over plain
+        // HTTP: refused; a loopback issuer (a local test server) may.
+        let mut local = document("https://id.example.com");
+        local.token_endpoint = url("http://127.0.0.1:8080/token");
+        assert!(check(&issuer, &at, local).is_err());
+        let loopback = url("http://127.0.0.1:8080");
+        let mut both = document("http://127.0.0.1:8080");
+        both.token_endpoint = url("http://127.0.0.1:8080/token");
+        both.authorization_endpoint = None;
+        both.device_authorization_endpoint = None;
+        assert!(check(&loopback, &at, both).is_ok());
     }
 
     #[test]
