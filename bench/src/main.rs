@@ -1708,6 +1708,8 @@ async fn client_credentials(
 /// Sockets held open during the login flood: this many connected loopback
 /// pairs (two sockets each) fill the kernel's socket table.
 const FLOOD_PAIRS: usize = 10_000;
+/// Pairs per holding process.
+const HOLDER_PAIRS: usize = 400;
 
 /// A connect loop against an open login listener while 20,000 other
 /// sockets are open, and `tokctl get` of another installation meanwhile
@@ -1773,12 +1775,12 @@ async fn login_flood(bin: &Binaries, plan: &Plan, targets: &mut Vec<Target>) -> 
     }
 
     // 20,000 sockets: pairs connected over loopback, held by this process.
-    // Held by child processes of 1,000 pairs each: a process's descriptor
-    // limit is often 1,024 to 20,000.
+    // Held by child processes of 400 pairs (800 descriptors) each: a
+    // process's descriptor limit is 1,024 by default.
     let mut held = Vec::new();
-    for _ in 0..FLOOD_PAIRS / 1000 {
+    for _ in 0..FLOOD_PAIRS / HOLDER_PAIRS {
         let mut child = std::process::Command::new(std::env::current_exe()?)
-            .args(["--hold-sockets", "1000"])
+            .args(["--hold-sockets", &HOLDER_PAIRS.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
