@@ -1161,12 +1161,7 @@ fn poll_device(state: &mut State, request: &RecordedRequest, client_id: &str) ->
         Some(true) => {
             device.used = true;
             let scopes = device.scopes.clone();
-            state.grants.push(Grant {
-                client_id: client_id.to_owned(),
-                scopes: scopes.clone(),
-                revoked: false,
-            });
-            let grant = state.grants.len() as u64 - 1;
+            let grant = open_grant(state, client_id, &scopes);
             let refresh = issue_refresh(state, grant);
             let access = issue_access(state, Some(grant), client_id);
             token_body(state, &access, Some(&refresh), &scopes)
@@ -1211,12 +1206,7 @@ fn token(state: &mut State, request: &RecordedRequest) -> HttpResponse {
             state.counters.client_credentials += 1;
             let scopes = request.scopes();
             if state.behaviour.refresh_with_client_credentials {
-                state.grants.push(Grant {
-                    client_id: client_id.clone(),
-                    scopes: scopes.clone(),
-                    revoked: false,
-                });
-                let grant = state.grants.len() as u64 - 1;
+                let grant = open_grant(state, &client_id, &scopes);
                 let refresh = issue_refresh(state, grant);
                 let access = issue_access(state, Some(grant), &client_id);
                 return token_body(state, &access, Some(&refresh), &scopes);
@@ -1263,12 +1253,7 @@ fn exchange_code(state: &mut State, request: &RecordedRequest, client_id: &str) 
     }
     let scopes = issued.scopes.clone();
     let offline = issued.offline;
-    state.grants.push(Grant {
-        client_id: client_id.to_owned(),
-        scopes: scopes.clone(),
-        revoked: false,
-    });
-    let grant = state.grants.len() as u64 - 1;
+    let grant = open_grant(state, client_id, &scopes);
     let refresh = offline.then(|| issue_refresh(state, grant));
     let access = issue_access(state, Some(grant), client_id);
     token_body(state, &access, refresh.as_deref(), &scopes)
@@ -1350,6 +1335,16 @@ fn revoke(state: &mut State, request: &RecordedRequest) -> HttpResponse {
     }
     // RFC 7009 §2.2: 200 whether or not the token was known.
     respond(200, "application/json", "")
+}
+
+/// A new grant of `scopes` to `client_id`; its number.
+fn open_grant(state: &mut State, client_id: &str, scopes: &[String]) -> u64 {
+    state.grants.push(Grant {
+        client_id: client_id.to_owned(),
+        scopes: scopes.to_vec(),
+        revoked: false,
+    });
+    state.grants.len() as u64 - 1
 }
 
 fn issue_refresh(state: &mut State, grant: u64) -> String {
