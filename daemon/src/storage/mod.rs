@@ -90,6 +90,14 @@ pub struct Tokens {
     pub refresh_token: Option<RefreshToken>,
 }
 
+/// One keyring item holding an installation's tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    /// The keyring's name for the item (a Secret Service object path).
+    pub item: String,
+    pub tokens: Tokens,
+}
+
 /// Why the keyring could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyringError {
@@ -117,13 +125,16 @@ pub trait Keyring: std::fmt::Debug + Send + Sync {
     /// Asks the desktop to unlock it (its own dialog; tokd never asks for
     /// a password); whether it is unlocked now.
     fn unlock(&self) -> Pending<'_, bool>;
-    /// Every installation's tokens it keeps, by installation name.
-    fn read_all(&self) -> Pending<'_, HashMap<String, Tokens>>;
-    /// One installation's tokens (`None`: it keeps none).
-    fn read<'a>(&'a self, name: &'a str) -> Pending<'a, Option<Tokens>>;
-    /// Replaces one installation's tokens; returns once the write is
-    /// confirmed.
-    fn write<'a>(&'a self, consumer: &'a str, tokens: &'a Tokens) -> Pending<'a, ()>;
+    /// Every item holding an installation's tokens, grouped by
+    /// installation, each installation's in the order the keyring would
+    /// choose them (its own kind of item first, then the newest).
+    fn read_all(&self) -> Pending<'_, Vec<Kept>>;
+    /// The items holding one installation's tokens, in the same order
+    /// (empty: it keeps none).
+    fn read<'a>(&'a self, name: &'a str) -> Pending<'a, Vec<Kept>>;
+    /// Replaces one installation's tokens; returns the item they are in
+    /// once the write is confirmed.
+    fn write<'a>(&'a self, consumer: &'a str, tokens: &'a Tokens) -> Pending<'a, String>;
     /// Forgets one installation's tokens, if it keeps any.
     fn delete<'a>(&'a self, name: &'a str) -> Pending<'a, ()>;
 }
@@ -259,12 +270,57 @@ impl Storage {
 
     /// Every installation's tokens in the keyring, by name.
     pub async fn keyring_tokens(&self) -> Result<HashMap<String, Tokens>, KeyringError> {
-        self.keyring()?.read_all().await
+        let kept = self.keyring()?.read_all().await?;
+        Ok(self.choose(kept).await)
     }
 
     /// `name`'s tokens in the keyring (`None`: it keeps none).
     pub async fn keyring_tokens_of(&self, name: &str) -> Result<Option<Tokens>, KeyringError> {
-        self.keyring()?.read(name).await
+        let kept = self.keyring()?.read(name).await?;
+        Ok(self.choose(kept).await.remove(name))
+    }
+
+    /// One item per installation out of what the keyring holds. Where it
+    /// holds several for one installation (an older tokd's, one a renamed
+    /// consumer left, one planted by another program), the item tokd last
+    /// wrote, as its state file records, comes first; else the keyring's
+    /// order. The others are named in a warning. Never whichever the
+    /// keyring happened to list first.
+    async fn choose(&self, kept: Vec<Kept>) -> HashMap<String, Tokens> {
+        let mut chosen: HashMap<String, Tokens> = HashMap::with_capacity(kept.len());
+        let mut kept = kept.into_iter().peekable();
+        while let Some(first) = kept.next() {
+            let name = first.tokens.installation.clone();
+            let mut items = vec![first];
+            while let Some(next) = kept.next_if(|next| next.tokens.installation == name) {
+                items.push(next);
+            }
+            if items.len() > 1 {
+                let file = name.clone();
+                let recorded = self
+                    .blocking(move |folder| Ok(folder.recorded_item(&file)))
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(at) =
+                    recorded.and_then(|recorded| items.iter().position(|k| k.item == recorded))
+                {
+                    let own = items.remove(at);
+                    items.insert(0, own);
+                }
+                let others: Vec<&str> = items[1..].iter().map(|k| k.item.as_str()).collect();
+                warn!(
+                    installation = %name,
+                    used = %items[0].item,
+                    others = %others.join(", "),
+                    "the keyring holds more than one item for this installation; using the one tokd wrote last (its state file records it), else the one with exactly tokd's attributes, else the newest; remove the others with `secret-tool clear` or your keyring's manager"
+                );
+            }
+            if let Some(own) = items.into_iter().next() {
+                chosen.insert(name, own.tokens);
+            }
+        }
+        chosen
     }
 
     fn keyring(&self) -> Result<&Arc<dyn Keyring>, KeyringError> {
@@ -335,16 +391,21 @@ impl Storage {
                     access_token: record.access_token.clone(),
                     refresh_token: record.refresh_token.clone(),
                 };
-                self.keyring()?.write(consumer, &tokens).await?;
-                record.without_tokens()
+                let item = self.keyring()?.write(consumer, &tokens).await?;
+                (record.without_tokens(), Some(item))
             }
-            Store::File => Record {
-                store: Store::File,
-                ..record.clone()
-            },
+            Store::File => (
+                Record {
+                    store: Store::File,
+                    ..record.clone()
+                },
+                None,
+            ),
         };
         // Encoded here, written on the blocking pool.
-        let bytes = self.folder.encode(name, &file_record)?;
+        let bytes = self
+            .folder
+            .encode(name, &file_record.0, file_record.1.as_deref())?;
         drop(file_record);
         let file = name.to_owned();
         self.blocking(move |folder| folder.write_encoded(&file, &bytes))
@@ -380,9 +441,9 @@ impl Storage {
         let Ok(kept) = keyring.read_all().await else {
             return Vec::new();
         };
-        let mut removed = Vec::new();
-        for name in kept.keys().filter(|name| in_file(name)) {
-            if keyring.delete(name).await.is_ok() {
+        let mut removed: Vec<String> = Vec::new();
+        for name in kept.iter().map(|kept| &kept.tokens.installation) {
+            if in_file(name) && removed.last() != Some(name) && keyring.delete(name).await.is_ok() {
                 removed.push(name.clone());
             }
         }

@@ -311,14 +311,33 @@ impl StateFolder {
     /// the record survives a crash or power loss; when it returns Err, the
     /// previous record is still in place.
     pub fn save(&self, name: &str, record: &Record) -> Result<(), StateError> {
-        self.write_encoded(name, &self.encode(name, record)?)
+        self.write_encoded(name, &self.encode(name, record, None)?)
     }
 
     /// `record` as its state file holds it (the first half of
     /// [`StateFolder::save`]: `Storage` does it off the blocking pool, so
     /// that the pool's threads, which keep what they free, allocate little).
-    pub fn encode(&self, name: &str, record: &Record) -> Result<Zeroizing<Vec<u8>>, StateError> {
-        let mut bytes = Zeroizing::new(serde_json::to_vec_pretty(record).map_err(|error| {
+    /// `keyring_item`: the keyring item the tokens were written to, kept
+    /// in the file (not in memory) so that tokd prefers it should the
+    /// keyring hold others for this installation.
+    pub fn encode(
+        &self,
+        name: &str,
+        record: &Record,
+        keyring_item: Option<&str>,
+    ) -> Result<Zeroizing<Vec<u8>>, StateError> {
+        #[derive(Serialize)]
+        struct OnDisk<'a> {
+            #[serde(flatten)]
+            record: &'a Record,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            keyring_item: Option<&'a str>,
+        }
+        let on_disk = OnDisk {
+            record,
+            keyring_item,
+        };
+        let mut bytes = Zeroizing::new(serde_json::to_vec_pretty(&on_disk).map_err(|error| {
             StateError::Write {
                 path: self.path_of(name),
                 source: io::Error::other(error),
@@ -366,20 +385,40 @@ impl StateFolder {
         name: &str,
     ) -> Option<T> {
         let path = self.dir.join(kind).join(format!("{name}.json"));
+        let bytes = self.read_own(&path)?;
+        serde_json::from_slice(&bytes)
+            .inspect_err(|error| tracing::warn!(path = %path.display(), %error, "not using an unreadable document"))
+            .ok()
+    }
+
+    /// The keyring item `name`'s tokens were last written to, as its state
+    /// file says (`None`: none recorded, or the file cannot be read).
+    pub fn recorded_item(&self, name: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct ItemOnly {
+            #[serde(default)]
+            keyring_item: Option<String>,
+        }
+        let bytes = Zeroizing::new(self.read_own(&self.path_of(name))?);
+        serde_json::from_slice::<ItemOnly>(&bytes)
+            .ok()?
+            .keyring_item
+    }
+
+    /// The bytes of `path` if it is this user's regular file (no symlink
+    /// followed); `None` otherwise.
+    fn read_own(&self, path: &Path) -> Option<Vec<u8>> {
         let flags = rustix::fs::OFlags::RDONLY
             | rustix::fs::OFlags::CLOEXEC
             | rustix::fs::OFlags::NOFOLLOW
             | rustix::fs::OFlags::NONBLOCK;
-        let mut file = File::from(rustix::fs::open(&path, flags, rustix::fs::Mode::empty()).ok()?);
+        let mut file = File::from(rustix::fs::open(path, flags, rustix::fs::Mode::empty()).ok()?);
         let metadata = file.metadata().ok()?;
         if !metadata.is_file() || metadata.uid() != self.uid {
-            tracing::warn!(path = %path.display(), "not using a document that is not this user's regular file");
+            tracing::warn!(path = %path.display(), "not using a file that is not this user's regular file");
             return None;
         }
-        let bytes = read_all(&mut file, usize::try_from(metadata.len()).unwrap_or(0)).ok()?;
-        serde_json::from_slice(&bytes)
-            .inspect_err(|error| tracing::warn!(path = %path.display(), %error, "not using an unreadable document"))
-            .ok()
+        read_all(&mut file, usize::try_from(metadata.len()).unwrap_or(0)).ok()
     }
 
     /// Deletes `name`'s record (after a revocation). Missing is fine.

@@ -7,7 +7,7 @@
 use crate::support::{World, eventually, everything_in, within};
 use std::time::{Duration, Instant};
 use tokd::secret::{AccessToken, RefreshToken};
-use tokd::storage::{Keyring as _, KeyringError, SecretService, Tokens};
+use tokd::storage::{Kept, Keyring as _, KeyringError, SecretService, Tokens};
 use tokd_testkit::{Behaviour, GnomeKeyring, PrivateBus};
 
 fn secrets(name: &str, generation: u32) -> Tokens {
@@ -29,10 +29,14 @@ async fn the_client_saves_loads_replaces_deletes_and_sees_a_lock() {
 
         keyring.write("bb", &secrets("a", 1)).await.expect("save");
         keyring.write("bb", &secrets("b", 1)).await.expect("save");
-        keyring
+        let a_item = keyring
             .write("bb", &secrets("a", 2))
             .await
             .expect("replace");
+        let a_kept = vec![Kept {
+            item: a_item,
+            tokens: secrets("a", 2),
+        }];
         let items = gnome.items().await;
         assert_eq!(items.len(), 2, "replaced, not added: {items:?}");
         let a = items
@@ -43,18 +47,16 @@ async fn the_client_saves_loads_replaces_deletes_and_sees_a_lock() {
         assert_eq!(a.attributes["application"], "tokd");
         assert_eq!(a.attributes["consumer"], "bb");
         assert!(a.secret.contains("refresh-a-2"), "the newest tokens");
-        assert_eq!(
-            keyring.read("a").await.expect("load"),
-            Some(secrets("a", 2))
-        );
-        assert_eq!(keyring.read("c").await.expect("load"), None);
+        assert_eq!(keyring.read("a").await.expect("load"), a_kept);
+        assert_eq!(keyring.read("c").await.expect("load"), Vec::new());
         let all = keyring.read_all().await.expect("all");
         assert_eq!(all.len(), 2);
-        assert_eq!(all["b"], secrets("b", 1));
+        assert_eq!(all[1].tokens, secrets("b", 1), "by installation: {all:?}");
 
         gnome.lock().await;
         assert_eq!(keyring.ready().await, Err(KeyringError::Locked));
         assert_eq!(keyring.read("a").await, Err(KeyringError::Locked));
+
         assert_eq!(
             keyring.write("bb", &secrets("a", 3)).await,
             Err(KeyringError::Locked)
@@ -66,13 +68,10 @@ async fn the_client_saves_loads_replaces_deletes_and_sees_a_lock() {
         eprintln!("the prompt ended after {:?}", asked.elapsed());
         gnome.unlock().await;
         assert_eq!(keyring.unlock().await, Ok(true));
-        assert_eq!(
-            keyring.read("a").await.expect("load"),
-            Some(secrets("a", 2))
-        );
+        assert_eq!(keyring.read("a").await.expect("load"), a_kept);
 
         keyring.delete("a").await.expect("delete");
-        assert_eq!(keyring.read("a").await.expect("load"), None);
+        assert_eq!(keyring.read("a").await.expect("load"), Vec::new());
         assert_eq!(gnome.items().await.len(), 1);
 
         gnome.stop();
@@ -82,13 +81,16 @@ async fn the_client_saves_loads_replaces_deletes_and_sees_a_lock() {
             Err(KeyringError::Gone)
         );
         gnome.restart().await;
-        keyring
+        let b_item = keyring
             .write("bb", &secrets("b", 2))
             .await
             .expect("a new session after a restart");
         assert_eq!(
             keyring.read("b").await.expect("load"),
-            Some(secrets("b", 2))
+            vec![Kept {
+                item: b_item,
+                tokens: secrets("b", 2)
+            }]
         );
     })
     .await;
@@ -549,8 +551,15 @@ async fn a_planted_item_beside_tokds_own_is_never_served() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         // One with tokd's attributes and one more; one with exactly tokd's
-        // attributes but another installation's name outside.
-        for (installation, extra) in [("a", ["planted", "yes"]), ("decoy", ["", ""])] {
+        // attributes but another installation's name outside; one with
+        // exactly tokd's attributes for this installation (under another
+        // consumer's name, so that it does not replace tokd's item): only
+        // the item tokd recorded in the state file tells it from tokd's own.
+        for (installation, consumer, extra) in [
+            ("a", "acme", ["planted", "yes"]),
+            ("decoy", "acme", ["", ""]),
+            ("a", "other", ["", ""]),
+        ] {
             let mut args = vec![
                 "store",
                 "--label",
@@ -560,7 +569,7 @@ async fn a_planted_item_beside_tokds_own_is_never_served() {
                 "installation",
                 installation,
                 "consumer",
-                "acme",
+                consumer,
             ];
             args.extend(extra.iter().filter(|word| !word.is_empty()));
             let mut store = tokio::process::Command::new("secret-tool")
@@ -578,7 +587,7 @@ async fn a_planted_item_beside_tokds_own_is_never_served() {
             drop(stdin);
             assert!(store.wait().await.expect("secret-tool").success());
         }
-        assert_eq!(gnome.items().await.len(), 3);
+        assert_eq!(gnome.items().await.len(), 4);
         for round in 0..5 {
             assert!(world.tokd().terminate().success());
             world.start_tokd().await;

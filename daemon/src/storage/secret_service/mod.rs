@@ -20,7 +20,7 @@
 
 mod proxies;
 
-use super::{Keyring, KeyringError, Pending, Tokens};
+use super::{Kept, Keyring, KeyringError, Pending, Tokens};
 use proxies::{CollectionProxy, ItemProxy, PromptProxy, ServiceProxy, WireSecret};
 use std::collections::HashMap;
 use std::future::Future;
@@ -89,37 +89,29 @@ impl SecretService {
         .await
     }
 
-    /// Every installation's tokens kept by tokd, by installation name.
-    pub async fn read_all(&self) -> Result<HashMap<String, Tokens>, KeyringError> {
-        bounded(async {
-            let found = self
-                .search_tokens(HashMap::from([("application", APPLICATION)]))
-                .await?;
-            Ok(found
-                .into_iter()
-                .map(|tokens| (tokens.installation.clone(), tokens))
-                .collect())
-        })
-        .await
+    /// Every item tokd's tokens are kept in (see [`Keyring::read_all`]).
+    pub async fn read_all(&self) -> Result<Vec<Kept>, KeyringError> {
+        bounded(self.search_tokens(HashMap::from([("application", APPLICATION)]))).await
     }
 
-    /// One installation's tokens (`None`: it has no item).
-    pub async fn read_one(&self, name: &str) -> Result<Option<Tokens>, KeyringError> {
+    /// The items of one installation (see [`Keyring::read`]).
+    pub async fn read_one(&self, name: &str) -> Result<Vec<Kept>, KeyringError> {
         bounded(async {
-            let found = self
+            let mut found = self
                 .search_tokens(HashMap::from([
                     ("application", APPLICATION),
                     ("installation", name),
                 ]))
                 .await?;
-            Ok(found.into_iter().find(|tokens| tokens.installation == name))
+            found.retain(|kept| kept.tokens.installation == name);
+            Ok(found)
         })
         .await
     }
 
-    /// Writes one installation's tokens, replacing its item; returns once
-    /// the Secret Service has confirmed the write.
-    pub async fn write(&self, consumer: &str, tokens: &Tokens) -> Result<(), KeyringError> {
+    /// Writes one installation's tokens, replacing its item; returns the
+    /// item once the Secret Service has confirmed the write.
+    pub async fn write(&self, consumer: &str, tokens: &Tokens) -> Result<String, KeyringError> {
         let written = bounded(async {
             let collection = self
                 .collection_proxy(self.default_collection().await?)
@@ -175,7 +167,7 @@ impl SecretService {
         if let Err(error) = bounded(self.delete_items(&tokens.installation, Some(&written))).await {
             tracing::warn!(installation = %tokens.installation, %error, "cannot delete an older keyring item of this installation");
         }
-        Ok(())
+        Ok(written.to_string())
     }
 
     /// Deletes one installation's item, if it has one.
@@ -304,12 +296,13 @@ impl SecretService {
             .map_err(classify)
     }
 
-    /// The secrets of the items matching `attributes`; a locked match is
+    /// The secrets of the items matching `attributes`, an installation's
+    /// best first (see [`Keyring::read_all`]); a locked match is
     /// [`KeyringError::Locked`].
     async fn search_tokens(
         &self,
         attributes: HashMap<&str, &str>,
-    ) -> Result<Vec<Tokens>, KeyringError> {
+    ) -> Result<Vec<Kept>, KeyringError> {
         let service = self.service().await?;
         let (unlocked, locked) = service.search_items(attributes).await.map_err(classify)?;
         if !locked.is_empty() {
@@ -341,50 +334,39 @@ impl SecretService {
         }
         // Two items for one installation (an older tokd's, left by a
         // renamed consumer, a failed clean-up, or one planted by another
-        // program with tokd's attributes and more): tokd's own kind first
-        // (exactly the attributes it writes), then the newest, then the
-        // first by object path; never whichever the service listed first.
-        // The others are named in a warning.
-        let mut by_installation: HashMap<String, Vec<(Rank, OwnedObjectPath, Tokens)>> =
-            HashMap::new();
+        // program): tokd's own kind first (exactly the attributes it
+        // writes), then the newest, then the first by object path; never
+        // whichever the service listed first. (`Storage` puts the item
+        // tokd recorded before all of them.)
         let several = found.len()
             > found
                 .iter()
                 .map(|(_, tokens)| &tokens.installation)
                 .collect::<std::collections::HashSet<_>>()
                 .len();
+        let mut ranked = Vec::with_capacity(found.len());
         for (path, tokens) in found {
             let rank = if several {
                 self.rank(path.clone(), &tokens.installation).await
             } else {
                 Rank::default()
             };
-            by_installation
-                .entry(tokens.installation.clone())
-                .or_default()
-                .push((rank, path, tokens));
+            ranked.push((rank, path, tokens));
         }
-        let mut chosen = Vec::with_capacity(by_installation.len());
-        for (installation, mut items) in by_installation {
-            items.sort_by(|(a, a_path, _), (b, b_path, _)| {
-                b.cmp(a).then_with(|| a_path.as_str().cmp(b_path.as_str()))
-            });
-            let mut items = items.into_iter();
-            let Some((_, path, tokens)) = items.next() else {
-                continue;
-            };
-            let others: Vec<String> = items.map(|(_, path, _)| path.to_string()).collect();
-            if !others.is_empty() {
-                tracing::warn!(
-                    %installation,
-                    used = %path,
-                    others = %others.join(", "),
-                    "the keyring holds more than one item for this installation; using the one tokd writes (its attributes exactly), else the newest; remove the others with `secret-tool clear` or your keyring's manager"
-                );
-            }
-            chosen.push(tokens);
-        }
-        Ok(chosen)
+        ranked.sort_by(|(a, a_path, a_tokens), (b, b_path, b_tokens)| {
+            a_tokens
+                .installation
+                .cmp(&b_tokens.installation)
+                .then_with(|| b.cmp(a))
+                .then_with(|| a_path.as_str().cmp(b_path.as_str()))
+        });
+        Ok(ranked
+            .into_iter()
+            .map(|(_, path, tokens)| Kept {
+                item: path.to_string(),
+                tokens,
+            })
+            .collect())
     }
 
     /// How much an item looks like tokd's own, for choosing among several
@@ -506,15 +488,15 @@ impl Keyring for SecretService {
         Box::pin(SecretService::unlock(self))
     }
 
-    fn read_all(&self) -> Pending<'_, HashMap<String, Tokens>> {
+    fn read_all(&self) -> Pending<'_, Vec<Kept>> {
         Box::pin(SecretService::read_all(self))
     }
 
-    fn read<'a>(&'a self, name: &'a str) -> Pending<'a, Option<Tokens>> {
+    fn read<'a>(&'a self, name: &'a str) -> Pending<'a, Vec<Kept>> {
         Box::pin(self.read_one(name))
     }
 
-    fn write<'a>(&'a self, consumer: &'a str, tokens: &'a Tokens) -> Pending<'a, ()> {
+    fn write<'a>(&'a self, consumer: &'a str, tokens: &'a Tokens) -> Pending<'a, String> {
         Box::pin(SecretService::write(self, consumer, tokens))
     }
 

@@ -216,3 +216,23 @@ fn remove_deletes_and_tolerates_missing() {
     assert!(matches!(store.load("a").expect("load"), Loaded::Missing));
     store.remove("a").expect("remove again");
 }
+
+#[test]
+fn the_keyring_item_is_recorded_in_the_file_and_not_in_the_record() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let store = StateFolder::open(root.path()).expect("open");
+    let record = sample("tok").without_tokens();
+    assert_eq!(store.recorded_item("a"), None, "no file");
+    let item = "/org/freedesktop/secrets/collection/login/7";
+    store
+        .write_encoded(
+            "a",
+            &store.encode("a", &record, Some(item)).expect("encode"),
+        )
+        .expect("write");
+    assert_eq!(store.recorded_item("a").as_deref(), Some(item));
+    // The record reads as it was written; the item stays in the file.
+    assert!(matches!(store.load("a").expect("load"), Loaded::Found(r) if r == record));
+    store.save("a", &record).expect("save");
+    assert_eq!(store.recorded_item("a"), None, "a file store records none");
+}
