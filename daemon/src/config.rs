@@ -63,8 +63,10 @@ impl Default for DaemonConfig {
 /// One `[installations.NAME]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallationConfig {
-    pub name: String,
-    pub consumer: String,
+    /// Shared with the installation's slot in the broker.
+    pub name: Arc<str>,
+    /// Shared by the installations of one consumer.
+    pub consumer: Arc<str>,
     pub scopes: Vec<String>,
     pub grant: Grant,
     pub schedule: Option<CronSchedule>,
@@ -309,7 +311,7 @@ impl Config {
 
     /// The consumer an installation uses. Validation guarantees it exists.
     pub fn consumer_of(&self, installation: &InstallationConfig) -> Option<&Arc<Consumer>> {
-        self.consumers.get(&installation.consumer)
+        self.consumers.get(&*installation.consumer)
     }
 
     /// One line saying what is configured, for `tokd --check-config`.
@@ -409,8 +411,8 @@ fn build_installation(
         scopes.push(scope.into_inner());
     }
     Ok(InstallationConfig {
-        name: name.to_owned(),
-        consumer: consumer_name.clone(),
+        name: Arc::from(name),
+        consumer: consumer.name.clone(),
         scopes,
         grant,
         schedule: raw.schedule,

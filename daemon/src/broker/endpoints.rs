@@ -39,7 +39,7 @@ impl Resolver {
         &self,
         consumer: &Consumer,
     ) -> Result<Arc<Endpoints>, OAuthError> {
-        if let Some(known) = lock(&self.known).get(&consumer.name) {
+        if let Some(known) = lock(&self.known).get(&*consumer.name) {
             return Ok(known.clone());
         }
         let resolved = match &consumer.issuer {
@@ -68,7 +68,7 @@ impl Resolver {
             }
         };
         let resolved = Arc::new(resolved);
-        lock(&self.known).insert(consumer.name.clone(), resolved.clone());
+        lock(&self.known).insert(consumer.name.to_string(), resolved.clone());
         Ok(resolved)
     }
 
@@ -128,7 +128,7 @@ impl Resolver {
                     return Err(error);
                 };
                 let fresh = Arc::new(fresh);
-                lock(&self.known).insert(consumer.name.clone(), fresh.clone());
+                lock(&self.known).insert(consumer.name.to_string(), fresh.clone());
                 if *fresh == *endpoints {
                     return Err(error);
                 }

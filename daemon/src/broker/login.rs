@@ -329,7 +329,7 @@ impl LoginDesk {
 
     /// Makes sure the keyring (when the tokens go there) can keep a
     /// login's tokens, asking the desktop to unlock it.
-    pub(super) async fn keyring_ready(&self, slot: &Slot) -> Result<(), Error> {
+    pub(super) async fn keyring_ready(&self, slot: &Arc<Slot>) -> Result<(), Error> {
         let _guard = self.installations.flight(slot).await?;
         self.keeper.gate(slot, true).await
     }

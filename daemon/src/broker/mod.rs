@@ -248,21 +248,18 @@ impl Broker {
         let tasks = &self.installations.tasks;
         tasks.begin_stop();
         let slots = self.installations.all();
-        let busy = slots
-            .iter()
-            .filter(|slot| slot.flight.try_lock().is_err())
-            .count();
+        let busy = slots.iter().filter(|slot| slot.busy()).count();
         if busy > 0 {
             info!(busy, bound = %humantime::format_duration(bound), "waiting for requests already sent to providers");
         }
         tasks.stop(bound).await;
         let mut unfinished = Vec::new();
         for slot in &slots {
-            match slot.flight.clone().try_lock_owned() {
-                Ok(_guard) => {
+            match slot.try_take_flight() {
+                Some(_guard) => {
                     self.refresher.save_if_unsaved(slot).await;
                 }
-                Err(_) => unfinished.push(slot.name.to_string()),
+                None => unfinished.push(slot.name.to_string()),
             }
         }
         if !unfinished.is_empty() {
@@ -345,17 +342,12 @@ impl Broker {
             // leaves the held token to the caller.
             Decision::AwaitRotation(held) => {
                 debug!(installation = %name, "a refresh is in flight; waiting for its token");
-                let guard = match tokio::time::timeout(
-                    ROTATION_WAIT,
-                    slot.flight.clone().lock_owned(),
-                )
-                .await
-                {
+                let guard = match tokio::time::timeout(ROTATION_WAIT, slot.take_flight()).await {
                     Ok(guard) => guard,
                     // Answered, and the new tokens are being written (a
                     // slow keyring): the held token may be dead; the write
                     // is bounded by its own timeouts.
-                    Err(_) if lock(&slot.inner).writing => slot.flight.clone().lock_owned().await,
+                    Err(_) if lock(&slot.inner).writing => slot.take_flight().await,
                     Err(_) => {
                         debug!(installation = %name, "the refresh in flight is still unanswered; serving the held token");
                         return Ok(held);

@@ -19,7 +19,7 @@ use super::decision::{Decision, Got, Want};
 use super::endpoints::Resolver;
 use super::installation::{self, Spec};
 use super::keeping::{Keeper, unsaved};
-use super::slots::{Installations, Slot};
+use super::slots::{Flight, Installations, Slot};
 use super::{Error, Event};
 use crate::oauth::{ErrorKind, OAuthClient, TokenResponse};
 use crate::schedule;
@@ -157,7 +157,7 @@ impl Refresher {
     pub(super) async fn request_holding(
         &self,
         slot: &Arc<Slot>,
-        guard: tokio::sync::OwnedMutexGuard<()>,
+        guard: Flight,
         want: Want,
         keyring_first: bool,
     ) -> Result<Got, Error> {
@@ -208,7 +208,7 @@ impl Refresher {
     /// installation's `flight` lock.
     pub(super) async fn in_flight<T: Send + 'static>(
         &self,
-        guard: tokio::sync::OwnedMutexGuard<()>,
+        guard: Flight,
         what: &'static str,
         work: impl Future<Output = Result<T, Error>> + Send + 'static,
     ) -> Result<T, Error> {
@@ -383,7 +383,7 @@ impl Refresher {
                 let Ok(slot) = this.installations.get(&name) else {
                     return;
                 };
-                let _guard = slot.flight.lock().await;
+                let _guard = slot.take_flight().await;
                 if this.save_if_unsaved(&slot).await {
                     return;
                 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use toml::Spanned;
 use url::Url;
 
@@ -52,7 +53,7 @@ const OWN_TOKEN_PARAMS: &[&str] = &[
 /// One consumer, with its preset applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer {
-    pub name: String,
+    pub name: Arc<str>,
     pub provider: Option<Preset>,
     /// The authorization server to discover endpoints from (RFC 8414,
     /// OpenID Connect Discovery). Endpoints below that are set win.
@@ -395,7 +396,7 @@ pub(super) fn build_consumer(
     };
 
     Ok(Consumer {
-        name: name.to_owned(),
+        name: Arc::from(name),
         provider: raw.provider,
         issuer,
         token_url,

@@ -94,7 +94,7 @@ fn the_spec_example_parses() {
     }
 
     let interactive = &config.installations["bitbucket"];
-    assert_eq!(interactive.consumer, "bitbucket");
+    assert_eq!(&*interactive.consumer, "bitbucket");
     assert_eq!(interactive.grant, Grant::AuthorizationCode);
     assert_eq!(interactive.scopes, ["repository", "pullrequest"]);
     assert_eq!(interactive.schedule, None);
