@@ -78,9 +78,16 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         min_valid: Duration,
         /// raw: the token; header: `Authorization: Bearer TOKEN`; json: an
-        /// object with access_token, token_type, expires_at, expires_in.
+        /// object with access_token, token_type, expires_at, expires_in;
+        /// xoauth2 or oauthbearer: the base64 SASL initial response a mail
+        /// client sends after `AUTH XOAUTH2` or `AUTH OAUTHBEARER` (RFC
+        /// 7628), for --user.
         #[arg(long, value_enum, default_value_t = Format::Raw)]
         format: Format,
+        /// The mail address (or account name) that --format xoauth2 and
+        /// oauthbearer log in as.
+        #[arg(long, value_name = "ADDRESS")]
+        user: Option<String>,
     },
     /// Every installation: state, expiry, next refresh.
     List {
@@ -216,6 +223,8 @@ enum Format {
     Raw,
     Header,
     Json,
+    Xoauth2,
+    Oauthbearer,
 }
 
 fn main() -> ExitCode {
@@ -315,14 +324,20 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             name,
             min_valid,
             format,
+            user,
         } => {
+            let sasl = output::sasl_user(format, user.as_deref())
+                .map_err(|message| Failure::new(exit::USAGE, message))?;
             let secs = u32::try_from(min_valid.as_secs()).unwrap_or(u32::MAX);
             let (token, expires_at, token_type, warning) =
                 deadline.bound(proxy.get_token(&name, secs)).await??;
             if !warning.is_empty() {
                 say::warning(&warning);
             }
-            Ok(format_token(&token, expires_at, &token_type, format, now()))
+            Ok(match sasl {
+                Some(user) => output::sasl_response(format, user, &token),
+                None => format_token(&token, expires_at, &token_type, format, now()),
+            })
         }
         Command::List { json } => {
             let list = deadline.bound(proxy.list()).await??;

@@ -18,6 +18,8 @@ pub fn format_token(
     match format {
         Format::Raw => format!("{token}\n"),
         Format::Header => format!("Authorization: {} {token}\n", header_scheme(token_type)),
+        // `sasl_response`'s: these need the user, which `run` checks first.
+        Format::Xoauth2 | Format::Oauthbearer => format!("{token}\n"),
         Format::Json => {
             #[derive(Serialize)]
             struct JsonToken<'a> {
@@ -34,6 +36,46 @@ pub fn format_token(
             })
         }
     }
+}
+
+/// For `--format xoauth2` and `oauthbearer`, the user they log in as
+/// (`Some`); `None` for the other formats. A usage error when --user is
+/// missing or out of place, or could break the SASL string apart.
+pub fn sasl_user(format: Format, user: Option<&str>) -> Result<Option<&str>, String> {
+    match (format, user) {
+        (Format::Xoauth2 | Format::Oauthbearer, Some(user)) => {
+            if user.is_empty() || user.chars().any(char::is_control) {
+                Err("--user must be a mail address or account name, without control characters".to_owned())
+            } else {
+                Ok(Some(user))
+            }
+        }
+        (Format::Xoauth2 | Format::Oauthbearer, None) => Err(
+            "--format xoauth2 and oauthbearer log in as a user: add --user ADDRESS (your mail address)"
+                .to_owned(),
+        ),
+        (_, Some(_)) => Err(
+            "--user goes with --format xoauth2 or oauthbearer only".to_owned(),
+        ),
+        (_, None) => Ok(None),
+    }
+}
+
+/// The base64 SASL initial response for `format` (XOAUTH2, or OAUTHBEARER
+/// as RFC 7628 §3.1 writes it: the GS2 header with the user's name, its
+/// `,` and `=` escaped, then `auth`), on one line.
+pub fn sasl_response(format: Format, user: &str, token: &str) -> String {
+    use base64::Engine as _;
+    let plain = match format {
+        Format::Oauthbearer => {
+            let name = user.replace('=', "=3D").replace(',', "=2C");
+            format!("n,a={name},\x01auth=Bearer {token}\x01\x01")
+        }
+        _ => format!("user={user}\x01auth=Bearer {token}\x01\x01"),
+    };
+    let mut line = base64::engine::general_purpose::STANDARD.encode(plain);
+    line.push('\n');
+    line
 }
 
 /// `bearer` → `Bearer` (RFC 6750 spelling); other types capitalized.
@@ -290,5 +332,36 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[1].starts_with("bitbucket  needs-login"), "{text}");
         assert!(lines[1].ends_with("run `tokctl login bitbucket`"), "{text}");
+    }
+
+    #[test]
+    fn sasl_responses_are_what_the_mechanisms_define() {
+        use base64::Engine as _;
+        let decode = |line: String| {
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(line.trim_end())
+                    .expect("base64"),
+            )
+            .expect("utf-8")
+        };
+        assert_eq!(
+            decode(sasl_response(Format::Xoauth2, "me@example.com", "T")),
+            "user=me@example.com\x01auth=Bearer T\x01\x01"
+        );
+        assert_eq!(
+            decode(sasl_response(Format::Oauthbearer, "a=b,c@example.com", "T")),
+            "n,a=a=3Db=2Cc@example.com,\x01auth=Bearer T\x01\x01"
+        );
+        assert!(sasl_response(Format::Xoauth2, "u", "T").ends_with('\n'));
+    }
+
+    #[test]
+    fn the_sasl_formats_need_a_user_and_only_they_take_one() {
+        assert_eq!(sasl_user(Format::Xoauth2, Some("me")), Ok(Some("me")));
+        assert_eq!(sasl_user(Format::Raw, None), Ok(None));
+        assert!(sasl_user(Format::Oauthbearer, None).is_err_and(|e| e.contains("--user ADDRESS")));
+        assert!(sasl_user(Format::Raw, Some("me")).is_err());
+        assert!(sasl_user(Format::Xoauth2, Some("me\x01auth=Bearer x")).is_err());
     }
 }

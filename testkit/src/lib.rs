@@ -19,6 +19,7 @@ pub mod generated;
 mod git;
 pub mod keyring;
 mod server;
+pub mod smtp;
 
 pub mod bus;
 
@@ -26,7 +27,7 @@ pub use bus::{Home, PrivateBus, Tokd, free_port};
 pub use desktop::{Desktop, DesktopOptions, Notification};
 pub use git::GitRequest;
 pub use keyring::{GnomeKeyring, StoredItem};
-pub use server::Emulator;
+pub use server::{Emulator, TokenChecker};
 
 use std::time::Duration;
 

@@ -148,6 +148,21 @@ fn held_gate() -> (HeldGate, Hold) {
     )
 }
 
+/// Whether an access token is one the emulator issued and still honours
+/// (see [`Emulator::checker`]).
+#[derive(Debug, Clone)]
+pub struct TokenChecker(Arc<Mutex<State>>);
+
+impl TokenChecker {
+    pub fn is_valid(&self, token: &str) -> bool {
+        let state = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        access_valid(&state, token)
+    }
+}
+
 /// A running emulator. Dropping it stops the server.
 #[derive(Debug)]
 pub struct Emulator {
@@ -509,6 +524,12 @@ impl Emulator {
             .as_ref()
             .map(|git| git.requests.clone())
             .unwrap_or_default()
+    }
+
+    /// A handle that tells whether an access token is live, for the
+    /// resource servers beside the emulator (SMTP, registries, an API).
+    pub fn checker(&self) -> TokenChecker {
+        TokenChecker(Arc::clone(&self.state))
     }
 
     pub fn access_token_is_valid(&self, token: &str) -> bool {

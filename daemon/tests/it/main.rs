@@ -1,6 +1,7 @@
 //! The one integration test binary of the daemon crate.
 
 mod check_config;
+mod clients;
 mod clock;
 mod completion;
 mod cures;
