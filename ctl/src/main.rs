@@ -10,6 +10,7 @@ mod complete;
 mod exec;
 mod failure;
 mod git;
+mod kube;
 mod login;
 mod output;
 mod say;
@@ -203,6 +204,29 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         min_valid: Duration,
     },
+    /// kubectl's exec credential plugin: prints an ExecCredential
+    /// (client.authentication.k8s.io/v1 or v1beta1, as kubectl asks in
+    /// KUBERNETES_EXEC_INFO) with a fresh token of NAME and its expiry.
+    ///
+    /// In the kubeconfig's user:
+    ///   exec:
+    ///     apiVersion: client.authentication.k8s.io/v1
+    ///     command: tokctl
+    ///     args: [kube-credential, NAME]
+    ///     interactiveMode: IfAvailable
+    ///
+    /// When NAME needs a login and kubectl lets the plugin interact, the
+    /// login runs (its messages on stderr); otherwise the reason goes to
+    /// stderr with tokctl's exit status.
+    #[command(verbatim_doc_comment)]
+    KubeCredential {
+        /// The installation whose tokens kubectl gets.
+        #[arg(add = names())]
+        name: String,
+        /// Refresh first if the held token expires sooner than this.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        min_valid: Duration,
+    },
     /// Print the script that completes tokctl's commands, options and
     /// installation names (from the running tokd) in SHELL.
     ///
@@ -308,9 +332,16 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
         Command::Exec { name, env, .. } => Some(exec::bindings(name.as_deref(), env)?),
         _ => None,
     };
+    let kube = match &command {
+        Command::KubeCredential { .. } => Some(kube::exec_info(
+            std::env::var("KUBERNETES_EXEC_INFO").ok().as_deref(),
+        )?),
+        _ => None,
+    };
     // Waiting for LoginFinished needs the bus: signals are not sent on
     // the private socket.
-    let waits_for_a_signal = matches!(command, Command::Login { code: None, .. });
+    let waits_for_a_signal = matches!(command, Command::Login { code: None, .. })
+        || kube.as_ref().is_some_and(|info| info.interactive);
     let connection = deadline.bound(connect(waits_for_a_signal)).await??;
     let proxy = deadline
         .bound(
@@ -395,6 +426,35 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
                 (None, false, false) => login::Flow::DeviceIfOffered,
             };
             login::login(&proxy, &deadline, &name, flow, timeout).await
+        }
+        Command::KubeCredential { name, min_valid } => {
+            let info = kube.unwrap_or_else(|| kube::ExecInfo {
+                api_version: kube::API_VERSIONS[0].to_owned(),
+                interactive: false,
+            });
+            let secs = u32::try_from(min_valid.as_secs()).unwrap_or(u32::MAX);
+            let (token, expires_at, _, warning) =
+                match deadline.bound(proxy.get_token(&name, secs)).await? {
+                    Err(tokd_shared::Error::NeedsLogin(_)) if info.interactive => {
+                        // stdout is kubectl's: the login's URL goes to
+                        // stderr with the rest of what it says.
+                        say::keep_stdout_for_the_result(true);
+                        let flow = if login::has_display() {
+                            login::Flow::Browser { open: true }
+                        } else {
+                            login::Flow::DeviceIfOffered
+                        };
+                        let outcome = login::login(&proxy, &deadline, &name, flow, timeout).await;
+                        say::keep_stdout_for_the_result(false);
+                        outcome?;
+                        deadline.bound(proxy.get_token(&name, secs)).await??
+                    }
+                    other => other?,
+                };
+            if !warning.is_empty() {
+                say::warning(&warning);
+            }
+            Ok(kube::credential(&info.api_version, &token, expires_at))
         }
         Command::Refresh { name } => {
             let expires_at = deadline.bound(proxy.refresh(&name)).await??;

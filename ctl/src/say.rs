@@ -7,16 +7,33 @@
 //! printable ASCII (tokd refuses any other), so it passes unchanged.
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set while stdout belongs to a program reading tokctl's result (kubectl
+/// reads an ExecCredential there): what [`out`] says then goes to stderr.
+static STDOUT_KEPT: AtomicBool = AtomicBool::new(false);
+
+/// While `kept`, what would go to stdout goes to stderr.
+pub fn keep_stdout_for_the_result(kept: bool) {
+    STDOUT_KEPT.store(kept, Ordering::Relaxed);
+}
 
 /// `text` on stdout as it is, less what must not reach a terminal (line
 /// breaks kept). `false` when stdout is closed.
 pub fn out(text: &str) -> bool {
     let clean = tokd_shared::text::for_terminal(text);
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(clean.as_bytes())
-        .and_then(|()| stdout.flush())
-        .is_ok()
+    let written = if STDOUT_KEPT.load(Ordering::Relaxed) {
+        let mut stderr = std::io::stderr().lock();
+        stderr
+            .write_all(clean.as_bytes())
+            .and_then(|()| stderr.flush())
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(clean.as_bytes())
+            .and_then(|()| stdout.flush())
+    };
+    written.is_ok()
 }
 
 /// `tokctl: TEXT` on stderr, on one line.

@@ -18,6 +18,7 @@ pub mod desktop;
 pub mod generated;
 mod git;
 pub mod keyring;
+pub mod kube;
 mod server;
 pub mod smtp;
 

@@ -1,11 +1,13 @@
 //! The credential protocols of other programs, each with the real program
 //! against a local server that takes only tokens the emulator honours:
 //! mail (msmtp over SMTP with XOAUTH2 and OAUTHBEARER), and the SASL
-//! strings `tokctl get --format xoauth2|oauthbearer` prints.
+//! strings `tokctl get --format xoauth2|oauthbearer` prints; kubectl's
+//! exec credential plugin against an HTTPS API endpoint.
 
 use crate::support::{World, tokctl_bin, within};
 use std::os::unix::fs::PermissionsExt as _;
 use tokd_testkit::Behaviour;
+use tokd_testkit::kube::{self, KubeApi};
 use tokd_testkit::smtp::{SmtpEvent, SmtpServer};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
@@ -151,4 +153,165 @@ async fn authenticate(port: u16, mechanism: &str, response: &str) -> String {
         last = reply().await;
     }
     last[..3].to_owned()
+}
+
+/// A kubeconfig for `api` whose user gets its token from
+/// `tokctl kube-credential a` in ExecCredential `version`.
+fn kubeconfig(
+    world: &World,
+    api: &KubeApi,
+    version: &str,
+    interactive: &str,
+) -> std::path::PathBuf {
+    use base64::Engine as _;
+    let path = world
+        .home
+        .path()
+        .join(format!("kubeconfig-{}", version.replace('/', "-")));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    \
+             certificate-authority-data: {ca}\nusers:\n- name: tokd\n  user:\n    exec:\n      \
+             apiVersion: {version}\n      command: {tokctl}\n      args: [kube-credential, a]\n\
+             {interactive}contexts:\n- name: local\n  context:\n    cluster: local\n    \
+             user: tokd\ncurrent-context: local\n",
+            server = api.url(),
+            ca = base64::engine::general_purpose::STANDARD.encode(kube::CERTIFICATE),
+            tokctl = tokctl_bin().display(),
+            // A v1 field (v1beta1 takes it as IfAvailable).
+            interactive = if version.ends_with("/v1") {
+                format!("      interactiveMode: {interactive}\n")
+            } else {
+                String::new()
+            },
+        ),
+    )
+    .expect("kubeconfig");
+    path
+}
+
+/// `kubectl --kubeconfig CONFIG get --raw /version`: status, stdout, stderr.
+async fn kubectl_version(world: &World, config: &std::path::Path) -> (bool, String, String) {
+    let out = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(config)
+        .args(["get", "--raw", "/version"])
+        .envs(world.home.env(&world.bus))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("kubectl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The real kubectl runs `tokctl kube-credential` in both ExecCredential
+/// versions and sends the token to an HTTPS API endpoint that takes it;
+/// an installation that needs a login fails with the sentence that says
+/// so, and works once logged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_gets_its_token_from_the_exec_plugin() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        let api = KubeApi::start(world.emulator.checker()).await;
+
+        let versions = kube_versions().await;
+        // No login yet, and kubectl gives the plugin no terminal.
+        let never = kubeconfig(&world, &api, versions[0], "Never");
+        let (ok, _, stderr) = kubectl_version(&world, &never).await;
+        assert!(!ok);
+        assert!(stderr.contains("tokctl login a"), "{stderr}");
+
+        world.login("a").await;
+        for version in versions.iter().copied() {
+            let config = kubeconfig(&world, &api, version, "IfAvailable");
+            let (ok, stdout, stderr) = kubectl_version(&world, &config).await;
+            assert!(ok, "{version}: {stderr}\n{}", world.log());
+            assert!(stdout.contains("v1.32.0-tokd-testkit"), "{stdout}");
+        }
+        // kubectl may send a request more than once; each carried the
+        // token, and the endpoint took it.
+        let token = world.get("a").await;
+        let requests = api.requests();
+        assert!(requests.len() >= versions.len(), "{requests:?}");
+        assert!(
+            requests
+                .iter()
+                .all(|request| request.accepted && request.token.as_deref() == Some(token.as_str())),
+            "{requests:?}"
+        );
+    })
+    .await;
+}
+
+/// The ExecCredential versions this kubectl speaks: v1beta1, and v1 from
+/// kubectl 1.22 (Debian 12's kubernetes-client is 1.20).
+async fn kube_versions() -> Vec<&'static str> {
+    let out = tokio::process::Command::new("kubectl")
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .await
+        .expect("kubectl (Debian: kubernetes-client)");
+    let version: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("kubectl's version");
+    let minor: u32 = version["clientVersion"]["minor"]
+        .as_str()
+        .and_then(|minor| minor.trim_end_matches('+').parse().ok())
+        .expect("a minor version");
+    if minor >= 22 {
+        vec![
+            "client.authentication.k8s.io/v1",
+            "client.authentication.k8s.io/v1beta1",
+        ]
+    } else {
+        vec!["client.authentication.k8s.io/v1beta1"]
+    }
+}
+
+/// When kubectl says the plugin may interact and the installation needs a
+/// login, the login runs with everything it says on stderr (here the
+/// browser's URL, played by the test), and stdout holds only the
+/// credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interactive_plugin_logs_in_and_keeps_stdout_for_the_credential() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        let mut child = world
+            .command(&["kube-credential", "a"])
+            .env(
+                "KUBERNETES_EXEC_INFO",
+                r#"{"kind":"ExecCredential","apiVersion":"client.authentication.k8s.io/v1","spec":{"interactive":true}}"#,
+            )
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tokctl kube-credential");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let url = loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read")
+                .expect("the login URL on stderr");
+            if let Some(at) = line.find("http://") {
+                break line[at..].split_whitespace().next().unwrap_or("").to_owned();
+            }
+        };
+        world.play_browser(&url).await;
+        let out = child.wait_with_output().await.expect("it ends");
+        assert!(out.status.success());
+        let credential: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("only the credential on stdout");
+        assert_eq!(credential["kind"], "ExecCredential");
+        assert_eq!(credential["status"]["token"], world.get("a").await.as_str());
+        assert!(credential["status"]["expirationTimestamp"].is_string());
+    })
+    .await;
 }

@@ -1,0 +1,159 @@
+//! `tokctl kube-credential NAME`: a kubectl exec credential plugin
+//! (client-go's `ExecCredential`, `client.authentication.k8s.io/v1` or
+//! `v1beta1`). kubectl says which version it wants, and whether a human
+//! can answer, in `KUBERNETES_EXEC_INFO`; the answer on stdout is the
+//! token and its expiry, which kubectl caches until then. A login happens
+//! only when kubectl says the plugin may interact (`spec.interactive`),
+//! and then writes nothing to stdout but the credential.
+
+use crate::failure::{Failure, exit};
+use serde::{Deserialize, Serialize};
+
+/// The versions of the `ExecCredential` API tokctl answers in.
+pub const API_VERSIONS: [&str; 2] = [
+    "client.authentication.k8s.io/v1",
+    "client.authentication.k8s.io/v1beta1",
+];
+
+/// What kubectl tells its plugin.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ExecInfo {
+    pub api_version: String,
+    /// Whether the plugin may ask a human (kubectl gave it the terminal).
+    pub interactive: bool,
+}
+
+/// `KUBERNETES_EXEC_INFO`, or (run by hand, without it) `v1` and no
+/// interaction.
+pub fn exec_info(variable: Option<&str>) -> Result<ExecInfo, Failure> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Info {
+        api_version: Option<String>,
+        #[serde(default)]
+        spec: Spec,
+    }
+    #[derive(Default, Deserialize)]
+    struct Spec {
+        #[serde(default)]
+        interactive: bool,
+    }
+    let Some(variable) = variable.filter(|v| !v.trim().is_empty()) else {
+        return Ok(ExecInfo {
+            api_version: API_VERSIONS[0].to_owned(),
+            interactive: false,
+        });
+    };
+    let info: Info = serde_json::from_str(variable).map_err(|error| {
+        Failure::new(
+            exit::USAGE,
+            format!("KUBERNETES_EXEC_INFO is not kubectl's ExecCredential ({error})"),
+        )
+    })?;
+    let api_version = info
+        .api_version
+        .unwrap_or_else(|| API_VERSIONS[0].to_owned());
+    if !API_VERSIONS.contains(&api_version.as_str()) {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "kubectl asks for ExecCredential {api_version}; tokctl answers in {}: set `apiVersion` in the kubeconfig's exec section to one of them",
+                API_VERSIONS.join(" or ")
+            ),
+        ));
+    }
+    Ok(ExecInfo {
+        api_version,
+        interactive: info.spec.interactive,
+    })
+}
+
+/// The `ExecCredential` kubectl reads: the token, and its expiry as RFC
+/// 3339 (none when the token does not expire, `expires_at` 0).
+pub fn credential(api_version: &str, token: &str, expires_at: i64) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Credential<'a> {
+        api_version: &'a str,
+        kind: &'static str,
+        status: Status<'a>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Status<'a> {
+        token: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expiration_timestamp: Option<String>,
+    }
+    let expiration_timestamp =
+        u64::try_from(expires_at)
+            .ok()
+            .filter(|secs| *secs > 0)
+            .map(|secs| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+                )
+                .to_string()
+            });
+    let mut text = serde_json::to_string(&Credential {
+        api_version,
+        kind: "ExecCredential",
+        status: Status {
+            token,
+            expiration_timestamp,
+        },
+    })
+    .unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_s_info_gives_the_version_and_whether_to_interact() {
+        assert_eq!(
+            exec_info(Some(
+                r#"{"kind":"ExecCredential","apiVersion":"client.authentication.k8s.io/v1beta1","spec":{"interactive":true}}"#
+            ))
+            .expect("v1beta1"),
+            ExecInfo {
+                api_version: API_VERSIONS[1].into(),
+                interactive: true
+            }
+        );
+        assert_eq!(
+            exec_info(None).expect("by hand"),
+            ExecInfo {
+                api_version: API_VERSIONS[0].into(),
+                interactive: false
+            }
+        );
+        let old = exec_info(Some(
+            r#"{"apiVersion":"client.authentication.k8s.io/v1alpha1","spec":{}}"#,
+        ))
+        .expect_err("v1alpha1");
+        assert_eq!(old.status, exit::USAGE);
+        assert!(old.message.contains("set `apiVersion`"), "{}", old.message);
+        assert!(exec_info(Some("{")).is_err());
+    }
+
+    #[test]
+    fn the_credential_is_client_go_s() {
+        let value: serde_json::Value =
+            serde_json::from_str(&credential(API_VERSIONS[0], "T", 1_900_000_000)).expect("json");
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "kind": "ExecCredential",
+                "status": {"token": "T", "expirationTimestamp": "2030-03-17T17:46:40Z"}
+            })
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(&credential(API_VERSIONS[1], "T", 0)).expect("json");
+        assert_eq!(value["status"], serde_json::json!({"token": "T"}));
+    }
+}
