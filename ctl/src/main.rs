@@ -6,6 +6,7 @@
 //! has one line (what happened, what to do) and the exit status says which
 //! kind of failure it was (see [`EXIT_HELP`]).
 
+mod cargo;
 mod complete;
 mod exec;
 mod failure;
@@ -39,7 +40,10 @@ On failure stdout is empty and stderr has one line saying what to do.
 
 tokctl reaches tokd over its private socket, $XDG_RUNTIME_DIR/tokd/bus,
 when it answers and belongs to this user, else over the session bus
-(which starts tokd if needed).";
+(which starts tokd if needed).
+
+Cargo's credential provider: `tokctl --cargo-plugin`, which Cargo runs for
+credential-provider = [\"tokctl\", \"cargo-credential\", \"NAME\"].";
 
 /// How long tokctl waits for tokd unless `--timeout` says otherwise:
 /// enough for a refresh at a slow provider.
@@ -253,6 +257,9 @@ enum Format {
 
 fn main() -> ExitCode {
     complete::answer_if_asked();
+    if cargo::called_by_cargo() {
+        return cargo::serve();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // Help and version: as clap writes them, on stdout.

@@ -2,12 +2,14 @@
 //! against a local server that takes only tokens the emulator honours:
 //! mail (msmtp over SMTP with XOAUTH2 and OAUTHBEARER), and the SASL
 //! strings `tokctl get --format xoauth2|oauthbearer` prints; kubectl's
-//! exec credential plugin against an HTTPS API endpoint.
+//! exec credential plugin against an HTTPS API endpoint; Cargo's
+//! credential provider against a sparse registry that requires auth.
 
 use crate::support::{World, tokctl_bin, within};
 use std::os::unix::fs::PermissionsExt as _;
 use tokd_testkit::Behaviour;
 use tokd_testkit::kube::{self, KubeApi};
+use tokd_testkit::registry::Registry;
 use tokd_testkit::smtp::{SmtpEvent, SmtpServer};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
@@ -312,6 +314,151 @@ async fn an_interactive_plugin_logs_in_and_keeps_stdout_for_the_credential() {
         assert_eq!(credential["kind"], "ExecCredential");
         assert_eq!(credential["status"]["token"], world.get("a").await.as_str());
         assert!(credential["status"]["expirationTimestamp"].is_string());
+    })
+    .await;
+}
+
+/// A `.crate` file for `hello` 0.1.0, made with `tar` as `cargo package`
+/// would (the gzipped tar of `hello-0.1.0/`).
+fn hello_crate(dir: &std::path::Path) -> Vec<u8> {
+    let root = dir.join("hello-0.1.0");
+    std::fs::create_dir_all(root.join("src")).expect("mkdir");
+    std::fs::write(
+        root.join("Cargo.toml"),
+        "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .expect("Cargo.toml");
+    std::fs::write(root.join("src/lib.rs"), "pub fn hello() {}\n").expect("lib.rs");
+    let file = dir.join("hello-0.1.0.crate");
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&file)
+        .arg("-C")
+        .arg(dir)
+        .arg("hello-0.1.0")
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    std::fs::read(&file).expect("the .crate")
+}
+
+/// `cargo fetch` in a project that depends on `hello` from `registry`,
+/// whose credential provider is `tokctl` with `provider_args`.
+async fn cargo_fetch(world: &World, registry: &Registry, provider_args: &str) -> (bool, String) {
+    let project = tempfile::tempdir().expect("project");
+    std::fs::create_dir_all(project.path().join("src")).expect("mkdir");
+    std::fs::create_dir_all(project.path().join(".cargo")).expect("mkdir");
+    std::fs::write(
+        project.path().join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\nhello = { version = \"0.1\", registry = \"company\" }\n",
+    )
+    .expect("Cargo.toml");
+    std::fs::write(project.path().join("src/main.rs"), "fn main() {}\n").expect("main.rs");
+    std::fs::write(
+        project.path().join(".cargo/config.toml"),
+        format!(
+            "[registries.company]\nindex = \"{}\"\ncredential-provider = [\"{}\", {provider_args}]\n",
+            registry.index_url(),
+            tokctl_bin().display()
+        ),
+    )
+    .expect("config.toml");
+    let cargo_home = tempfile::tempdir().expect("CARGO_HOME");
+    let out =
+        tokio::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .arg("fetch")
+            .current_dir(project.path())
+            .envs(world.home.env(&world.bus))
+            .env("CARGO_HOME", cargo_home.path())
+            .env("CARGO_NET_OFFLINE", "false")
+            .env("CARGO_TERM_COLOR", "never")
+            .env_remove("CARGO_REGISTRIES_CRATES_IO_PROTOCOL")
+            .output()
+            .await
+            .expect("cargo");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The real cargo fetches a crate from a registry that requires auth, with
+/// tokctl as its credential provider: every request carries `Bearer` and
+/// a token the emulator honours. Before a login, cargo shows tokctl's
+/// sentence; arguments that name no installation say how to name one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cargo_fetches_from_a_registry_that_requires_auth() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        let registry = Registry::start(world.emulator.checker()).await;
+        let files = tempfile::tempdir().expect("crate files");
+        registry.publish("hello", "0.1.0", hello_crate(files.path()));
+
+        let (ok, stderr) = cargo_fetch(&world, &registry, "\"cargo-credential\", \"a\"").await;
+        assert!(!ok);
+        assert!(stderr.contains("tokctl login a"), "{stderr}");
+
+        world.login("a").await;
+        let (ok, stderr) = cargo_fetch(&world, &registry, "\"cargo-credential\", \"a\"").await;
+        assert!(ok, "{stderr}\n{}", world.log());
+        let token = world.get("a").await;
+        let requests = registry.requests();
+        let bearer = format!("Bearer {token}");
+        let with_token: Vec<_> = requests
+            .iter()
+            .filter(|request| request.authorization.is_some())
+            .collect();
+        assert!(
+            with_token.iter().any(|request| request.path.ends_with("/download")),
+            "the crate was downloaded with the token: {requests:?}"
+        );
+        assert!(
+            with_token
+                .iter()
+                .all(|request| request.accepted && request.authorization.as_deref() == Some(bearer.as_str())),
+            "{requests:?}"
+        );
+
+        let (ok, stderr) = cargo_fetch(&world, &registry, "\"cargo-credential\"").await;
+        assert!(!ok);
+        assert!(stderr.contains("tokctl needs the installation"), "{stderr}");
+
+        // `cargo login` and `cargo logout` have nothing to do: tokd holds
+        // the token. The answers, as the protocol has them.
+        let mut provider = world
+            .command(&["--cargo-plugin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("tokctl --cargo-plugin");
+        let mut stdin = provider.stdin.take().expect("stdin");
+        let registry_info = format!(r#"{{"index-url":"{}","name":"company"}}"#, registry.index_url());
+        for kind in ["login", "logout"] {
+            stdin
+                .write_all(
+                    format!(r#"{{"v":1,"registry":{registry_info},"kind":"{kind}","token":"x","args":["cargo-credential","a"]}}"#)
+                        .as_bytes(),
+                )
+                .await
+                .expect("write");
+            stdin.write_all(b"\n").await.expect("write");
+        }
+        drop(stdin);
+        let out = provider.wait_with_output().await.expect("it ends");
+        assert!(out.status.success());
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("one JSON message a line"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                serde_json::json!({"v": [1]}),
+                serde_json::json!({"Err": {"kind": "operation-not-supported"}}),
+                serde_json::json!({"Err": {"kind": "operation-not-supported"}}),
+            ]
+        );
     })
     .await;
 }
