@@ -18,7 +18,7 @@
 //! `other` error carrying tokctl's sentence, which Cargo shows.
 
 use crate::failure::Failure;
-use crate::{DEFAULT_TIMEOUT, Deadline, connect, say};
+use crate::{DEFAULT_TIMEOUT, Deadline, manager, say};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::io::{BufRead as _, Read as _};
@@ -170,15 +170,7 @@ async fn token(
 ) -> Result<(String, i64), Failure> {
     let deadline = Deadline::new(DEFAULT_TIMEOUT);
     if proxy.is_none() {
-        let connection = deadline.bound(connect(false)).await??;
-        let built = deadline
-            .bound(
-                ManagerProxy::builder(&connection)
-                    .cache_properties(zbus::proxy::CacheProperties::No)
-                    .build(),
-            )
-            .await??;
-        *proxy = Some((connection, built));
+        *proxy = Some(manager(&deadline, false).await?);
     }
     let Some((_, proxy)) = proxy.as_ref() else {
         return Err(Failure::new(

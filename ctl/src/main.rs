@@ -8,6 +8,7 @@
 
 mod cargo;
 mod complete;
+mod docker;
 mod exec;
 mod failure;
 mod git;
@@ -260,6 +261,9 @@ fn main() -> ExitCode {
     if cargo::called_by_cargo() {
         return cargo::serve();
     }
+    if docker::called_as_helper() {
+        return docker::serve();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // Help and version: as clap writes them, on stdout.
@@ -349,14 +353,7 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
     // the private socket.
     let waits_for_a_signal = matches!(command, Command::Login { code: None, .. })
         || kube.as_ref().is_some_and(|info| info.interactive);
-    let connection = deadline.bound(connect(waits_for_a_signal)).await??;
-    let proxy = deadline
-        .bound(
-            ManagerProxy::builder(&connection)
-                .cache_properties(zbus::proxy::CacheProperties::No)
-                .build(),
-        )
-        .await??;
+    let (_connection, proxy) = manager(&deadline, waits_for_a_signal).await?;
     match command {
         Command::Get {
             name,
@@ -537,6 +534,22 @@ impl Deadline {
             )
         })
     }
+}
+
+/// A connection to tokd (see [`connect`]) and its manager's proxy.
+pub(crate) async fn manager(
+    deadline: &Deadline,
+    needs_the_bus: bool,
+) -> Result<(zbus::Connection, ManagerProxy<'static>), Failure> {
+    let connection = deadline.bound(connect(needs_the_bus)).await??;
+    let proxy = deadline
+        .bound(
+            ManagerProxy::builder(&connection)
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build(),
+        )
+        .await??;
+    Ok((connection, proxy))
 }
 
 /// tokd's private socket if it answers and is this user's (one process

@@ -36,6 +36,17 @@ pub struct Config {
     pub consumers: BTreeMap<String, Arc<Consumer>>,
     /// Shared with the daemon's per-installation specs (one copy each).
     pub installations: BTreeMap<String, Arc<InstallationConfig>>,
+    /// Container registries (`host` or `host:port`, lowercase), each
+    /// served by one installation (its `registries`).
+    pub registries: BTreeMap<String, RegistryLogin>,
+}
+
+/// Who logs in to a container registry: the installation whose tokens it
+/// gets, and the user name they go with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryLogin {
+    pub installation: String,
+    pub username: String,
 }
 
 /// The `[daemon]` table.
@@ -117,6 +128,7 @@ struct RawInstallation {
     scopes: Option<SpannedList>,
     grant: Option<Grant>,
     schedule: Option<CronSchedule>,
+    registries: Option<Spanned<consumer::StringList>>,
 }
 
 /// A configuration error, naming the file (when there is one) and the line.
@@ -288,13 +300,22 @@ impl Config {
         }
 
         let mut installations = BTreeMap::new();
-        for (name, raw) in raw.installations {
+        let mut registries = BTreeMap::new();
+        for (name, mut raw) in raw.installations {
             let span = name.span();
             let name = name.into_inner();
             if !valid_name(&name) {
                 return Err(source.error(Some(span), name_error("installation", &name)));
             }
+            let listed = raw.registries.take();
             let installation = build_installation(&source, &name, raw, &consumers)?;
+            if let Some(listed) = listed {
+                let username = consumers
+                    .get(&*installation.consumer)
+                    .map(|consumer| consumer.registry_username.clone())
+                    .unwrap_or_default();
+                add_registries(&source, &name, listed, &username, &mut registries)?;
+            }
             installations.insert(name, Arc::new(installation));
         }
 
@@ -306,6 +327,7 @@ impl Config {
             },
             consumers,
             installations,
+            registries,
         })
     }
 
@@ -339,6 +361,48 @@ impl Config {
             names(self.installations.keys().collect()),
         )
     }
+}
+
+/// Adds installation `name`'s `registries` to `registries`; a registry
+/// another installation names already is an error (a registry gets one
+/// installation's tokens).
+fn add_registries(
+    source: &Source<'_>,
+    name: &str,
+    listed: Spanned<consumer::StringList>,
+    username: &str,
+    registries: &mut BTreeMap<String, RegistryLogin>,
+) -> Result<(), ConfigError> {
+    let span = listed.span();
+    for entry in listed.into_inner().0 {
+        if !consumer::valid_registry(&entry) {
+            return Err(source.error(
+                Some(span),
+                format!(
+                    "installation `{name}`: `registries` lists registry hosts as a container tool names them, without scheme or path, e.g. [\"ghcr.io\", \"registry.example.com:5000\"]"
+                ),
+            ));
+        }
+        let host = entry.to_ascii_lowercase();
+        if let Some(other) = registries.get(&host) {
+            let other: &RegistryLogin = other;
+            return Err(source.error(
+                Some(span),
+                format!(
+                    "registry `{host}` is in the `registries` of installations `{}` and `{name}`; a registry gets one installation's tokens, so remove it from one",
+                    other.installation
+                ),
+            ));
+        }
+        registries.insert(
+            host,
+            RegistryLogin {
+                installation: name.to_owned(),
+                username: username.to_owned(),
+            },
+        );
+    }
+    Ok(())
 }
 
 fn name_error(what: &str, name: &str) -> String {

@@ -210,6 +210,10 @@ pub trait Manager {
     /// `file`, or empty when it holds none.
     fn token_stores(&self) -> Result<std::collections::HashMap<String, String>>;
 
+    /// The container registries the config names: (registry, installation,
+    /// user name), sorted by registry.
+    fn registries(&self) -> Result<Vec<(String, String, String)>>;
+
     /// The config file tokd reads and `reload` re-reads (empty: none).
     fn config_path(&self) -> Result<String>;
 

@@ -19,6 +19,7 @@ pub mod generated;
 mod git;
 pub mod keyring;
 pub mod kube;
+pub mod oci;
 pub mod registry;
 mod server;
 pub mod smtp;

@@ -145,6 +145,8 @@ pub struct Broker {
     /// the whole file is not kept, which with 10,000 installations is a
     /// map of 10,000 names.
     daemon: RwLock<config::DaemonConfig>,
+    /// The container registries the config names (usually none).
+    registries: RwLock<std::collections::BTreeMap<String, config::RegistryLogin>>,
     installations: Arc<Installations>,
     keeper: Arc<Keeper>,
     resolver: Arc<Resolver>,
@@ -209,6 +211,7 @@ impl Broker {
         Arc::new_cyclic(|this| Broker {
             config_path,
             daemon: RwLock::new(config.daemon),
+            registries: RwLock::new(config.registries),
             installations,
             keeper,
             resolver,
@@ -283,6 +286,22 @@ impl Broker {
     /// The config file `reload` reads, if any.
     pub fn config_path(&self) -> Option<&std::path::Path> {
         self.config_path.as_deref()
+    }
+
+    /// The container registries the config names, each with the
+    /// installation whose tokens it gets and the user name they go with:
+    /// (registry, installation, user name), sorted by registry.
+    pub fn registries(&self) -> Vec<(String, String, String)> {
+        read(&self.registries)
+            .iter()
+            .map(|(registry, login)| {
+                (
+                    registry.clone(),
+                    login.installation.clone(),
+                    login.username.clone(),
+                )
+            })
+            .collect()
     }
 
     /// Whether the config lets tokd notify the desktop (`[daemon] notify`).

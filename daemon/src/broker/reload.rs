@@ -129,6 +129,7 @@ impl Broker {
         self.installations
             .replace(slots, config.daemon.refresh_margin);
         *write(&self.daemon) = config.daemon;
+        *write(&self.registries) = config.registries;
         self.keeper.read_keyring(new_slots).await;
         self.resolver.forget();
         for event in changed {

@@ -357,6 +357,18 @@ impl Manager {
             .collect())
     }
 
+    /// Registries: the container registries the config names, as
+    /// (registry, installation, user name).
+    #[zbus(out_args("registries"))]
+    async fn registries(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<(String, String, String)>, Error> {
+        self.check_caller(connection, &header).await?;
+        Ok(self.broker.registries())
+    }
+
     /// ConfigPath: the config file tokd reads (empty: none).
     #[zbus(out_args("path"))]
     async fn config_path(

@@ -83,6 +83,9 @@ pub struct Consumer {
     /// The hosts `tokctl git-credential` gives this consumer's tokens to
     /// (lowercase host names, without a port).
     pub git_hosts: Vec<String>,
+    /// The user name container registries get with this consumer's
+    /// tokens (`docker-credential-tokd`).
+    pub registry_username: String,
 }
 
 impl Consumer {
@@ -159,6 +162,7 @@ pub(super) struct RawConsumer {
     token_params: Option<Spanned<BTreeMap<String, String>>>,
     git_username: Option<Spanned<String>>,
     git_hosts: Option<Spanned<StringList>>,
+    registry_username: Option<Spanned<String>>,
 }
 
 /// `host` without a `:port` (and without the brackets of an IPv6
@@ -375,6 +379,19 @@ pub(super) fn build_consumer(
         Some(user) => Some(user.into_inner()),
         None => preset.and_then(|p| p.git_username).map(str::to_owned),
     };
+    let registry_username = match raw.registry_username {
+        Some(user) if user.get_ref().trim().is_empty() || user.get_ref().contains(':') => {
+            return Err(source.error(
+                Some(user.span()),
+                format!("consumer `{name}`: `registry_username` may not be empty or hold ':'"),
+            ));
+        }
+        Some(user) => user.into_inner(),
+        None => preset
+            .and_then(|p| p.registry_username)
+            .unwrap_or(DEFAULT_REGISTRY_USERNAME)
+            .to_owned(),
+    };
     let git_hosts = match raw.git_hosts {
         Some(hosts) => {
             let span = hosts.span();
@@ -415,7 +432,18 @@ pub(super) fn build_consumer(
         keep_alive,
         git_username,
         git_hosts,
+        registry_username,
     })
+}
+
+/// The user name registries get when neither the consumer nor its preset
+/// names one: registries that take an OAuth token mostly ignore it.
+pub const DEFAULT_REGISTRY_USERNAME: &str = "oauth2";
+
+/// Whether `entry` names a container registry: a host, or a bracketed
+/// IPv6 address, with an optional `:port` (as `git_hosts` entries).
+pub fn valid_registry(entry: &str) -> bool {
+    valid_git_host(entry)
 }
 
 /// The preset's git hosts (its public service's), else the hosts of the

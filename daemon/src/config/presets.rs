@@ -38,6 +38,8 @@ pub struct PresetEndpoints {
     pub git_username: Option<&'static str>,
     /// Where the provider serves git over HTTPS.
     pub git_hosts: &'static [&'static str],
+    /// The user name container registries want with an access token.
+    pub registry_username: Option<&'static str>,
     /// A cron schedule that refreshes installations without one: the
     /// provider lets an unused refresh token expire.
     pub keep_alive: Option<&'static str>,
@@ -56,6 +58,7 @@ const NONE: PresetEndpoints = PresetEndpoints {
     extra_scopes: &[],
     git_username: None,
     git_hosts: &[],
+    registry_username: None,
     keep_alive: None,
 };
 
@@ -135,6 +138,8 @@ impl Preset {
                 client_auth: ClientAuth::Post,
                 auth_params: &[("access_type", "offline"), ("prompt", "consent")],
                 keep_alive: Some(WEEKLY),
+                // Artifact Registry and Container Registry.
+                registry_username: Some("oauth2accesstoken"),
                 ..NONE
             },
             // Entra ID v2; refresh tokens expire after 90 days unused.

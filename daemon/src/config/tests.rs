@@ -810,3 +810,80 @@ fn errors_that_name_a_fix_go_once_it_is_made() {
         parse(&fixed);
     }
 }
+
+#[test]
+fn registries_go_to_one_installation_each_with_the_consumer_s_user_name() {
+    let config = parse(
+        r#"[consumers.google]
+provider = "google"
+client_id = "id"
+client_secret = "s"
+
+[consumers.own]
+token_url = "https://sso.example.com/token"
+client_id = "id"
+client_secret = "s"
+registry_username = "robot"
+
+[consumers.plain]
+token_url = "https://sso.example.com/token"
+client_id = "id"
+client_secret = "s"
+
+[installations.gcr]
+consumer = "google"
+registries = ["europe-docker.pkg.dev", "GCR.io"]
+
+[installations.ci]
+consumer = "own"
+grant = "client_credentials"
+registries = ["registry.example.com:5000"]
+
+[installations.other]
+consumer = "plain"
+grant = "client_credentials"
+registries = ["[::1]:5000"]
+"#,
+    );
+    let login = |registry: &str| {
+        let login = &config.registries[registry];
+        (login.installation.as_str(), login.username.as_str())
+    };
+    assert_eq!(login("gcr.io"), ("gcr", "oauth2accesstoken"));
+    assert_eq!(login("europe-docker.pkg.dev"), ("gcr", "oauth2accesstoken"));
+    assert_eq!(login("registry.example.com:5000"), ("ci", "robot"));
+    assert_eq!(login("[::1]:5000"), ("other", "oauth2"));
+    assert_eq!(config.registries.len(), 4);
+
+    let twice = r#"[consumers.plain]
+token_url = "https://sso.example.com/token"
+client_id = "id"
+client_secret = "s"
+
+[installations.one]
+consumer = "plain"
+grant = "client_credentials"
+registries = ["ghcr.io"]
+
+[installations.two]
+consumer = "plain"
+grant = "client_credentials"
+registries = ["GHCR.io"]
+"#;
+    refused(
+        twice,
+        14,
+        "registry `ghcr.io` is in the `registries` of installations `one` and `two`",
+    );
+    let with_scheme = twice.replace("[\"GHCR.io\"]", "[\"https://other.example/v2/\"]");
+    refused(&with_scheme, 14, "without scheme or path");
+    let empty_user = twice.replace(
+        "client_id = \"id\"\n",
+        "client_id = \"id\"\nregistry_username = \"a:b\"\n",
+    );
+    refused(
+        &empty_user,
+        4,
+        "`registry_username` may not be empty or hold ':'",
+    );
+}

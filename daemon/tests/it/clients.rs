@@ -3,12 +3,15 @@
 //! mail (msmtp over SMTP with XOAUTH2 and OAUTHBEARER), and the SASL
 //! strings `tokctl get --format xoauth2|oauthbearer` prints; kubectl's
 //! exec credential plugin against an HTTPS API endpoint; Cargo's
-//! credential provider against a sparse registry that requires auth.
+//! credential provider against a sparse registry that requires auth;
+//! `docker-credential-tokd` with the real skopeo against a container
+//! registry that takes Basic with a live token.
 
 use crate::support::{World, tokctl_bin, within};
 use std::os::unix::fs::PermissionsExt as _;
 use tokd_testkit::Behaviour;
 use tokd_testkit::kube::{self, KubeApi};
+use tokd_testkit::oci::{self, OciRegistry};
 use tokd_testkit::registry::Registry;
 use tokd_testkit::smtp::{SmtpEvent, SmtpServer};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
@@ -459,6 +462,139 @@ async fn cargo_fetches_from_a_registry_that_requires_auth() {
                 serde_json::json!({"Err": {"kind": "operation-not-supported"}}),
             ]
         );
+    })
+    .await;
+}
+
+/// `docker-credential-tokd OPERATION` with `input` on stdin, run through
+/// a link named so, as the container tools run it: status, stdout.
+async fn credential_helper(
+    world: &World,
+    bin: &std::path::Path,
+    operation: &str,
+    input: &str,
+) -> (i32, String) {
+    let mut child = tokio::process::Command::new(bin.join("docker-credential-tokd"))
+        .arg(operation)
+        .envs(world.home.env(&world.bus))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker-credential-tokd");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).await.expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("it ends");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The real skopeo reads a manifest from a registry that takes only Basic
+/// with the consumer's user name and a live token, asking
+/// `docker-credential-tokd` (its `credHelpers`); before a login it shows
+/// the sentence that says to log in. The helper's other operations:
+/// `list`, `store` ignored, `erase` refreshes, and "credentials not found"
+/// for a registry no installation names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_reads_from_a_registry_through_the_credential_helper() {
+    within(async {
+        let mut world = World::start(Behaviour::wso2()).await;
+        let registry = OciRegistry::start(world.emulator.checker(), "oauth2").await;
+        let config = world.config(&format!(
+            "\n[installations.reg]\nconsumer = \"acme\"\nscopes = [\"read\"]\nregistries = [\"{}\"]\n",
+            registry.host()
+        ));
+        world.home.write_config(&config);
+        drop(world.tokd.take());
+        world.start_tokd().await;
+
+        // The link the README's install section makes.
+        let bin = world.home.path().join("bin");
+        std::fs::create_dir_all(&bin).expect("bin");
+        std::os::unix::fs::symlink(tokctl_bin(), bin.join("docker-credential-tokd")).expect("link");
+        let auth = world.home.path().join("auth.json");
+        std::fs::write(
+            &auth,
+            format!(r#"{{"credHelpers": {{"{}": "tokd"}}}}"#, registry.host()),
+        )
+        .expect("auth.json");
+        let skopeo = async || {
+            let path = format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            let out = tokio::process::Command::new("skopeo")
+                .args(["inspect", "--raw", "--tls-verify=false", "--authfile"])
+                .arg(&auth)
+                .arg(format!("docker://{}/team/app:latest", registry.host()))
+                .envs(world.home.env(&world.bus))
+                .env("PATH", path)
+                .output()
+                .await
+                .expect("skopeo (Debian: skopeo)");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+
+        let (ok, _, stderr) = skopeo().await;
+        assert!(!ok);
+        assert!(stderr.contains("tokctl login reg"), "{stderr}");
+
+        world.login("reg").await;
+        let (ok, stdout, stderr) = skopeo().await;
+        assert!(ok, "{stderr}\n{}", world.log());
+        assert_eq!(stdout.trim_end(), oci::MANIFEST);
+        let token = world.get("reg").await;
+        let requests = registry.requests();
+        assert!(
+            requests.iter().any(|request| request.accepted && request.path.contains("/manifests/")),
+            "{requests:?}"
+        );
+        assert!(
+            requests
+                .iter()
+                .filter_map(|request| request.credentials.as_ref())
+                .all(|credentials| *credentials == ("oauth2".to_owned(), token.clone())),
+            "{requests:?}"
+        );
+
+        let (status, listed) = credential_helper(&world, &bin, "list", "").await;
+        assert_eq!(status, 0);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&listed).expect("json"),
+            serde_json::json!({ registry.host(): "oauth2" })
+        );
+        let (status, stored) = credential_helper(
+            &world,
+            &bin,
+            "store",
+            r#"{"ServerURL":"x","Username":"u","Secret":"s"}"#,
+        )
+        .await;
+        assert_eq!((status, stored.as_str()), (0, ""));
+        let (status, missing) = credential_helper(&world, &bin, "get", "registry.example.com").await;
+        assert_eq!(status, 1);
+        assert_eq!(missing.trim_end(), "credentials not found in native keychain");
+
+        let (status, _) =
+            credential_helper(&world, &bin, "erase", &format!("http://{}/", registry.host())).await;
+        assert_eq!(status, 0);
+        assert_ne!(world.get("reg").await, token, "erase refreshed the token");
+
+        // A reload takes the registries of the new config.
+        world.home.write_config(&world.config(""));
+        let out = world.tokctl(&["reload"]).await;
+        assert_eq!(out.status, 0, "{out:?}");
+        assert_eq!(credential_helper(&world, &bin, "list", "").await, (0, "{}\n".to_owned()));
+        let (status, missing) =
+            credential_helper(&world, &bin, "get", &registry.host()).await;
+        assert_eq!((status, missing.trim_end()), (1, "credentials not found in native keychain"));
     })
     .await;
 }
