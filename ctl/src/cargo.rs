@@ -9,6 +9,13 @@
 //! credential-provider = ["tokctl", "cargo-credential", "NAME"]
 //! ```
 //!
+//! The registry must be one NAME's `registries` names (its index URL's
+//! host, or host:port): a project's own `.cargo/config.toml` can name any
+//! registry and any provider, and merely resolving its dependencies
+//! (`cargo metadata`, as an editor does on opening it) asks the provider;
+//! NAME's token goes only where the user's config sends it. Over `https`,
+//! or plain `http` to a loopback address only.
+//!
 //! tokctl says hello (`{"v":[1]}`), then answers one JSON line per
 //! request until stdin closes: `get` with a fresh token of NAME (as
 //! `Bearer TOKEN`, or the bare token with `--raw` after NAME) cached by
@@ -17,7 +24,7 @@
 //! `revoke` are how it comes and goes). A token that cannot be had is an
 //! `other` error carrying tokctl's sentence, which Cargo shows.
 
-use crate::failure::Failure;
+use crate::failure::{Failure, exit};
 use crate::{DEFAULT_TIMEOUT, Deadline, manager, say};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -138,7 +145,7 @@ async fn answer(
         Ok(wanted) => wanted,
         Err(message) => return other(&message),
     };
-    match token(&wanted.name, proxy).await {
+    match token(&wanted.name, &request.registry.index_url, proxy).await {
         Ok((token, expires_at)) => {
             let token = if wanted.raw {
                 token
@@ -157,17 +164,50 @@ async fn answer(
             }
             json!({"Ok": ok})
         }
-        Err(failure) => other(&format!(
-            "{} (for the registry {})",
-            failure.message, request.registry.index_url
-        )),
+        Err(failure) => other(&failure.message),
     }
+}
+
+/// The registry (`host` or `host:port`, lowercase) of a Cargo index URL
+/// that may be given a token: `https`, or `http` to a loopback address.
+pub fn index_registry(index_url: &str) -> Result<String, String> {
+    let url = index_url
+        .strip_prefix("sparse+")
+        .or_else(|| index_url.strip_prefix("registry+"))
+        .unwrap_or(index_url);
+    let (scheme, _) = url.split_once("://").unwrap_or(("", ""));
+    let registry = crate::docker::registry_of(url)
+        .filter(|_| matches!(scheme, "https" | "http"))
+        .ok_or_else(|| format!("tokctl gives tokens to https registries only, not {index_url}"))?;
+    let host = registry
+        .rsplit_once(':')
+        .map_or(registry.as_str(), |(host, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                host
+            } else {
+                registry.as_str()
+            }
+        });
+    let loopback = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|address| address.is_loopback());
+    if scheme == "http" && !loopback {
+        return Err(format!(
+            "tokctl sends no token over plain http except to this machine, and {index_url} is not on it; use https"
+        ));
+    }
+    Ok(registry)
 }
 
 async fn token(
     name: &str,
+    index_url: &str,
     proxy: &mut Option<(zbus::Connection, ManagerProxy<'static>)>,
 ) -> Result<(String, i64), Failure> {
+    let registry =
+        index_registry(index_url).map_err(|message| Failure::new(exit::OTHER, message))?;
     let deadline = Deadline::new(DEFAULT_TIMEOUT);
     if proxy.is_none() {
         *proxy = Some(manager(&deadline, false).await?);
@@ -178,6 +218,18 @@ async fn token(
             "tokctl lost its connection to tokd",
         ));
     };
+    let registries = deadline.bound(proxy.registries()).await??;
+    if !registries
+        .iter()
+        .any(|(known, installation, _)| *known == registry && installation == name)
+    {
+        return Err(Failure::new(
+            exit::OTHER,
+            format!(
+                "`{name}` gives its tokens to the registries its `registries` names, and {registry} (from {index_url}) is not one: if it should get them, add \"{registry}\" to `registries` in [installations.{name}] and run `tokctl reload`"
+            ),
+        ));
+    }
     let (token, expires_at, _, warning) = deadline.bound(proxy.get_token(name, 60)).await??;
     if !warning.is_empty() {
         say::warning(&warning);
@@ -212,5 +264,26 @@ mod tests {
         );
         assert!(wanted(&args(&["cargo-credential"])).is_err());
         assert!(wanted(&args(&["a", "b"])).is_err());
+    }
+
+    #[test]
+    fn only_https_registries_or_loopback_ones_get_a_token() {
+        assert_eq!(
+            index_registry("sparse+https://Crates.Example.com/index/").as_deref(),
+            Ok("crates.example.com")
+        );
+        assert_eq!(
+            index_registry("https://github.com/org/index").as_deref(),
+            Ok("github.com")
+        );
+        assert_eq!(
+            index_registry("sparse+http://127.0.0.1:8080/index/").as_deref(),
+            Ok("127.0.0.1:8080")
+        );
+        assert!(index_registry("sparse+http://crates.example.com/index/").is_err());
+        assert!(index_registry("sparse+http://127.0.0.1.evil.example/index/").is_err());
+        assert!(index_registry("sparse+https://user@crates.example.com/index/").is_err());
+        assert!(index_registry("file:///srv/index").is_err());
+        assert!(index_registry("ssh://git@example.com/index").is_err());
     }
 }

@@ -84,6 +84,11 @@ impl Registry {
         format!("sparse+http://{}/index/", self.address)
     }
 
+    /// `127.0.0.1:PORT`: the registry as tokd's `registries` names it.
+    pub fn host(&self) -> String {
+        self.address.to_string()
+    }
+
     /// Serves `crate_file` (a `.crate`: the gzipped tar of
     /// `NAME-VERSION/`) as `name` `version`, with no dependencies.
     pub fn publish(&self, name: &str, version: &str, crate_file: Vec<u8>) {

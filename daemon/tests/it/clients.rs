@@ -388,24 +388,54 @@ async fn cargo_fetch(world: &World, registry: &Registry, provider_args: &str) ->
 
 /// The real cargo fetches a crate from a registry that requires auth, with
 /// tokctl as its credential provider: every request carries `Bearer` and
-/// a token the emulator honours. Before a login, cargo shows tokctl's
-/// sentence; arguments that name no installation say how to name one.
+/// a token the emulator honours. A registry the installation's
+/// `registries` does not name gets nothing, and the sentence's cure (add
+/// it, reload) works; before a login, cargo shows tokctl's sentence;
+/// arguments that name no installation say how to name one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cargo_fetches_from_a_registry_that_requires_auth() {
     within(async {
-        let world = World::start(Behaviour::wso2()).await;
+        let mut world = World::start(Behaviour::wso2()).await;
         let registry = Registry::start(world.emulator.checker()).await;
         let files = tempfile::tempdir().expect("crate files");
         registry.publish("hello", "0.1.0", hello_crate(files.path()));
+        let crates = |world: &World, registries: &str| {
+            world.config(&format!(
+                "\n[installations.crates]\nconsumer = \"acme\"\nscopes = [\"read\"]\n{registries}"
+            ))
+        };
+        world.home.write_config(&crates(&world, ""));
+        drop(world.tokd.take());
+        world.start_tokd().await;
+        let args = "\"cargo-credential\", \"crates\"";
 
-        let (ok, stderr) = cargo_fetch(&world, &registry, "\"cargo-credential\", \"a\"").await;
+        // A project's own .cargo/config.toml names the registry and the
+        // provider: the installation's config must name the registry too.
+        let (ok, stderr) = cargo_fetch(&world, &registry, args).await;
         assert!(!ok);
-        assert!(stderr.contains("tokctl login a"), "{stderr}");
+        let cure = format!(
+            "add \"{}\" to `registries` in [installations.crates] and run `tokctl reload`",
+            registry.host()
+        );
+        assert!(stderr.contains(&cure), "{stderr}");
+        assert!(
+            registry.requests().iter().all(|request| request.authorization.is_none()),
+            "no token went to an unnamed registry"
+        );
+        world
+            .home
+            .write_config(&crates(&world, &format!("registries = [\"{}\"]\n", registry.host())));
+        let out = world.tokctl(&["reload"]).await;
+        assert_eq!(out.status, 0, "{out:?}");
 
-        world.login("a").await;
-        let (ok, stderr) = cargo_fetch(&world, &registry, "\"cargo-credential\", \"a\"").await;
+        let (ok, stderr) = cargo_fetch(&world, &registry, args).await;
+        assert!(!ok);
+        assert!(stderr.contains("tokctl login crates"), "{stderr}");
+
+        world.login("crates").await;
+        let (ok, stderr) = cargo_fetch(&world, &registry, args).await;
         assert!(ok, "{stderr}\n{}", world.log());
-        let token = world.get("a").await;
+        let token = world.get("crates").await;
         let requests = registry.requests();
         let bearer = format!("Bearer {token}");
         let with_token: Vec<_> = requests

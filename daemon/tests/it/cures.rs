@@ -18,6 +18,11 @@ use tokd_testkit::{Behaviour, Fault, FaultBody, WellKnown};
 /// the source) and where a test follows it and sees the recovery. A few
 /// cannot be followed here; those say why instead of naming a test.
 pub const CURES: &[(&str, &str)] = &[
+    // Other programs' credential protocols.
+    (
+        "to `registries` in [installations.{name}] and run `tokctl reload`",
+        "clients::cargo_fetches_from_a_registry_that_requires_auth",
+    ),
     // Logins.
     (
         "has no token yet; run `tokctl login",
