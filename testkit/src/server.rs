@@ -219,9 +219,14 @@ impl Emulator {
     /// Starts a server on 127.0.0.1 with a free port. Must be called inside
     /// a tokio runtime.
     pub async fn start(behaviour: Behaviour) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_at(behaviour, 0)
             .await
-            .expect("bind the emulator on 127.0.0.1");
+            .expect("bind the emulator on 127.0.0.1")
+    }
+
+    /// Starts a server on 127.0.0.1 at `port` (0: a free one).
+    pub async fn start_at(behaviour: Behaviour, port: u16) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let address = listener.local_addr().expect("local address");
         let state = Arc::new(Mutex::new(State {
             behaviour,
@@ -262,11 +267,11 @@ impl Emulator {
                 });
             }
         });
-        Self {
+        Ok(Self {
             address,
             state,
             accept,
-        }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -169,3 +169,75 @@ async fn tokctl_and_tokd_give_up_on_a_login_together() {
     })
     .await;
 }
+
+/// The README's "Try it" with `tokd-provider`: the emulator runs as a
+/// program of its own, and the config it prints, pasted into tokd's
+/// config, logs in (its login page approves at once) and serves a token.
+/// (The printed redirect port, 8765, is swapped for a free one: tests run
+/// side by side.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_emulator_runs_alone_and_the_config_it_prints_works() {
+    use tokio::io::AsyncBufReadExt as _;
+    within(async {
+        let mut world = World::prepare(Behaviour::wso2()).await;
+        let program = crate::support::tokd_bin().with_file_name("tokd-provider");
+        let mut provider = tokio::process::Command::new(&program)
+            .args(["--port", "0", "--access-lifetime", "1h", "--secret-file"])
+            .arg(world.home.path().join("provider.secret"))
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| panic!("{}: {error}", program.display()));
+        let mut lines = tokio::io::BufReader::new(provider.stdout.take().expect("stdout")).lines();
+        let mut pasted = String::new();
+        let mut copying = false;
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if line.starts_with("then run") {
+                break;
+            }
+            if copying {
+                pasted.push_str(&line);
+                pasted.push('\n');
+            }
+            copying |= line.starts_with("Add to tokd's config");
+        }
+        assert!(pasted.contains("[installations.try]"), "{pasted}");
+        let port = free_port();
+        let pasted = pasted.replace("127.0.0.1:8765", &format!("127.0.0.1:{port}"));
+        world.home.write_config(&world.config(&pasted));
+        world.start_tokd().await;
+
+        let mut child = world
+            .command(&["login", "try", "--no-browser"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tokctl login");
+        let mut url = String::new();
+        tokio::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut url)
+            .await
+            .expect("the login URL");
+        let url = url.trim().to_owned();
+        let location = crate::support::browse(&url).await;
+        assert!(
+            location.starts_with(&format!("http://127.0.0.1:{port}/callback?")),
+            "{location}"
+        );
+        let page = crate::support::browser()
+            .get(&location)
+            .send()
+            .await
+            .expect("tokd's listener answers")
+            .text()
+            .await
+            .expect("page");
+        assert!(page.contains("Logged in"), "{page}");
+        let output = child.wait_with_output().await.expect("login ends");
+        assert!(output.status.success());
+        let token = world.get("try").await;
+        assert!(!token.is_empty());
+        assert_eq!(world.status("try").await["state"], "valid");
+    })
+    .await;
+}
