@@ -10,11 +10,11 @@
 //! ```
 //!
 //! The registry must be one NAME's `registries` names (its index URL's
-//! host, or host:port): a project's own `.cargo/config.toml` can name any
-//! registry and any provider, and merely resolving its dependencies
-//! (`cargo metadata`, as an editor does on opening it) asks the provider;
-//! NAME's token goes only where the user's config sends it. Over `https`,
-//! or plain `http` to a loopback address only.
+//! host, or host:port), over `https`, or plain `http` to a loopback
+//! address: an index URL that reaches tokctl from elsewhere (`cargo
+//! install --index`, a dependency's `registry-index`) gets nothing. (A
+//! project's own `.cargo/config.toml` can run commands as the user
+//! anyway; the check is no defence against it.)
 //!
 //! tokctl says hello (`{"v":[1]}`), then answers one JSON line per
 //! request until stdin closes: `get` with a fresh token of NAME (as
@@ -226,7 +226,7 @@ async fn token(
         return Err(Failure::new(
             exit::OTHER,
             format!(
-                "`{name}` gives its tokens to the registries its `registries` names, and {registry} (from {index_url}) is not one: if it should get them, add \"{registry}\" to `registries` in [installations.{name}] and run `tokctl reload`"
+                "`{name}` gives its tokens to the registries its `registries` names, and {registry} (from {index_url}, in Cargo's configuration) is not one; only if that registry is yours, add \"{registry}\" to `registries` in [installations.{name}] and run `tokctl reload`"
             ),
         ));
     }

@@ -45,12 +45,37 @@ pub fn called_as_helper() -> bool {
 
 /// The registry a server URL names, as `registries` entries are written:
 /// `https://Registry.Example.com:5000/v2/` → `registry.example.com:5000`.
-/// `None` for one with a user part.
+/// Only an `http://` or `https://` prefix is taken off; `None` for
+/// anything but a host name or bracketed IPv6 address with an optional
+/// port (a user part, a backslash, spaces…).
 pub fn registry_of(server: &str) -> Option<String> {
-    let server = server.trim();
-    let rest = server.split_once("://").map_or(server, |(_, rest)| rest);
+    let lower = server.trim().to_ascii_lowercase();
+    let rest = ["https://", "http://"]
+        .iter()
+        .find_map(|scheme| lower.strip_prefix(scheme))
+        .unwrap_or(&lower);
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    (!host.is_empty() && !host.contains('@')).then(|| host.to_ascii_lowercase())
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((address, after)) if after.is_empty() || after.starts_with(':') => {
+                (address, after.strip_prefix(':'))
+            }
+            _ => return None,
+        },
+        None => match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
+    };
+    let name_ok = !name.is_empty()
+        && if host.starts_with('[') {
+            name.bytes().all(|b| b.is_ascii_hexdigit() || b == b':')
+        } else {
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        };
+    let port_ok = port.is_none_or(|port| port.parse::<u16>().is_ok_and(|port| port > 0));
+    (name_ok && port_ok).then(|| host.to_owned())
 }
 
 /// Answers the operation in the first argument.
@@ -102,9 +127,6 @@ async fn answer(operation: &str) -> Result<String, Failure> {
                 Failure::new(exit::USAGE, format!("cannot read the request: {error}"))
             })?;
     }
-    if operation == "store" {
-        return Ok(String::new());
-    }
     let deadline = Deadline::new(DEFAULT_TIMEOUT);
     let (_connection, proxy) = manager(&deadline, false).await?;
     let registries = deadline.bound(proxy.registries()).await??;
@@ -115,14 +137,36 @@ async fn answer(operation: &str) -> Result<String, Failure> {
             .collect();
         return Ok(format!("{}\n", serde_json::Value::Object(listed)));
     }
-    let server = input.trim();
+    let server = if operation == "store" {
+        // `{"ServerURL": …, "Username": …, "Secret": …}`: only the URL
+        // matters; the secret is dropped unread.
+        serde_json::from_str::<serde_json::Value>(&input)
+            .ok()
+            .and_then(|value| value["ServerURL"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    } else {
+        input.trim().to_owned()
+    };
+    let server = server.as_str();
     let Some((_, installation, username)) = registry_of(server).and_then(|wanted| {
         registries
             .into_iter()
             .find(|(registry, _, _)| *registry == wanted)
     }) else {
-        return Err(Failure::new(exit::OTHER, NOT_FOUND));
+        return Err(Failure::new(
+            exit::OTHER,
+            if operation == "store" {
+                format!(
+                    "tokd keeps no credentials for {server}: it gives tokens to the registries its installations' `registries` name, and keeps nothing else; use `credHelpers` for those registries rather than `credsStore`"
+                )
+            } else {
+                NOT_FOUND.to_owned()
+            },
+        ));
     };
+    if operation == "store" {
+        return Ok(String::new());
+    }
     if operation == "erase" {
         deadline.bound(proxy.refresh(&installation)).await??;
         return Ok(String::new());
@@ -154,5 +198,12 @@ mod tests {
         );
         assert_eq!(registry_of("https://user@ghcr.io/"), None);
         assert_eq!(registry_of(""), None);
+        assert_eq!(
+            registry_of("evil.example/a://gcr.io").as_deref(),
+            Some("evil.example")
+        );
+        assert_eq!(registry_of("ftp://gcr.io"), None);
+        assert_eq!(registry_of("gcr.io\\@evil.example"), None);
+        assert_eq!(registry_of("[::1]:5000").as_deref(), Some("[::1]:5000"));
     }
 }

@@ -5,6 +5,12 @@
 //! token and its expiry, which kubectl caches until then. A login happens
 //! only when kubectl says the plugin may interact (`spec.interactive`),
 //! and then writes nothing to stdout but the credential.
+//!
+//! The token goes only to an API server the installation's `kube_servers`
+//! names (tokd checks): kubectl tells the plugin the cluster's `server`
+//! when the exec section has `provideClusterInfo: true`, which tokctl
+//! therefore needs; a cluster reached without verifying its certificate,
+//! or through a proxy, gets nothing.
 
 use crate::failure::{Failure, exit};
 use serde::{Deserialize, Serialize};
@@ -16,11 +22,56 @@ pub const API_VERSIONS: [&str; 2] = [
 ];
 
 /// What kubectl tells its plugin.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct ExecInfo {
     pub api_version: String,
     /// Whether the plugin may ask a human (kubectl gave it the terminal).
     pub interactive: bool,
+    /// The cluster, when the exec section has `provideClusterInfo: true`.
+    pub cluster: Option<Cluster>,
+}
+
+/// The cluster kubectl says the credential is for.
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Cluster {
+    #[serde(default)]
+    pub server: String,
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+    #[serde(default)]
+    pub proxy_url: String,
+}
+
+impl ExecInfo {
+    /// The API server the token would go to, if it may go there.
+    pub fn server(&self) -> Result<&str, Failure> {
+        let Some(cluster) = &self.cluster else {
+            return Err(Failure::new(
+                exit::USAGE,
+                "kubectl did not say which cluster the token is for; add `provideClusterInfo: true` to the exec section of the kubeconfig's user",
+            ));
+        };
+        if cluster.insecure_skip_tls_verify {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!(
+                    "not giving a token for {}: the kubeconfig turns off the check of its certificate (insecure-skip-tls-verify)",
+                    cluster.server
+                ),
+            ));
+        }
+        if !cluster.proxy_url.is_empty() {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!(
+                    "not giving a token for {}: the kubeconfig sends it through a proxy ({})",
+                    cluster.server, cluster.proxy_url
+                ),
+            ));
+        }
+        Ok(&cluster.server)
+    }
 }
 
 /// `KUBERNETES_EXEC_INFO`, or (run by hand, without it) `v1` and no
@@ -37,11 +88,13 @@ pub fn exec_info(variable: Option<&str>) -> Result<ExecInfo, Failure> {
     struct Spec {
         #[serde(default)]
         interactive: bool,
+        #[serde(default)]
+        cluster: Option<Cluster>,
     }
     let Some(variable) = variable.filter(|v| !v.trim().is_empty()) else {
         return Ok(ExecInfo {
             api_version: API_VERSIONS[0].to_owned(),
-            interactive: false,
+            ..ExecInfo::default()
         });
     };
     let info: Info = serde_json::from_str(variable).map_err(|error| {
@@ -65,6 +118,7 @@ pub fn exec_info(variable: Option<&str>) -> Result<ExecInfo, Failure> {
     Ok(ExecInfo {
         api_version,
         interactive: info.spec.interactive,
+        cluster: info.spec.cluster,
     })
 }
 
@@ -121,16 +175,40 @@ mod tests {
             .expect("v1beta1"),
             ExecInfo {
                 api_version: API_VERSIONS[1].into(),
-                interactive: true
+                interactive: true,
+                cluster: None,
             }
         );
         assert_eq!(
             exec_info(None).expect("by hand"),
             ExecInfo {
                 api_version: API_VERSIONS[0].into(),
-                interactive: false
+                ..ExecInfo::default()
             }
         );
+        let with_cluster = exec_info(Some(
+            r#"{"apiVersion":"client.authentication.k8s.io/v1","spec":{"interactive":false,"cluster":{"server":"https://k8s.example.com:6443","certificate-authority-data":"AAAA"}}}"#,
+        ))
+        .expect("with the cluster");
+        assert_eq!(
+            with_cluster.server().ok(),
+            Some("https://k8s.example.com:6443")
+        );
+        assert!(
+            exec_info(None)
+                .expect("by hand")
+                .server()
+                .is_err_and(|f| f.message.contains("provideClusterInfo: true"))
+        );
+        for refused in [
+            r#"{"spec":{"cluster":{"server":"https://k","insecure-skip-tls-verify":true}}}"#,
+            r#"{"spec":{"cluster":{"server":"https://k","proxy-url":"http://proxy:3128"}}}"#,
+        ] {
+            assert!(
+                exec_info(Some(refused)).expect("parses").server().is_err(),
+                "{refused}"
+            );
+        }
         let old = exec_info(Some(
             r#"{"apiVersion":"client.authentication.k8s.io/v1alpha1","spec":{}}"#,
         ))

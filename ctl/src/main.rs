@@ -219,10 +219,12 @@ enum Command {
     ///     command: tokctl
     ///     args: [kube-credential, NAME]
     ///     interactiveMode: IfAvailable
+    ///     provideClusterInfo: true
     ///
-    /// When NAME needs a login and kubectl lets the plugin interact, the
-    /// login runs (its messages on stderr); otherwise the reason goes to
-    /// stderr with tokctl's exit status.
+    /// The cluster's server must be in NAME's `kube_servers` in tokd's
+    /// config. When NAME needs a login and kubectl lets the plugin
+    /// interact, the login runs (its messages on stderr); otherwise the
+    /// reason goes to stderr with tokctl's exit status.
     #[command(verbatim_doc_comment)]
     KubeCredential {
         /// The installation whose tokens kubectl gets.
@@ -432,29 +434,31 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             login::login(&proxy, &deadline, &name, flow, timeout).await
         }
         Command::KubeCredential { name, min_valid } => {
-            let info = kube.unwrap_or_else(|| kube::ExecInfo {
-                api_version: kube::API_VERSIONS[0].to_owned(),
-                interactive: false,
-            });
+            let info = kube.unwrap_or_default();
+            let server = info.server()?;
             let secs = u32::try_from(min_valid.as_secs()).unwrap_or(u32::MAX);
-            let (token, expires_at, _, warning) =
-                match deadline.bound(proxy.get_token(&name, secs)).await? {
-                    Err(tokd_shared::Error::NeedsLogin(_)) if info.interactive => {
-                        // stdout is kubectl's: the login's URL goes to
-                        // stderr with the rest of what it says.
-                        say::keep_stdout_for_the_result(true);
-                        let flow = if login::has_display() {
-                            login::Flow::Browser { open: true }
-                        } else {
-                            login::Flow::DeviceIfOffered
-                        };
-                        let outcome = login::login(&proxy, &deadline, &name, flow, timeout).await;
-                        say::keep_stdout_for_the_result(false);
-                        outcome?;
-                        deadline.bound(proxy.get_token(&name, secs)).await??
-                    }
-                    other => other?,
-                };
+            let (token, expires_at, warning) = match deadline
+                .bound(proxy.get_kube_credential(&name, server, secs))
+                .await?
+            {
+                Err(tokd_shared::Error::NeedsLogin(_)) if info.interactive => {
+                    // stdout is kubectl's: the login's URL goes to
+                    // stderr with the rest of what it says.
+                    say::keep_stdout_for_the_result(true);
+                    let flow = if login::has_display() {
+                        login::Flow::Browser { open: true }
+                    } else {
+                        login::Flow::DeviceIfOffered
+                    };
+                    let outcome = login::login(&proxy, &deadline, &name, flow, timeout).await;
+                    say::keep_stdout_for_the_result(false);
+                    outcome?;
+                    deadline
+                        .bound(proxy.get_kube_credential(&name, server, secs))
+                        .await??
+                }
+                other => other?,
+            };
             if !warning.is_empty() {
                 say::warning(&warning);
             }

@@ -3,10 +3,10 @@
 
 use crate::Format;
 use serde::Serialize;
-use std::time::Duration;
 use tokd_shared::InstallationInfo;
 
 use crate::say::one_line;
+pub use tokd_shared::text::span;
 
 pub fn format_token(
     token: &str,
@@ -154,7 +154,7 @@ pub fn relative(time: i64, now: i64) -> String {
     if delta == 0 {
         return "now".to_owned();
     }
-    let span = humantime::format_duration(Duration::from_secs(rounded(delta.unsigned_abs())));
+    let span = span(delta.unsigned_abs());
     if delta > 0 {
         format!("in {span}")
     } else {
@@ -162,12 +162,13 @@ pub fn relative(time: i64, now: i64) -> String {
     }
 }
 
-/// Keeps the two largest units: 1h 59m, 2m 5s, 3d 4h.
-pub fn rounded(secs: u64) -> u64 {
-    match secs {
-        0..3600 => secs,
-        3600..86_400 => secs - secs % 60,
-        _ => secs - secs % 3600,
+/// [`relative`] for something that has happened: a time tokd stamped a
+/// moment after tokctl's clock read is `now`, never `in 1s`.
+pub fn relative_past(time: i64, now: i64) -> String {
+    if time == 0 {
+        "-".to_owned()
+    } else {
+        relative(time.min(now), now)
     }
 }
 
@@ -261,7 +262,7 @@ pub fn details(info: &InstallationInfo, tokens_in: Option<&str>, now: i64) -> St
         },
     );
     field("expires", relative(info.expires_at, now));
-    field("last refresh", relative(info.last_refresh, now));
+    field("last refresh", relative_past(info.last_refresh, now));
     field("next refresh", relative(info.next_refresh, now));
     if info.last_error != info.message {
         field("last error", one_line(&info.last_error));
@@ -311,6 +312,13 @@ mod tests {
         assert_eq!(relative(100 + 7170, 100), "in 1h 59m");
         assert_eq!(relative(100 - 125, 100), "2m 5s ago");
         assert_eq!(relative(100, 100), "now", "not \"in 0s\"");
+        assert_eq!(relative_past(101, 100), "now", "not \"in 1s\"");
+        assert_eq!(relative_past(40, 100), "1m ago");
+        assert_eq!(span(48 * 3600), "2d", "not \"2days\"");
+        assert_eq!(span(3 * 86_400 + 4 * 3600 + 59), "3d 4h");
+        assert_eq!(span(0), "0s");
+        assert_eq!(span(45), "45s");
+        assert_eq!(span(3600 + 30), "1h");
     }
 
     #[test]

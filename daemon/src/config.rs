@@ -39,6 +39,9 @@ pub struct Config {
     /// Container registries (`host` or `host:port`, lowercase), each
     /// served by one installation (its `registries`).
     pub registries: BTreeMap<String, RegistryLogin>,
+    /// Kubernetes API servers (https URLs, without a trailing `/`) and the
+    /// installation whose tokens each may get (its `kube_servers`), sorted.
+    pub kube_servers: Vec<(String, String)>,
 }
 
 /// Who logs in to a container registry: the installation whose tokens it
@@ -129,6 +132,7 @@ struct RawInstallation {
     grant: Option<Grant>,
     schedule: Option<CronSchedule>,
     registries: Option<Spanned<consumer::StringList>>,
+    kube_servers: Option<Spanned<consumer::StringList>>,
 }
 
 /// A configuration error, naming the file (when there is one) and the line.
@@ -301,6 +305,7 @@ impl Config {
 
         let mut installations = BTreeMap::new();
         let mut registries = BTreeMap::new();
+        let mut kube_servers = Vec::new();
         for (name, mut raw) in raw.installations {
             let span = name.span();
             let name = name.into_inner();
@@ -308,6 +313,20 @@ impl Config {
                 return Err(source.error(Some(span), name_error("installation", &name)));
             }
             let listed = raw.registries.take();
+            if let Some(servers) = raw.kube_servers.take() {
+                let span = servers.span();
+                for server in servers.into_inner().0 {
+                    let server = kube_server(&server).ok_or_else(|| {
+                        source.error(
+                            Some(span.clone()),
+                            format!(
+                                "installation `{name}`: `kube_servers` lists API server URLs as the kubeconfig's `server` has them, https and without a user part, e.g. [\"https://k8s.example.com:6443\"]"
+                            ),
+                        )
+                    })?;
+                    kube_servers.push((server, name.clone()));
+                }
+            }
             let installation = build_installation(&source, &name, raw, &consumers)?;
             if let Some(listed) = listed {
                 let username = consumers
@@ -328,6 +347,11 @@ impl Config {
             consumers,
             installations,
             registries,
+            kube_servers: {
+                kube_servers.sort();
+                kube_servers.dedup();
+                kube_servers
+            },
         })
     }
 
@@ -361,6 +385,20 @@ impl Config {
             names(self.installations.keys().collect()),
         )
     }
+}
+
+/// A `kube_servers` entry as tokctl compares it with the kubeconfig's
+/// `server`: an https URL without user part, query or fragment, its
+/// scheme and host lowercase, without a trailing `/`.
+pub fn kube_server(text: &str) -> Option<String> {
+    let url = url::Url::parse(text.trim()).ok()?;
+    (url.scheme() == "https"
+        && url.host_str().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none())
+    .then(|| url.as_str().trim_end_matches('/').to_owned())
 }
 
 /// Adds installation `name`'s `registries` to `registries`; a registry

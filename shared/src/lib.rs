@@ -164,6 +164,16 @@ pub trait Manager {
     /// although it expires sooner than asked.
     fn get_token(&self, name: &str, min_valid_secs: u32) -> Result<(String, i64, String, String)>;
 
+    /// A token for the Kubernetes API at `server` (an https URL, which the
+    /// installation's `kube_servers` must name), valid for at least
+    /// `min_valid_secs`: (token, expiry or 0, warning as in `get_token`).
+    fn get_kube_credential(
+        &self,
+        name: &str,
+        server: &str,
+        min_valid_secs: u32,
+    ) -> Result<(String, i64, String)>;
+
     /// A token for git at `protocol://host` (HTTPS, or HTTP to loopback,
     /// and a host in the consumer's `git_hosts`), valid for at least
     /// `min_valid_secs`: (user name to send it with, empty when the

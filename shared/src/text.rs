@@ -50,6 +50,37 @@ pub fn for_terminal(text: &str) -> String {
     out
 }
 
+/// A length of time in its two largest units, each with its letter:
+/// `45s`, `2m 5s`, `1h 59m`, `2d`, `3d 4h`.
+pub fn span(secs: u64) -> String {
+    let secs = rounded(secs);
+    let (days, hours, minutes, seconds) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    let parts: [(u64, &str); 4] = [(days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s")];
+    let first = parts.iter().position(|(n, _)| *n > 0).unwrap_or(3);
+    parts[first..]
+        .iter()
+        .take(2)
+        .enumerate()
+        .filter(|(i, (n, _))| *i == 0 || *n > 0)
+        .map(|(_, (n, unit))| format!("{n}{unit}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Keeps the two largest units: 1h 59m, 2m 5s, 3d 4h.
+fn rounded(secs: u64) -> u64 {
+    match secs {
+        0..3600 => secs,
+        3600..86_400 => secs - secs % 60,
+        _ => secs - secs % 3600,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -205,7 +205,7 @@ impl Token {
         let left = self
             .expires_at
             .and_then(|at| at.duration_since(now).ok())
-            .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string());
+            .map(|d| tokd_shared::text::span(d.as_secs()));
         self.warning = Some(format!(
             "this token is valid for {} only, less than the {} asked for: {why}",
             left.unwrap_or_else(|| "a moment".to_owned()),

@@ -30,6 +30,7 @@ mod error;
 mod git;
 mod installation;
 mod keeping;
+mod kube;
 mod login;
 mod refresh;
 mod reload;
@@ -147,6 +148,8 @@ pub struct Broker {
     daemon: RwLock<config::DaemonConfig>,
     /// The container registries the config names (usually none).
     registries: RwLock<std::collections::BTreeMap<String, config::RegistryLogin>>,
+    /// The Kubernetes API servers the config names: (server, installation).
+    kube_servers: RwLock<Vec<(String, String)>>,
     installations: Arc<Installations>,
     keeper: Arc<Keeper>,
     resolver: Arc<Resolver>,
@@ -212,6 +215,7 @@ impl Broker {
             config_path,
             daemon: RwLock::new(config.daemon),
             registries: RwLock::new(config.registries),
+            kube_servers: RwLock::new(config.kube_servers),
             installations,
             keeper,
             resolver,

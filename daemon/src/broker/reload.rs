@@ -130,6 +130,7 @@ impl Broker {
             .replace(slots, config.daemon.refresh_margin);
         *write(&self.daemon) = config.daemon;
         *write(&self.registries) = config.registries;
+        *write(&self.kube_servers) = config.kube_servers;
         self.keeper.read_keyring(new_slots).await;
         self.resolver.forget();
         for event in changed {

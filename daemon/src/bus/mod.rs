@@ -170,6 +170,30 @@ impl Manager {
         ))
     }
 
+    /// GetKubeCredential: a token for the Kubernetes API at `server`
+    /// (which the installation's `kube_servers` must name).
+    #[zbus(out_args("access_token", "expires_at", "warning"))]
+    async fn get_kube_credential(
+        &self,
+        name: &str,
+        server: &str,
+        min_valid_secs: u32,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(String, i64, String), Error> {
+        self.check_caller(connection, &header).await?;
+        let token = self
+            .broker
+            .kube_credential(name, server, Duration::from_secs(min_valid_secs.into()))
+            .await
+            .map_err(wire_error)?;
+        Ok((
+            token.access_token.expose().to_owned(),
+            token.expires_at.map_or(0, unix_seconds),
+            token.warning.unwrap_or_default(),
+        ))
+    }
+
     /// GetGitCredential: a token for git at `protocol://host`, with the
     /// user name to send it with (empty: keep git's own).
     #[zbus(out_args("username", "password", "expires_at", "warning"))]

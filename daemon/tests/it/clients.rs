@@ -161,25 +161,27 @@ async fn authenticate(port: u16, mechanism: &str, response: &str) -> String {
 }
 
 /// A kubeconfig for `api` whose user gets its token from
-/// `tokctl kube-credential a` in ExecCredential `version`.
+/// `tokctl kube-credential k8s` in ExecCredential `version`, telling the
+/// plugin the cluster when `cluster_info`.
 fn kubeconfig(
     world: &World,
     api: &KubeApi,
     version: &str,
     interactive: &str,
+    cluster_info: bool,
 ) -> std::path::PathBuf {
     use base64::Engine as _;
-    let path = world
-        .home
-        .path()
-        .join(format!("kubeconfig-{}", version.replace('/', "-")));
+    let path = world.home.path().join(format!(
+        "kubeconfig-{}-{cluster_info}",
+        version.replace('/', "-")
+    ));
     std::fs::write(
         &path,
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    \
              certificate-authority-data: {ca}\nusers:\n- name: tokd\n  user:\n    exec:\n      \
-             apiVersion: {version}\n      command: {tokctl}\n      args: [kube-credential, a]\n\
-             {interactive}contexts:\n- name: local\n  context:\n    cluster: local\n    \
+             apiVersion: {version}\n      command: {tokctl}\n      args: [kube-credential, k8s]\n\
+             {interactive}{cluster_info}contexts:\n- name: local\n  context:\n    cluster: local\n    \
              user: tokd\ncurrent-context: local\n",
             server = api.url(),
             ca = base64::engine::general_purpose::STANDARD.encode(kube::CERTIFICATE),
@@ -189,6 +191,11 @@ fn kubeconfig(
                 format!("      interactiveMode: {interactive}\n")
             } else {
                 String::new()
+            },
+            cluster_info = if cluster_info {
+                "      provideClusterInfo: true\n"
+            } else {
+                ""
             },
         ),
     )
@@ -214,39 +221,78 @@ async fn kubectl_version(world: &World, config: &std::path::Path) -> (bool, Stri
     )
 }
 
-/// The real kubectl runs `tokctl kube-credential` in both ExecCredential
-/// versions and sends the token to an HTTPS API endpoint that takes it;
-/// an installation that needs a login fails with the sentence that says
-/// so, and works once logged in.
+/// The world's config with an installation `k8s` of `acme` and `extra`
+/// lines in its table.
+fn with_k8s(world: &World, extra: &str) -> String {
+    world.config(&format!(
+        "\n[installations.k8s]\nconsumer = \"acme\"\nscopes = [\"read\"]\n{extra}"
+    ))
+}
+
+/// The real kubectl runs `tokctl kube-credential` and sends the token to
+/// an HTTPS API endpoint that takes it, in both ExecCredential versions.
+/// On the way, each sentence tokctl says is followed and cures: kubectl
+/// must tell the plugin the cluster (`provideClusterInfo`); the
+/// installation's `kube_servers` must name it (a kubeconfig the user did
+/// not write gets no token for its own server); a login is needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_gets_its_token_from_the_exec_plugin() {
     within(async {
-        let world = World::start(Behaviour::wso2()).await;
+        let mut world = World::start(Behaviour::wso2()).await;
         let api = KubeApi::start(world.emulator.checker()).await;
-
+        world.home.write_config(&with_k8s(&world, ""));
+        drop(world.tokd.take());
+        world.start_tokd().await;
         let versions = kube_versions().await;
-        // No login yet, and kubectl gives the plugin no terminal.
-        let never = kubeconfig(&world, &api, versions[0], "Never");
+
+        let blind = kubeconfig(&world, &api, versions[0], "Never", false);
+        let (ok, _, stderr) = kubectl_version(&world, &blind).await;
+        assert!(!ok);
+        assert!(
+            stderr.contains("add `provideClusterInfo: true` to the exec section"),
+            "{stderr}"
+        );
+
+        let never = kubeconfig(&world, &api, versions[0], "Never", true);
         let (ok, _, stderr) = kubectl_version(&world, &never).await;
         assert!(!ok);
-        assert!(stderr.contains("tokctl login a"), "{stderr}");
+        let cure = format!(
+            "add \"{}\" to `kube_servers` in [installations.k8s] and run `tokctl reload`",
+            api.url()
+        );
+        assert!(stderr.contains(&cure), "{stderr}");
+        assert!(api.requests().iter().all(|request| request.token.is_none()));
+        world.home.write_config(&with_k8s(
+            &world,
+            &format!("kube_servers = [\"{}\"]\n", api.url()),
+        ));
+        let out = world.tokctl(&["reload"]).await;
+        assert_eq!(out.status, 0, "{out:?}");
 
-        world.login("a").await;
+        // No login yet, and kubectl gives the plugin no terminal.
+        let (ok, _, stderr) = kubectl_version(&world, &never).await;
+        assert!(!ok);
+        assert!(stderr.contains("tokctl login k8s"), "{stderr}");
+
+        world.login("k8s").await;
         for version in versions.iter().copied() {
-            let config = kubeconfig(&world, &api, version, "IfAvailable");
+            let config = kubeconfig(&world, &api, version, "IfAvailable", true);
             let (ok, stdout, stderr) = kubectl_version(&world, &config).await;
             assert!(ok, "{version}: {stderr}\n{}", world.log());
             assert!(stdout.contains("v1.32.0-tokd-testkit"), "{stdout}");
         }
         // kubectl may send a request more than once; each carried the
         // token, and the endpoint took it.
-        let token = world.get("a").await;
-        let requests = api.requests();
+        let token = world.get("k8s").await;
+        let requests: Vec<_> = api
+            .requests()
+            .into_iter()
+            .filter(|request| request.token.is_some())
+            .collect();
         assert!(requests.len() >= versions.len(), "{requests:?}");
         assert!(
-            requests
-                .iter()
-                .all(|request| request.accepted && request.token.as_deref() == Some(token.as_str())),
+            requests.iter().all(|request| request.accepted
+                && request.token.as_deref() == Some(token.as_str())),
             "{requests:?}"
         );
     })
@@ -284,12 +330,17 @@ async fn kube_versions() -> Vec<&'static str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interactive_plugin_logs_in_and_keeps_stdout_for_the_credential() {
     within(async {
-        let world = World::start(Behaviour::wso2()).await;
+        let mut world = World::start(Behaviour::wso2()).await;
+        world
+            .home
+            .write_config(&with_k8s(&world, "kube_servers = [\"https://k8s.example.com:6443\"]\n"));
+        drop(world.tokd.take());
+        world.start_tokd().await;
         let mut child = world
-            .command(&["kube-credential", "a"])
+            .command(&["kube-credential", "k8s"])
             .env(
                 "KUBERNETES_EXEC_INFO",
-                r#"{"kind":"ExecCredential","apiVersion":"client.authentication.k8s.io/v1","spec":{"interactive":true}}"#,
+                r#"{"kind":"ExecCredential","apiVersion":"client.authentication.k8s.io/v1","spec":{"interactive":true,"cluster":{"server":"https://K8s.example.com:6443/"}}}"#,
             )
             .env_remove("DISPLAY")
             .env_remove("WAYLAND_DISPLAY")
@@ -315,8 +366,22 @@ async fn an_interactive_plugin_logs_in_and_keeps_stdout_for_the_credential() {
         let credential: serde_json::Value =
             serde_json::from_slice(&out.stdout).expect("only the credential on stdout");
         assert_eq!(credential["kind"], "ExecCredential");
-        assert_eq!(credential["status"]["token"], world.get("a").await.as_str());
+        assert_eq!(credential["status"]["token"], world.get("k8s").await.as_str());
         assert!(credential["status"]["expirationTimestamp"].is_string());
+
+        // Another cluster, named by a kubeconfig the user did not write:
+        // no token, and no login started for it.
+        let out = world
+            .command(&["kube-credential", "k8s"])
+            .env(
+                "KUBERNETES_EXEC_INFO",
+                r#"{"apiVersion":"client.authentication.k8s.io/v1","spec":{"interactive":true,"cluster":{"server":"https://evil.example"}}}"#,
+            )
+            .output()
+            .await
+            .expect("tokctl kube-credential");
+        assert_eq!(out.status.code(), Some(2));
+        assert!(out.stdout.is_empty());
     })
     .await;
 }
@@ -600,14 +665,21 @@ async fn skopeo_reads_from_a_registry_through_the_credential_helper() {
             serde_json::from_str::<serde_json::Value>(&listed).expect("json"),
             serde_json::json!({ registry.host(): "oauth2" })
         );
-        let (status, stored) = credential_helper(
+        let stored = format!(
+            r#"{{"ServerURL":"{}","Username":"u","Secret":"s"}}"#,
+            registry.host()
+        );
+        let (status, said) = credential_helper(&world, &bin, "store", &stored).await;
+        assert_eq!((status, said.as_str()), (0, ""), "ignored for a registry tokd serves");
+        let (status, said) = credential_helper(
             &world,
             &bin,
             "store",
-            r#"{"ServerURL":"x","Username":"u","Secret":"s"}"#,
+            r#"{"ServerURL":"other.example","Username":"u","Secret":"s"}"#,
         )
         .await;
-        assert_eq!((status, stored.as_str()), (0, ""));
+        assert_eq!(status, 1, "not lost in silence elsewhere: {said}");
+        assert!(said.contains("tokd keeps no credentials for other.example"), "{said}");
         let (status, missing) = credential_helper(&world, &bin, "get", "registry.example.com").await;
         assert_eq!(status, 1);
         assert_eq!(missing.trim_end(), "credentials not found in native keychain");

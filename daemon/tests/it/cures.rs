@@ -20,6 +20,14 @@ use tokd_testkit::{Behaviour, Fault, FaultBody, WellKnown};
 pub const CURES: &[(&str, &str)] = &[
     // Other programs' credential protocols.
     (
+        "add `provideClusterInfo: true` to the exec section",
+        "clients::kubectl_gets_its_token_from_the_exec_plugin",
+    ),
+    (
+        "to `kube_servers` in [installations.{name}] and run `tokctl reload`",
+        "clients::kubectl_gets_its_token_from_the_exec_plugin",
+    ),
+    (
         "to `registries` in [installations.{name}] and run `tokctl reload`",
         "clients::cargo_fetches_from_a_registry_that_requires_auth",
     ),

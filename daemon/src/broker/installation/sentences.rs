@@ -111,9 +111,9 @@ pub(super) fn risk(grant_at_risk: bool) -> &'static str {
     }
 }
 
-/// A wait as a sentence says it: whole seconds, at least one.
-fn wait(left: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(Duration::from_secs(left.as_secs().max(1)))
+/// A wait as a sentence says it: its two largest units, at least 1s.
+fn wait(left: Duration) -> String {
+    tokd_shared::text::span(left.as_secs().max(1))
 }
 
 fn failing(reason: &str, grant_at_risk: bool, left: Duration) -> String {
