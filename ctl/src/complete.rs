@@ -49,6 +49,59 @@ pub fn script(shell: Shell) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// git's operations, for `tokctl git-credential NAME <Tab>`.
+pub fn git_operations() -> clap_complete::engine::ArgValueCandidates {
+    clap_complete::engine::ArgValueCandidates::new(|| {
+        ["get", "store", "erase"]
+            .into_iter()
+            .map(CompletionCandidate::new)
+            .collect()
+    })
+}
+
+/// `tokctl exec … -- COMMAND ARGS`: a command from `PATH` (or a path) for
+/// the first word, paths after it.
+pub fn command_line() -> clap_complete::engine::ArgValueCompleter {
+    clap_complete::engine::ArgValueCompleter::new(CommandLine)
+}
+
+struct CommandLine;
+
+impl clap_complete::engine::ValueCompleter for CommandLine {
+    fn complete(&self, current: &OsStr) -> Vec<CompletionCandidate> {
+        self.complete_at(0, current)
+    }
+
+    fn complete_at(&self, arg_index: usize, current: &OsStr) -> Vec<CompletionCandidate> {
+        let paths = clap_complete::engine::PathCompleter::any();
+        let Some(prefix) = current.to_str() else {
+            return Vec::new();
+        };
+        if arg_index > 0 || prefix.contains('/') {
+            return paths.complete(current);
+        }
+        let mut names: Vec<String> = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                use std::os::unix::fs::PermissionsExt as _;
+                entry
+                    .metadata()
+                    .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+            })
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| name.starts_with(prefix))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names.into_iter().map(CompletionCandidate::new).collect()
+    }
+}
+
 /// The configured installations whose names start with `current`, from
 /// the running tokd (none when it does not answer within
 /// [`NAMES_TIMEOUT`]).

@@ -184,7 +184,7 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         min_valid: Duration,
         /// The command and its arguments, after `--`.
-        #[arg(last = true, required = true, value_name = "COMMAND")]
+        #[arg(last = true, required = true, value_name = "COMMAND", add = complete::command_line())]
         command: Vec<std::ffi::OsString>,
     },
     /// git's credential helper: gives git a fresh token of NAME.
@@ -204,6 +204,7 @@ enum Command {
         #[arg(add = names())]
         name: String,
         /// What git asks: get, store or erase (others are ignored).
+        #[arg(add = complete::git_operations())]
         operation: String,
         /// Refresh first if the held token expires sooner than this.
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]

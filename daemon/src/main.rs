@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokd::config::Config;
 use tokd::oauth::OAuthClient;
-use tokd::server::{Control, Setup, chain};
+use tokd::server::{Control, Setup};
 use tokd::storage::StateFolder;
+use tokd::text::error_chain as chain;
 use tokd::{broker, paths};
 use tracing::{error, info, warn};
 

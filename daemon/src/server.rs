@@ -100,7 +100,7 @@ pub async fn run(setup: Setup, mut control: UnboundedReceiver<Control>) -> Resul
             .inspect_err(|error| {
                 warn!(
                     "no private socket ({}); clients use the session bus",
-                    chain(error)
+                    crate::text::error_chain(error)
                 );
             })
             .ok()
@@ -135,16 +135,4 @@ pub async fn run(setup: Setup, mut control: UnboundedReceiver<Control>) -> Resul
     drop(connection);
     info!("stopped");
     outcome
-}
-
-/// An error and its causes on one line.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -45,6 +45,23 @@ pub fn sanitize(text: &str, limit: usize) -> String {
     }
 }
 
+/// An error and its causes on one line, each cause once: a cause whose
+/// words the text already holds (errors that print their source) is not
+/// repeated, so a missing file reads "… (os error 2)" once, not twice.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

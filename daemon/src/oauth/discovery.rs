@@ -8,8 +8,9 @@
 
 use super::OAuthClient;
 use super::error::{ErrorKind, OAuthError};
-use super::post::{describe, error_chain};
+use super::post::describe;
 use crate::config::{ClientAuth, Consumer, is_loopback};
+use crate::text::error_chain;
 use serde::{Deserialize, Serialize};
 use url::Url;
 

@@ -167,7 +167,7 @@ impl OAuthClient {
                     ErrorKind::Misconfigured,
                     format!(
                         "cannot build the HTTP client: {}",
-                        post::error_chain(&error)
+                        crate::text::error_chain(&error)
                     ),
                 )
             })?;

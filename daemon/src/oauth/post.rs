@@ -186,7 +186,7 @@ impl OAuthClient {
                 format!(
                     "cannot reach {what} {}: {}",
                     describe(&url),
-                    error_chain(&error)
+                    crate::text::error_chain(&error)
                 ),
             );
             // Unless it never connected, the request may have arrived.
@@ -226,7 +226,7 @@ impl OAuthClient {
                         format!(
                             "{what} {} answered {status} but the body could not be read: {}",
                             describe(&url),
-                            error_chain(&error)
+                            crate::text::error_chain(&error)
                         ),
                     );
                     failure.status = Some(status);
@@ -345,21 +345,6 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// An error and its sources on one line (reqwest nests the useful part).
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -372,3 +372,20 @@ fn the_example_config_passes_the_check() {
         text(&output.stdout)
     );
 }
+
+/// A cause is said once: a missing file's "(os error 2)" is not repeated
+/// after the sentence that already holds it.
+#[test]
+fn a_missing_config_file_says_its_cause_once() {
+    let home = tempfile::tempdir().expect("home");
+    let missing = home.path().join("nowhere.toml");
+    let out = tokd(
+        home.path(),
+        &["--check-config", &missing.display().to_string()],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("cannot read config file"), "{stderr}");
+    assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+}

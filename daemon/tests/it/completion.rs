@@ -74,6 +74,30 @@ async fn names_complete_from_the_running_daemon() {
             bash_completes(&world, &["tokctl", "git-credential", "m"]).await,
             ["m"]
         );
+        assert_eq!(
+            bash_values(&world, &["tokctl", "git-credential", "a", ""]).await,
+            ["get", "store", "erase"]
+        );
+        // After `exec NAME --`: commands from PATH, then paths.
+        let commands = bash_completes(&world, &["tokctl", "exec", "a", "--", "bas"]).await;
+        assert!(commands.iter().any(|c| c == "bash"), "{commands:?}");
+        assert!(
+            commands.iter().all(|c| c.starts_with("bas")),
+            "{commands:?}"
+        );
+        let dir = world.home.path().display().to_string();
+        let paths = bash_completes(
+            &world,
+            &["tokctl", "exec", "a", "--", "bash", &format!("{dir}/conf")],
+        )
+        .await;
+        assert!(
+            paths
+                .iter()
+                .any(|p| p.starts_with(&format!("{dir}/config"))),
+            "{paths:?}"
+        );
+
         let commands = bash_completes(&world, &["tokctl", "re"]).await;
         assert_eq!(commands, ["refresh", "revoke", "reload"]);
         let options = bash_completes(&world, &["tokctl", "get", "a", "--f"]).await;
