@@ -241,3 +241,93 @@ async fn the_provider_emulator_runs_alone_and_the_config_it_prints_works() {
     })
     .await;
 }
+
+/// The README's "Install for one user" steps, run by bash as written with
+/// `XDG_CONFIG_HOME` and `XDG_DATA_HOME` pointing elsewhere: every file
+/// lands where systemd, D-Bus, man and tokd look, nothing in `~/.config`
+/// or `~/.local/share`, and `tokd --check-config` finds the config. (The
+/// `cargo install` lines are played by links to the binaries the tests
+/// built; `systemctl`, `$EDITOR` and the login are left out: no systemd
+/// user manager, editor or provider here.)
+#[test]
+fn the_install_steps_honour_xdg_folders() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(repo.join("README.md")).expect("README");
+    let section = readme
+        .split("## Install for one user\n\n```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the install steps");
+    let mut script = String::new();
+    let mut continued = false;
+    for line in section.lines() {
+        let skipped = continued
+            || line.starts_with("cargo install")
+            || line.starts_with("RUSTFLAGS=")
+            || line.starts_with("systemctl ")
+            || line.starts_with("$EDITOR")
+            || line.starts_with("tokctl login");
+        continued = skipped && line.ends_with('\\');
+        if !skipped {
+            script.push_str(line);
+            script.push('\n');
+        }
+    }
+    let home = tempfile::tempdir().expect("home");
+    let bin = home.path().join(".local/bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let tokd = crate::support::tokd_bin();
+    std::os::unix::fs::symlink(&tokd, bin.join("tokd")).expect("link");
+    std::os::unix::fs::symlink(crate::support::tokctl_bin(), bin.join("tokctl")).expect("link");
+    let (config, data) = (
+        home.path().join("elsewhere/config"),
+        home.path().join("elsewhere/data"),
+    );
+    let out = std::process::Command::new("bash")
+        .args(["--norc", "--noprofile", "-euo", "pipefail", "-c", &script])
+        .current_dir(&repo)
+        .env_clear()
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", &config)
+        .env("XDG_DATA_HOME", &data)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{script}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checked = format!("{}: ok", config.join("tokd/config.toml").display());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&checked),
+        "tokd --check-config found the config: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for file in [
+        config.join("systemd/user/tokd.service"),
+        config.join("tokd/config.toml"),
+        data.join("dbus-1/services/org.tokd.tokd1.service"),
+        data.join("man/man1/tokctl.1"),
+        data.join("man/man5/tokd.conf.5"),
+        bin.join("docker-credential-tokd"),
+    ] {
+        assert!(file.exists(), "{} is missing", file.display());
+    }
+    for default in [".config", ".local/share"] {
+        assert!(
+            !home.path().join(default).exists(),
+            "~/{default} was written though XDG folders are set elsewhere"
+        );
+    }
+    let unit = std::fs::read_to_string(config.join("systemd/user/tokd.service")).expect("unit");
+    assert!(unit.contains(&format!("{}/tokd", bin.display())), "{unit}");
+}
