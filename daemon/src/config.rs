@@ -151,6 +151,9 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+    /// More than one problem, in the order of their lines; shown one a line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 fn location_prefix(path: Option<&Path>, line: usize, column: usize) -> String {
@@ -167,7 +170,16 @@ impl ConfigError {
     pub fn line(&self) -> usize {
         match self {
             Self::Invalid { line, .. } => *line,
+            Self::Several(errors) => errors.first().map_or(0, Self::line),
             Self::Read { .. } => 0,
+        }
+    }
+
+    /// Each problem on its own (one for all but `Several`).
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            Self::Several(errors) => errors.iter().collect(),
+            other => vec![other],
         }
     }
 
@@ -175,6 +187,11 @@ impl ConfigError {
     pub fn message(&self) -> String {
         match self {
             Self::Invalid { message, .. } => message.clone(),
+            Self::Several(errors) => errors
+                .iter()
+                .map(Self::message)
+                .collect::<Vec<_>>()
+                .join("; "),
             Self::Read { .. } => self.to_string(),
         }
     }
@@ -192,6 +209,9 @@ impl ConfigError {
                 column,
                 message,
             },
+            Self::Several(errors) => {
+                Self::Several(errors.into_iter().map(|e| e.with_path(file)).collect())
+            }
             other => other,
         }
     }
@@ -292,15 +312,30 @@ impl Config {
             source.error(error.span(), message)
         })?;
 
+        // Every table is checked, and every table's first problem is
+        // reported, in one run (a file with four mistakes is fixed in one
+        // go, not four). An installation of a consumer with a problem is
+        // not checked against it.
+        let mut errors = Vec::new();
+        let mut broken = std::collections::BTreeSet::new();
         let mut consumers = BTreeMap::new();
         for (name, raw) in raw.consumers {
             let span = name.span();
             let name = name.into_inner();
             if !valid_name(&name) {
-                return Err(source.error(Some(span), name_error("consumer", &name)));
+                errors.push(source.error(Some(span), name_error("consumer", &name)));
+                broken.insert(name);
+                continue;
             }
-            let consumer = build_consumer(&source, &name, span, raw, base)?;
-            consumers.insert(name, Arc::new(consumer));
+            match build_consumer(&source, &name, span, raw, base) {
+                Ok(consumer) => {
+                    consumers.insert(name, Arc::new(consumer));
+                }
+                Err(error) => {
+                    errors.push(error);
+                    broken.insert(name);
+                }
+            }
         }
 
         let mut installations = BTreeMap::new();
@@ -310,32 +345,58 @@ impl Config {
             let span = name.span();
             let name = name.into_inner();
             if !valid_name(&name) {
-                return Err(source.error(Some(span), name_error("installation", &name)));
+                errors.push(source.error(Some(span), name_error("installation", &name)));
+                continue;
+            }
+            if broken.contains(raw.consumer.get_ref()) {
+                continue;
             }
             let listed = raw.registries.take();
-            if let Some(servers) = raw.kube_servers.take() {
+            let servers = raw.kube_servers.take();
+            let installation = match build_installation(&source, &name, raw, &consumers, &broken) {
+                Ok(installation) => installation,
+                Err(error) => {
+                    errors.push(error);
+                    continue;
+                }
+            };
+            if let Some(servers) = servers {
                 let span = servers.span();
                 for server in servers.into_inner().0 {
-                    let server = kube_server(&server).ok_or_else(|| {
-                        source.error(
-                            Some(span.clone()),
-                            format!(
-                                "installation `{name}`: `kube_servers` lists API server URLs as the kubeconfig's `server` has them, https and without a user part, e.g. [\"https://k8s.example.com:6443\"]"
-                            ),
-                        )
-                    })?;
-                    kube_servers.push((server, name.clone()));
+                    match kube_server(&server) {
+                        Some(server) => kube_servers.push((server, name.clone())),
+                        None => {
+                            errors.push(source.error(
+                                Some(span.clone()),
+                                format!(
+                                    "installation `{name}`: `kube_servers` lists API server URLs as the kubeconfig's `server` has them, https and without a user part, e.g. [\"https://k8s.example.com:6443\"]"
+                                ),
+                            ));
+                            break;
+                        }
+                    }
                 }
             }
-            let installation = build_installation(&source, &name, raw, &consumers)?;
             if let Some(listed) = listed {
                 let username = consumers
                     .get(&*installation.consumer)
                     .map(|consumer| consumer.registry_username.clone())
                     .unwrap_or_default();
-                add_registries(&source, &name, listed, &username, &mut registries)?;
+                if let Err(error) =
+                    add_registries(&source, &name, listed, &username, &mut registries)
+                {
+                    errors.push(error);
+                }
             }
             installations.insert(name, Arc::new(installation));
+        }
+        if !errors.is_empty() {
+            errors.sort_by_key(ConfigError::line);
+            return Err(if errors.len() == 1 {
+                errors.remove(0)
+            } else {
+                ConfigError::Several(errors)
+            });
         }
 
         Ok(Config {
@@ -454,10 +515,16 @@ fn build_installation(
     name: &str,
     raw: RawInstallation,
     consumers: &BTreeMap<String, Arc<Consumer>>,
+    broken: &std::collections::BTreeSet<String>,
 ) -> Result<InstallationConfig, ConfigError> {
     let consumer_name = raw.consumer.get_ref();
     let Some(consumer) = consumers.get(consumer_name) else {
-        let known: Vec<&str> = consumers.keys().map(String::as_str).collect();
+        let mut known: Vec<&str> = consumers
+            .keys()
+            .chain(broken.iter())
+            .map(String::as_str)
+            .collect();
+        known.sort_unstable();
         let known = if known.is_empty() {
             "no consumers are defined".to_owned()
         } else {

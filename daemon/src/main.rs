@@ -38,8 +38,9 @@ struct Args {
     config: Option<PathBuf>,
 
     /// Check a config file (PATH, or the one tokd would read) and exit:
-    /// prints the first problem with its file and line, or a one-line summary.
-    /// Nothing is fetched from the network.
+    /// prints each table's problem with its file and line (a TOML syntax
+    /// error, an unknown key or a malformed value stops the check there),
+    /// or a one-line summary. Nothing is fetched from the network.
     #[arg(long, value_name = "PATH", num_args = 0..=1)]
     check_config: Option<Option<PathBuf>>,
 
@@ -200,7 +201,14 @@ fn check_config(explicit: Option<PathBuf>, online: bool) -> ExitCode {
     let (path, config) = match checked {
         Ok(checked) => checked,
         Err(failure) => {
-            eprintln!("tokd: {failure}");
+            // Each problem on its own line (a config's are all reported).
+            let lines: Vec<&str> = failure.0.lines().collect();
+            for line in &lines {
+                eprintln!("tokd: {line}");
+            }
+            if lines.len() > 1 {
+                eprintln!("tokd: {} problems", lines.len());
+            }
             return ExitCode::FAILURE;
         }
     };

@@ -389,3 +389,54 @@ fn a_missing_config_file_says_its_cause_once() {
     assert!(stderr.contains("cannot read config file"), "{stderr}");
     assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
 }
+
+/// A file with several mistakes in different tables gets them all in one
+/// run, in the order of their lines, each with its line, and a count.
+#[test]
+fn every_table_s_mistake_is_reported_in_one_run() {
+    let home = tempfile::tempdir().expect("home");
+    let path = home.path().join("config.toml");
+    std::fs::write(
+        &path,
+        r#"[consumers.one]
+token_url = "https://sso.example.com/token"
+
+[consumers.two]
+token_url = "https://sso.example.com/token"
+client_id = "x"
+git_username = "a:b"
+
+[installations.a]
+consumer = "missing"
+
+[installations.c]
+consumer = "one"
+"#,
+    )
+    .expect("config");
+    let out = tokd(
+        home.path(),
+        &["--check-config", &path.display().to_string()],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let shown = path.display().to_string();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("tokd: {shown}:1:"))
+            && lines[0].contains("has no `client_id`"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("tokd: {shown}:7:")) && lines[1].contains("`git_username`"),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("tokd: {shown}:10:"))
+            && lines[2].contains("(defined: one, two)"),
+        "{stderr}"
+    );
+    assert_eq!(lines[3], "tokd: 3 problems");
+}
