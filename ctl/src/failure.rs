@@ -13,6 +13,7 @@ pub mod exit {
     pub const MISCONFIGURED: u8 = 6;
     pub const DAEMON_UNREACHABLE: u8 = 7;
     pub const LOCKED: u8 = 8;
+    pub const CANNOT_START: u8 = 9;
 }
 
 /// A failure: its exit status and its one line.
@@ -85,7 +86,15 @@ fn transport_failure(error: Error) -> Failure {
         | Fdo::SpawnServiceNotFound(_)
         | Fdo::SpawnPermissionsInvalid(_)
         | Fdo::SpawnFileInvalid(_)
-        | Fdo::SpawnNoMemory(_) => Failure::new(exit::DAEMON_UNREACHABLE, UNREACHABLE),
+        | Fdo::SpawnNoMemory(_) => match start_error() {
+            Some(reason) => Failure::new(
+                exit::CANNOT_START,
+                format!(
+                    "tokd cannot start: {reason}; fix that and run the command again (`tokd --check-config` checks the config file)"
+                ),
+            ),
+            None => Failure::new(exit::DAEMON_UNREACHABLE, UNREACHABLE),
+        },
         Fdo::ZBus(
             error @ (zbus::Error::InputOutput(_)
             | zbus::Error::Address(_)
@@ -107,6 +116,31 @@ fn transport_failure(error: Error) -> Failure {
             )
         }
     }
+}
+
+/// Why the last tokd could not start, as it wrote in the runtime folder
+/// (`None`: it did not, or the file is not this user's regular file). Its
+/// lines (one per problem) become one, `; ` between.
+fn start_error() -> Option<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let path = tokd_shared::start_error_path()?;
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    if !meta.is_file() || meta.uid() != rustix::process::getuid().as_raw() {
+        return None;
+    }
+    let mut text = String::new();
+    std::fs::File::open(&path)
+        .ok()?
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .ok()?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("; "))
 }
 
 #[cfg(test)]

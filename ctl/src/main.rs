@@ -36,6 +36,7 @@ Exit status:
   6  the consumer or config is wrong: fix it, then `tokctl reload`
   7  tokd cannot be reached (not running, no session bus, stopping)
   8  the keyring holding the tokens is locked or gone: unlock or start it
+  9  tokd cannot start (its config is wrong): fix what it says, run again
 
 On failure stdout is empty and stderr has one line saying what to do.
 

@@ -119,9 +119,13 @@ async fn serve(explicit: Option<PathBuf>) -> Result<(), Failure> {
     // the bus must stop it cleanly, not kill it by the default action.
     let mut signals =
         Signals::install().map_err(|e| Failure::new("cannot install signal handlers", e))?;
-    let path = paths::config_path(explicit).map_err(Failure::of)?;
+    let path = paths::config_path(explicit)
+        .map_err(Failure::of)
+        .inspect_err(record_start_error)?;
     let config = if path.exists() {
-        let config = Config::from_path(&path).map_err(Failure::of)?;
+        let config = Config::from_path(&path)
+            .map_err(Failure::of)
+            .inspect_err(record_start_error)?;
         for warning in config.warnings(&path) {
             warn!("{warning}");
         }
@@ -133,7 +137,14 @@ async fn serve(explicit: Option<PathBuf>) -> Result<(), Failure> {
         warn!(config = %path.display(), "no config file yet; serving no installations until it exists and `tokctl reload` runs");
         Config::from_str("").map_err(Failure::of)?
     };
-    let state = StateFolder::open(paths::state_dir().map_err(Failure::of)?).map_err(Failure::of)?;
+    let state = paths::state_dir()
+        .map_err(Failure::of)
+        .and_then(|dir| StateFolder::open(dir).map_err(Failure::of))
+        .inspect_err(record_start_error)?;
+    // This start's setup is sound: a reason a former one gave is stale.
+    if let Some(file) = tokd_shared::start_error_path() {
+        let _ = std::fs::remove_file(file);
+    }
     let http = OAuthClient::new().map_err(Failure::of)?;
     let private_socket = tokd_shared::private_socket_path();
     if private_socket.is_none() {
@@ -160,6 +171,35 @@ async fn serve(explicit: Option<PathBuf>) -> Result<(), Failure> {
                 let _ = control.send(signal);
             }
         }
+    }
+}
+
+/// Keeps why this tokd cannot start where tokctl looks when it cannot
+/// start tokd (`$XDG_RUNTIME_DIR/tokd/start-error`, 0600 in the 0700
+/// runtime folder): started by D-Bus activation, tokd's own stderr goes
+/// where the user does not look.
+fn record_start_error(failure: &Failure) {
+    let Some(file) = tokd_shared::start_error_path() else {
+        return;
+    };
+    let written = file
+        .parent()
+        .map_or(Ok(()), |folder| {
+            tokd::os::private_folder(folder, "runtime folder").map_err(std::io::Error::other)
+        })
+        .and_then(|()| {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let _ = std::fs::remove_file(&file);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)?
+                .write_all(failure.0.as_bytes())
+        });
+    if let Err(error) = written {
+        warn!(path = %file.display(), %error, "cannot keep why tokd could not start");
     }
 }
 

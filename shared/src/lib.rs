@@ -31,6 +31,17 @@ pub fn private_socket_path() -> Option<std::path::PathBuf> {
     dir.is_absolute().then(|| dir.join(PRIVATE_SOCKET))
 }
 
+/// Why the last tokd could not start, relative to `$XDG_RUNTIME_DIR`:
+/// written by tokd when it stops before serving (a config it cannot use),
+/// removed once one starts; tokctl shows it when tokd cannot be started.
+pub const START_ERROR: &str = "tokd/start-error";
+
+/// `$XDG_RUNTIME_DIR/tokd/start-error` (see [`START_ERROR`]).
+pub fn start_error_path() -> Option<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?);
+    dir.is_absolute().then(|| dir.join(START_ERROR))
+}
+
 /// Where an installation stands. One word per state, the same in `tokctl
 /// list`, in `--json` output and on D-Bus (as the lowercase string).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

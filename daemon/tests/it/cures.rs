@@ -18,6 +18,11 @@ use tokd_testkit::{Behaviour, Fault, FaultBody, WellKnown};
 /// the source) and where a test follows it and sees the recovery. A few
 /// cannot be followed here; those say why instead of naming a test.
 pub const CURES: &[(&str, &str)] = &[
+    // Starting.
+    (
+        "fix that and run the command again",
+        "systemd::a_tokd_that_cannot_start_says_why_through_tokctl",
+    ),
     // Other programs' credential protocols.
     (
         "add `provideClusterInfo: true` to the exec section",

@@ -98,3 +98,53 @@ async fn the_first_tokctl_call_starts_tokd_through_the_activation_file() {
     })
     .await;
 }
+
+/// A config tokd cannot use, found when tokctl's call activates it: tokctl
+/// says why, with the file's line, and a status of its own (9), instead of
+/// "could not be started"; fixing the file and running the command again,
+/// as it says, works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokd_that_cannot_start_says_why_through_tokctl() {
+    within(async {
+        let mut world = World::start(Behaviour::wso2()).await;
+        drop(world.tokd.take());
+        let env: Vec<String> = world
+            .home
+            .env(&world.bus)
+            .into_iter()
+            .filter(|(key, _)| key != "DBUS_SESSION_BUS_ADDRESS")
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        let exec = format!("/usr/bin/env {} {}/tokd", env.join(" "), bindir().display());
+        let text = repo_file("org.tokd.tokd1.service")
+            .replace("Exec=@BINDIR@/tokd", &format!("Exec={exec}"));
+        std::fs::write(world.bus.service_dir().join("org.tokd.tokd1.service"), text)
+            .expect("activation file");
+        let good = world.config("");
+        let broken = good.replacen("client_id = ", "client_idd = ", 1);
+        world.home.write_config(&broken);
+
+        let out = world.tokctl(&["get", "bot"]).await;
+        assert_eq!(out.status, 9, "{out:?}");
+        let config = world.home.path().join("config/tokd/config.toml");
+        assert!(
+            out.stderr
+                .contains(&format!("tokd cannot start: {}:", config.display())),
+            "{out:?}"
+        );
+        assert!(out.stderr.contains("unknown field `client_idd`"), "{out:?}");
+        assert!(
+            out.stderr.contains("fix that and run the command again"),
+            "{out:?}"
+        );
+
+        world.home.write_config(&good);
+        let out = world.tokctl(&["get", "bot"]).await;
+        assert_eq!(out.status, 0, "{out:?}");
+        assert!(
+            !world.home.path().join("runtime/tokd/start-error").exists(),
+            "a start that works removes the reason"
+        );
+    })
+    .await;
+}
