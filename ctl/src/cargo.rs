@@ -71,8 +71,8 @@ pub struct Wanted {
 
 /// The installation the configured arguments name: `[cargo-credential]
 /// NAME [--raw]`.
-pub fn wanted(args: &[String]) -> Result<Wanted, String> {
-    let args: Vec<&str> = args
+pub fn wanted(configured: &[String]) -> Result<Wanted, String> {
+    let args: Vec<&str> = configured
         .iter()
         .map(String::as_str)
         .skip_while(|arg| *arg == COMMAND)
@@ -87,7 +87,7 @@ pub fn wanted(args: &[String]) -> Result<Wanted, String> {
             raw: true,
         }),
         _ => Err(format!(
-            "tokctl needs the installation: credential-provider = [\"tokctl\", \"{COMMAND}\", \"NAME\"] (optionally \"--raw\" after NAME), not {args:?}"
+            "tokctl needs the installation: credential-provider = [\"tokctl\", \"{COMMAND}\", \"NAME\"] (optionally \"--raw\" after NAME); the arguments after \"tokctl\" were {configured:?}"
         )),
     }
 }

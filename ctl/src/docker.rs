@@ -75,7 +75,7 @@ pub fn registry_of(server: &str) -> Option<String> {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
         };
     let port_ok = port.is_none_or(|port| port.parse::<u16>().is_ok_and(|port| port > 0));
-    (name_ok && port_ok).then(|| host.to_owned())
+    (name_ok && port_ok).then(|| tokd_shared::registry_key(host).to_owned())
 }
 
 /// Answers the operation in the first argument.
@@ -104,6 +104,11 @@ pub fn serve() -> ExitCode {
 
 async fn answer(operation: &str) -> Result<String, Failure> {
     match operation {
+        "--help" | "-h" | "help" => {
+            return Ok(format!(
+                "docker-credential-tokd get|store|erase|list|version: tokctl as the credential helper of Docker, Podman, Buildah and skopeo (a link named so). The tool sends the request on stdin. A registry gets the tokens of the installation whose `registries` names it in tokd's config; `store` keeps nothing; `erase` refreshes. See tokctl's README, \"Container registries\".\n"
+            ));
+        }
         "version" => {
             return Ok(format!(
                 "docker-credential-tokd (tokctl {})\n",
@@ -194,8 +199,10 @@ mod tests {
         );
         assert_eq!(
             registry_of("https://index.docker.io/v1/").as_deref(),
-            Some("index.docker.io")
+            Some("docker.io"),
+            "Docker Hub as Docker names it"
         );
+        assert_eq!(registry_of("docker.io").as_deref(), Some("docker.io"));
         assert_eq!(registry_of("https://user@ghcr.io/"), None);
         assert_eq!(registry_of(""), None);
         assert_eq!(

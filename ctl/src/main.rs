@@ -45,7 +45,9 @@ when it answers and belongs to this user, else over the session bus
 (which starts tokd if needed).
 
 Cargo's credential provider: `tokctl --cargo-plugin`, which Cargo runs for
-credential-provider = [\"tokctl\", \"cargo-credential\", \"NAME\"].";
+credential-provider = [\"tokctl\", \"cargo-credential\", \"NAME\"].
+The container tools' credential helper: tokctl linked as
+docker-credential-tokd (get|store|erase|list|version).";
 
 /// How long tokctl waits for tokd unless `--timeout` says otherwise:
 /// enough for a refresh at a slow provider.
@@ -100,7 +102,7 @@ enum Command {
     List {
         /// One JSON array of objects: name, consumer, grant
         /// (authorization_code or client_credentials), state (empty, valid,
-        /// refreshing, failing, needs-login, misconfigured), message,
+        /// refreshing, failing, needs-login, misconfigured, locked), message,
         /// scopes (granted, or asked for before a login), expires_at,
         /// last_refresh, next_refresh (Unix seconds or null), last_error.
         /// Strings with nothing to say are null.
@@ -347,6 +349,13 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
         Command::Exec { name, env, .. } => Some(exec::bindings(name.as_deref(), env)?),
         _ => None,
     };
+    // A usage error is said before tokd is reached (or started).
+    let sasl = match &command {
+        Command::Get { format, user, .. } => output::sasl_user(*format, user.as_deref())
+            .map_err(|message| Failure::new(exit::USAGE, message))?
+            .map(str::to_owned),
+        _ => None,
+    };
     let kube = match &command {
         Command::KubeCredential { .. } => Some(kube::exec_info(
             std::env::var("KUBERNETES_EXEC_INFO").ok().as_deref(),
@@ -363,10 +372,8 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             name,
             min_valid,
             format,
-            user,
+            ..
         } => {
-            let sasl = output::sasl_user(format, user.as_deref())
-                .map_err(|message| Failure::new(exit::USAGE, message))?;
             let secs = u32::try_from(min_valid.as_secs()).unwrap_or(u32::MAX);
             let (token, expires_at, token_type, warning) =
                 deadline.bound(proxy.get_token(&name, secs)).await??;
@@ -374,7 +381,7 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
                 say::warning(&warning);
             }
             Ok(match sasl {
-                Some(user) => output::sasl_response(format, user, &token),
+                Some(user) => output::sasl_response(format, &user, &token),
                 None => format_token(&token, expires_at, &token_type, format, now()),
             })
         }

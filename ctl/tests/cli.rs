@@ -26,6 +26,8 @@ fn bad_usage_exits_2_with_nothing_on_stdout() {
         &["get", "x", "--min-valid", "soon"],
         &["exec", "x", "--env", "LD_PRELOAD", "--", "true"],
         &["exec", "--env", "x=BASH_ENV", "--", "true"],
+        &["get", "x", "--format", "xoauth2"],
+        &["get", "x", "--user", "me@example.com"],
         &[],
     ] {
         let out = tokctl(args, NO_BUS);

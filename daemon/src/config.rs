@@ -482,7 +482,7 @@ fn add_registries(
                 ),
             ));
         }
-        let host = entry.to_ascii_lowercase();
+        let host = tokd_shared::registry_key(&entry.to_ascii_lowercase()).to_owned();
         if let Some(other) = registries.get(&host) {
             let other: &RegistryLogin = other;
             return Err(source.error(

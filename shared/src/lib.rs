@@ -31,6 +31,17 @@ pub fn private_socket_path() -> Option<std::path::PathBuf> {
     dir.is_absolute().then(|| dir.join(PRIVATE_SOCKET))
 }
 
+/// A container registry as tokd's `registries` keys it: Docker Hub's three
+/// names (`docker.io` as Podman and skopeo ask, `index.docker.io` as
+/// Docker does, `registry-1.docker.io` where it serves) are one,
+/// `docker.io`; any other host is itself. `host` is lowercase.
+pub fn registry_key(host: &str) -> &str {
+    match host {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io",
+        other => other,
+    }
+}
+
 /// Why the last tokd could not start, relative to `$XDG_RUNTIME_DIR`:
 /// written by tokd when it stops before serving (a config it cannot use),
 /// removed once one starts; tokctl shows it when tokd cannot be started.

@@ -854,6 +854,19 @@ registries = ["[::1]:5000"]
     assert_eq!(login("registry.example.com:5000"), ("ci", "robot"));
     assert_eq!(login("[::1]:5000"), ("other", "oauth2"));
     assert_eq!(config.registries.len(), 4);
+    // On this machine: container tools use plain HTTP there.
+    let warnings = config.warnings(std::path::Path::new("/nonexistent/config.toml"));
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("registry `[::1]:5000` is on this machine")),
+        "{warnings:?}"
+    );
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| w.contains("`gcr.io` is on this machine"))
+    );
 
     let twice = r#"[consumers.plain]
 token_url = "https://sso.example.com/token"
@@ -874,6 +887,15 @@ registries = ["GHCR.io"]
         twice,
         14,
         "registry `ghcr.io` is in the `registries` of installations `one` and `two`",
+    );
+    // Docker Hub's names are one registry.
+    let hub = twice
+        .replace("[\"ghcr.io\"]", "[\"index.docker.io\"]")
+        .replace("[\"GHCR.io\"]", "[\"docker.io\"]");
+    refused(
+        &hub,
+        14,
+        "registry `docker.io` is in the `registries` of installations `one` and `two`",
     );
     let with_scheme = twice.replace("[\"GHCR.io\"]", "[\"https://other.example/v2/\"]");
     refused(&with_scheme, 14, "without scheme or path");

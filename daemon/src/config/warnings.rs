@@ -64,6 +64,24 @@ impl Config {
                 ClientSecretSource::None => {}
             }
         }
+        for (registry, login) in &self.registries {
+            let host = registry
+                .rsplit_once(':')
+                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(registry.as_str(), |(host, _)| host);
+            let loopback = host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|address| address.is_loopback());
+            if loopback {
+                warnings.push(format!(
+                    "installation `{}`: registry `{registry}` is on this machine, and container tools talk to such registries over plain HTTP: while nothing of yours listens on that port, another user of this machine could, and would be given the token",
+                    login.installation
+                ));
+            }
+        }
         warnings
     }
 }

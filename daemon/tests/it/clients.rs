@@ -27,16 +27,30 @@ async fn msmtp_sends_mail_with_a_live_token_over_xoauth2_and_oauthbearer() {
         world.login("a").await;
         let smtp = SmtpServer::start(world.emulator.checker()).await;
         for mechanism in ["xoauth2", "oauthbearer"] {
+            // The README's recipe as printed, pointed at the test's server
+            // (no TLS on loopback) and installation.
+            let readme = std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+            )
+            .expect("README");
+            let recipe = readme
+                .split("msmtp (`~/.msmtprc`")
+                .nth(1)
+                .and_then(|rest| rest.split("```\n").nth(1))
+                .expect("the README's msmtp recipe");
             let config = world.home.path().join(format!("msmtprc-{mechanism}"));
             std::fs::write(
                 &config,
-                format!(
-                    "defaults\ntls off\n\naccount mail\nhost 127.0.0.1\nport {port}\n\
-                     from {ADDRESS}\nuser {ADDRESS}\nauth {mechanism}\n\
-                     passwordeval \"{tokctl} get a\"\n\naccount default : mail\n",
-                    port = smtp.port(),
-                    tokctl = tokctl_bin().display(),
-                ),
+                recipe
+                    .replace("host smtp.gmail.com", "host 127.0.0.1")
+                    .replace("port 587", &format!("port {}", smtp.port()))
+                    .replace("tls on", "tls off")
+                    .replace("me@gmail.com", ADDRESS)
+                    .replace("auth xoauth2", &format!("auth {mechanism}"))
+                    .replace(
+                        "tokctl get gmail",
+                        &format!("{} get a", tokctl_bin().display()),
+                    ),
             )
             .expect("msmtprc");
             // msmtp reads no config another user could read.
