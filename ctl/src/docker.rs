@@ -28,6 +28,8 @@ pub const PREFIX: &str = "docker-credential-";
 /// What the tools take to mean "no credentials here" (docker's
 /// `credentials.errCredentialsNotFoundMessage`).
 pub const NOT_FOUND: &str = "credentials not found in native keychain";
+/// What `docker-credential-tokd --help` says.
+const HELP: &str = "docker-credential-tokd get|store|erase|list|version: tokctl as the credential helper of Docker, Podman, Buildah and skopeo (a link named so). The tool sends the request on stdin. A registry gets the tokens of the installation whose `registries` names it in tokd's config; `store` keeps nothing; `erase` refreshes. See tokctl's README, \"Container registries\".\n";
 /// The most read from stdin.
 const MAX_INPUT: u64 = 64 * 1024;
 
@@ -105,9 +107,7 @@ pub fn serve() -> ExitCode {
 async fn answer(operation: &str) -> Result<String, Failure> {
     match operation {
         "--help" | "-h" | "help" => {
-            return Ok(format!(
-                "docker-credential-tokd get|store|erase|list|version: tokctl as the credential helper of Docker, Podman, Buildah and skopeo (a link named so). The tool sends the request on stdin. A registry gets the tokens of the installation whose `registries` names it in tokd's config; `store` keeps nothing; `erase` refreshes. See tokctl's README, \"Container registries\".\n"
-            ));
+            return Ok(HELP.to_owned());
         }
         "version" => {
             return Ok(format!(
