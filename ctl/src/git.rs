@@ -156,6 +156,90 @@ fn credential(
     out
 }
 
+/// `tokctl git-setup NAME`: makes git ask `tokctl git-credential NAME`,
+/// and no other helper, for each remote where NAME's tokens may go, in
+/// the user's global git config (`git config --global`, so wherever git
+/// keeps it). A general helper (`store`, `cache`) must never see the
+/// token: git hands a token to every helper in the list to keep, and
+/// `store` writes it to `~/.git-credentials` in plain text. So, for each
+/// remote, its section is written anew at the end of the file with an
+/// empty `helper` first (which drops the helpers listed above it), and a
+/// general `[credential]` section is kept above it, into which `git
+/// config --global credential.helper …` puts a helper added later (a
+/// new section at the end would come after, and get the token).
+pub fn setup(name: &str, remotes: &[String]) -> Result<String, Failure> {
+    if remotes.is_empty() {
+        return Err(Failure::new(
+            exit::MISCONFIGURED,
+            format!("`{name}`'s consumer names no git hosts; set `git_hosts` in its table"),
+        ));
+    }
+    let general = git_config(&["--get-regexp", r"^credential\.[^.]+$"])?;
+    if general.trim().is_empty() {
+        git_config(&[
+            "credential.tokd",
+            "per-host helpers below are tokctl's; general ones go in this section",
+        ])?;
+    }
+    let helper = format!("!tokctl git-credential {name}");
+    let mut said = String::new();
+    for remote in remotes {
+        let section = format!("credential.{remote}");
+        let pattern = format!("^{}\\.", regex_escape(&section));
+        let kept: Vec<(String, String)> = git_config(&["--get-regexp", &pattern])?
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .filter(|(key, _)| !key.ends_with(".helper"))
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect();
+        // Absent is fine; anything else `git config` says is a failure.
+        let _ = git_config(&["--remove-section", &section]);
+        for (key, value) in &kept {
+            git_config(&["--add", key, value])?;
+        }
+        git_config(&["--add", &format!("{section}.helper"), ""])?;
+        git_config(&["--add", &format!("{section}.helper"), &helper])?;
+        said.push_str(&format!(
+            "git asks `tokctl git-credential {name}` for {remote}, and no other helper\n"
+        ));
+    }
+    Ok(said)
+}
+
+/// `git config --global ARGS`: its stdout; no match (status 1) is empty.
+fn git_config(args: &[&str]) -> Result<String, Failure> {
+    let output = std::process::Command::new("git")
+        .args(["config", "--global"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|error| Failure::new(exit::OTHER, format!("cannot run git: {error}")))?;
+    match output.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+        Some(1) if args.first() == Some(&"--get-regexp") => Ok(String::new()),
+        _ => Err(Failure::new(
+            exit::OTHER,
+            format!(
+                "git config --global {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        )),
+    }
+}
+
+/// `text` with the characters a regular expression gives meaning escaped.
+fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.^$|?*+()[]{}".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -213,6 +213,22 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         min_valid: Duration,
     },
+    /// Set git up to ask `tokctl git-credential NAME` for each host NAME's
+    /// tokens may go to (its consumer's git hosts), and no other helper,
+    /// in your global git config.
+    ///
+    /// Safe beside a general helper such as `store`, which would
+    /// otherwise keep every token in plain text: each host's section is
+    /// written at the end with an empty `helper` first, and general
+    /// helpers (now or added later with `git config --global
+    /// credential.helper`) stay in a `[credential]` section above it.
+    /// Run it again after changing `git_hosts`.
+    #[command(verbatim_doc_comment)]
+    GitSetup {
+        /// The installation whose tokens git gets.
+        #[arg(add = names())]
+        name: String,
+    },
     /// kubectl's exec credential plugin: prints an ExecCredential
     /// (client.authentication.k8s.io/v1 or v1beta1, as kubectl asks in
     /// KUBERNETES_EXEC_INFO) with a fresh token of NAME and its expiry.
@@ -472,6 +488,14 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
                 say::warning(&warning);
             }
             Ok(kube::credential(&info.api_version, &token, expires_at))
+        }
+        Command::GitSetup { name } => {
+            let remotes = deadline.bound(proxy.git_remotes(&name)).await??;
+            let said = git::setup(&name, &remotes)?;
+            for line in said.lines() {
+                say::line(line);
+            }
+            Ok(String::new())
         }
         Command::Refresh { name } => {
             let expires_at = deadline.bound(proxy.refresh(&name)).await??;

@@ -186,6 +186,11 @@ pub trait Manager {
     /// although it expires sooner than asked.
     fn get_token(&self, name: &str, min_valid_secs: u32) -> Result<(String, i64, String, String)>;
 
+    /// Where git may be given the installation's tokens: `https://HOST`
+    /// for each of its consumer's git hosts, `http://HOST:PORT` for a
+    /// loopback one.
+    fn git_remotes(&self, name: &str) -> Result<Vec<String>>;
+
     /// A token for the Kubernetes API at `server` (an https URL, which the
     /// installation's `kube_servers` must name), valid for at least
     /// `min_valid_secs`: (token, expiry or 0, warning as in `get_token`).

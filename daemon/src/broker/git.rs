@@ -58,6 +58,25 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Where git may be given `name`'s tokens, as git names a remote's
+    /// scheme and host: `https://HOST` for each of the consumer's git
+    /// hosts, `http://HOST:PORT` for a loopback one (`tokctl git-setup`).
+    pub fn git_remotes(&self, name: &str) -> Result<Vec<String>, Error> {
+        let spec = self.installations.get(name)?.spec();
+        Ok(spec
+            .consumer
+            .git_hosts
+            .iter()
+            .map(|host| {
+                let plain = Url::parse(&format!("http://{host}/"))
+                    .is_ok_and(|url| config::is_loopback(&url) && url.port().is_some());
+                format!("{}://{host}", if plain { "http" } else { "https" })
+            })
+            .collect())
+    }
+}
+
 /// HTTPS anywhere; plain HTTP to this machine only (a token over HTTP
 /// crosses the network readable).
 fn check_transport(protocol: &str, host: &str) -> Result<(), Error> {

@@ -194,6 +194,18 @@ impl Manager {
         ))
     }
 
+    /// GitRemotes: where git may be given the installation's tokens.
+    #[zbus(out_args("remotes"))]
+    async fn git_remotes(
+        &self,
+        name: &str,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<String>, Error> {
+        self.check_caller(connection, &header).await?;
+        self.broker.git_remotes(name).map_err(wire_error)
+    }
+
     /// GetGitCredential: a token for git at `protocol://host`, with the
     /// user name to send it with (empty: keep git's own).
     #[zbus(out_args("username", "password", "expires_at", "warning"))]

@@ -458,3 +458,106 @@ async fn a_listener_on_another_loopback_port_gets_no_token() {
     })
     .await;
 }
+
+/// `tokctl git-setup`: with a general `store` helper in `~/.gitconfig`
+/// before it and another added after it, a clone through tokctl's helper
+/// leaves no token in any store file; with the helper line alone (the
+/// setup it replaces), `store` kept the token in plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_setup_keeps_the_token_from_general_helpers_before_and_after() {
+    within(async {
+        let git = GitWorld::start().await;
+        let home = git.dir.path().to_owned();
+        let path = format!(
+            "{}:{}",
+            tokctl_bin().parent().expect("bin folder").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let store = |file: &str| format!("store --file={}", home.join(file).display());
+        let stored = |file: &str| std::fs::read_to_string(home.join(file)).unwrap_or_default();
+        let clone = |into: &str| {
+            let output = git
+                .command(&home)
+                .env("PATH", &path)
+                .args(["clone", &git.url(), into])
+                .output()
+                .expect("git clone");
+            assert!(
+                output.status.success(),
+                "{}\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                git.world.log()
+            );
+        };
+        let remote = format!("http://{}", git.world.emulator.address());
+
+        // The helper line alone, after a general `store`: git gives `store`
+        // the token to keep.
+        std::fs::write(
+            home.join(".gitconfig"),
+            format!(
+                "[credential]\n\thelper = {}\n[credential \"{remote}\"]\n\thelper = !tokctl git-credential repo\n",
+                store("before-alone")
+            ),
+        )
+        .expect("gitconfig");
+        clone("alone");
+        let token = git.world.get("repo").await;
+        assert!(stored("before-alone").contains(&token), "the hazard the setup removes");
+
+        // With git-setup: a `store` before, and one added after.
+        std::fs::write(
+            home.join(".gitconfig"),
+            format!("[user]\n\tname = t\n[credential]\n\thelper = {}\n", store("before")),
+        )
+        .expect("gitconfig");
+        let out = git
+            .world
+            .command(&["git-setup", "repo"])
+            .env("HOME", &home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env_remove("GIT_CONFIG_GLOBAL")
+            .output()
+            .await
+            .expect("tokctl git-setup");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains(&format!("for {remote}, and no other helper")), "{stderr}");
+        let added = git
+            .command(&home)
+            .args(["config", "--global", "--add", "credential.helper", &store("after")])
+            .output()
+            .expect("git config");
+        assert!(added.status.success());
+        clone("set-up");
+        for file in ["before", "after"] {
+            assert!(
+                !stored(file).contains(&token) && !stored(file).contains(&git.world.get("repo").await),
+                "{file} holds the token"
+            );
+        }
+
+        // The same with no general helper at all before the setup, and
+        // one added after it.
+        std::fs::write(home.join(".gitconfig"), "[user]\n\tname = t\n").expect("gitconfig");
+        let out = git
+            .world
+            .command(&["git-setup", "repo"])
+            .env("HOME", &home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env_remove("GIT_CONFIG_GLOBAL")
+            .output()
+            .await
+            .expect("tokctl git-setup");
+        assert!(out.status.success());
+        let added = git
+            .command(&home)
+            .args(["config", "--global", "--add", "credential.helper", &store("later")])
+            .output()
+            .expect("git config");
+        assert!(added.status.success());
+        clone("set-up-2");
+        assert!(stored("later").is_empty(), "a helper added later kept the token");
+    })
+    .await;
+}
