@@ -1,4 +1,4 @@
-//! The README's first command: `cargo run -p tokd-testkit --bin tokd-demo`.
+//! The README's first command: `cargo run --bin tokd-demo`.
 //!
 //! Builds tokd and tokctl, then, all inside temporary folders and on
 //! loopback: starts a private session bus, the provider emulator (behaving
@@ -155,7 +155,11 @@ fn build() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("== building tokd and tokctl (cargo's progress below)");
     let mut command = std::process::Command::new(cargo);
-    command.args(["build", "-p", "tokd", "-p", "tokctl", "--bins"]);
+    // The whole workspace, as `cargo run --bin tokd-demo` at its root
+    // resolved it: the same features, so every crate the outer build made
+    // is reused (with `-p` lists that differ, cargo resolves features
+    // anew and builds most crates a second time).
+    command.args(["build", "--workspace", "--bins"]);
     // What `cargo run` set for this binary would otherwise reach the
     // build scripts of the inner build, which then builds ring, rustls
     // and tokd again (and the next plain `cargo build` once more).
