@@ -25,6 +25,10 @@ pub const CURES: &[(&str, &str)] = &[
     ),
     // Other programs' credential protocols.
     (
+        "git asks `tokctl git-credential {name}` for {remote}, and no other helper",
+        "git::git_setup_keeps_the_token_from_general_helpers_before_and_after",
+    ),
+    (
         "add `provideClusterInfo: true` to the exec section",
         "clients::kubectl_gets_its_token_from_the_exec_plugin",
     ),
