@@ -303,21 +303,45 @@ impl Config {
 
     fn parse(text: &str, base: Option<&Path>) -> Result<Self, ConfigError> {
         let source = Source { text };
-        let raw: RawConfig = toml::from_str(text).map_err(|error| {
+        // Every table is checked, and every table's first problem is
+        // reported, in one run (a file with four mistakes is fixed in one
+        // go, not four). The parser stops at its first problem (a syntax
+        // error, an unknown key, a value of the wrong form): that table
+        // is blanked out (its bytes become spaces, so every position
+        // stays where it was) and the file read again. An installation of
+        // a consumer with a problem is not checked against it.
+        let mut errors = Vec::new();
+        let mut broken = std::collections::BTreeSet::new();
+        let mut current = text.to_owned();
+        let raw: RawConfig = loop {
+            let error = match toml::from_str::<RawConfig>(&current) {
+                Ok(raw) => break raw,
+                Err(error) => error,
+            };
             let message = error.message().trim_end();
             let message = match error.span() {
                 Some(span) if message == "duplicate key" => duplicate(text, span),
                 _ => message.to_owned(),
             };
-            source.error(error.span(), message)
-        })?;
+            errors.push(source.error(error.span(), message));
+            let table = error
+                .span()
+                .and_then(|span| table_around(&current, span.start));
+            match table {
+                Some((range, header)) if errors.len() < MAX_PROBLEMS => {
+                    // A consumer's installations are not checked
+                    // against what is left of it.
+                    if let Some(name) = header.strip_prefix("consumers.") {
+                        let name = name.split('.').next().unwrap_or(name);
+                        broken.insert(name.trim_matches('"').to_owned());
+                    }
+                    current = blank(&current, range);
+                }
+                // Outside any table, or too many: no further.
+                _ => return Err(several(errors)),
+            }
+        };
 
-        // Every table is checked, and every table's first problem is
-        // reported, in one run (a file with four mistakes is fixed in one
-        // go, not four). An installation of a consumer with a problem is
-        // not checked against it.
-        let mut errors = Vec::new();
-        let mut broken = std::collections::BTreeSet::new();
         let mut consumers = BTreeMap::new();
         for (name, raw) in raw.consumers {
             let span = name.span();
@@ -391,12 +415,7 @@ impl Config {
             installations.insert(name, Arc::new(installation));
         }
         if !errors.is_empty() {
-            errors.sort_by_key(ConfigError::line);
-            return Err(if errors.len() == 1 {
-                errors.remove(0)
-            } else {
-                ConfigError::Several(errors)
-            });
+            return Err(several(errors));
         }
 
         Ok(Config {
@@ -502,6 +521,59 @@ fn add_registries(
         );
     }
     Ok(())
+}
+
+/// The most problems one check reports.
+const MAX_PROBLEMS: usize = 50;
+
+/// `errors` (at least one) as one error, in the order of their lines.
+fn several(mut errors: Vec<ConfigError>) -> ConfigError {
+    errors.sort_by_key(ConfigError::line);
+    if errors.len() == 1 {
+        errors.remove(0)
+    } else {
+        ConfigError::Several(errors)
+    }
+}
+
+/// The table holding byte `offset` of `text`: the range from its
+/// `[header]` line to the next header, and the header's name.
+fn table_around(text: &str, offset: usize) -> Option<(Range<usize>, String)> {
+    let mut start = None;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            if at > offset {
+                let (begin, header) = start?;
+                return Some((begin..at, header));
+            }
+            let header = trimmed
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            start = Some((at, header));
+        }
+        at += line.len();
+    }
+    let (begin, header) = start?;
+    Some((begin..text.len(), header))
+}
+
+/// `text` with the bytes in `range` made spaces (line breaks kept).
+fn blank(text: &str, range: Range<usize>) -> String {
+    text.char_indices()
+        .map(|(at, c)| {
+            if range.contains(&at) && c != '\n' {
+                " ".repeat(c.len_utf8())
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn name_error(what: &str, name: &str) -> String {

@@ -38,9 +38,8 @@ struct Args {
     config: Option<PathBuf>,
 
     /// Check a config file (PATH, or the one tokd would read) and exit:
-    /// prints each table's problem with its file and line (a TOML syntax
-    /// error, an unknown key or a malformed value stops the check there),
-    /// or a one-line summary. Nothing is fetched from the network.
+    /// prints each table's first problem with its file and line, all in one
+    /// run, or a one-line summary. Nothing is fetched from the network.
     #[arg(long, value_name = "PATH", num_args = 0..=1)]
     check_config: Option<Option<PathBuf>>,
 

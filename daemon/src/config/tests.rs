@@ -909,3 +909,24 @@ registries = ["GHCR.io"]
         "`registry_username` may not be empty or hold ':'",
     );
 }
+
+#[test]
+fn the_parser_goes_on_past_a_table_it_stops_at() {
+    let text = "[consumers.é]\ntoken_url = \"https://sso.example.com/token\nclient_id = \"x\"\n\n[consumers.two]\ntoken_url = \"https://sso.example.com/token\"\nclient_id = \"x\"\nshape = 1\n\n[daemon]\nrefresh_margin = \"5M\"\n";
+    let error = Config::from_str(text).expect_err("three mistakes");
+    let problems = error.problems();
+    let lines: Vec<usize> = problems.iter().map(|p| p.line()).collect();
+    // Line 1: `é` is not a bare key (the table's first mistake; its
+    // unclosed string on line 2 is not reported beside it).
+    assert_eq!(lines, [1, 8, 11], "{error}");
+    assert!(problems[1].message().contains("unknown field `shape`"), "{error}");
+    // Positions are the file's own, whatever was blanked before them.
+    assert_eq!(super::line_column(text, text.find("shape").expect("shape")), (8, 1));
+    assert_eq!(
+        super::table_around(text, text.find("shape").expect("shape")).map(|(_, h)| h),
+        Some("consumers.two".to_owned())
+    );
+    let blanked = super::blank("[a]\né=1\n[b]\n", 0..9);
+    assert_eq!(blanked.len(), "[a]\né=1\n[b]\n".len());
+    assert_eq!(blanked.lines().count(), 3);
+}

@@ -391,9 +391,67 @@ fn a_missing_config_file_says_its_cause_once() {
 }
 
 /// A file with several mistakes in different tables gets them all in one
-/// run, in the order of their lines, each with its line, and a count.
+/// run, in the order of their lines, each with its line, and a count:
+/// mistakes of meaning, and those the parser stops at (an unknown key, a
+/// URL or a cron expression of the wrong form).
 #[test]
 fn every_table_s_mistake_is_reported_in_one_run() {
+    let home = tempfile::tempdir().expect("home");
+    let path = home.path().join("config.toml");
+    std::fs::write(
+        &path,
+        r#"[consumers.one]
+token_url = "ftp://sso.example.com/token"
+client_id = "x"
+
+[consumers.two]
+token_url = "https://sso.example.com/token"
+client_id = "x"
+colour = "blue"
+
+[installations.a]
+consumer = "one"
+
+[installations.c]
+consumer = "two"
+schedule = "not cron"
+
+[installations.d]
+consumer = "three"
+"#,
+    )
+    .expect("config");
+    let out = tokd(
+        home.path(),
+        &["--check-config", &path.display().to_string()],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    let shown = path.display().to_string();
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expected = [
+        (2, "invalid URL \"ftp://"),
+        (8, "unknown field `colour`"),
+        (15, "invalid cron schedule"),
+        (
+            18,
+            "names consumer `three`, which is not defined (defined: one, two)",
+        ),
+    ];
+    assert_eq!(lines.len(), expected.len() + 1, "{stderr}");
+    for (line, (number, words)) in lines.iter().zip(expected) {
+        assert!(
+            line.starts_with(&format!("tokd: {shown}:{number}:")) && line.contains(words),
+            "{line:?} is not line {number} saying {words:?}:\n{stderr}"
+        );
+    }
+    assert_eq!(lines[expected.len()], "tokd: 4 problems");
+}
+
+/// Mistakes of meaning in several tables, each reported.
+#[test]
+fn every_table_s_mistake_of_meaning_is_reported_in_one_run() {
     let home = tempfile::tempdir().expect("home");
     let path = home.path().join("config.toml");
     std::fs::write(
