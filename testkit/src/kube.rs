@@ -7,12 +7,12 @@
 //! gets `401` with a `Status` object.
 
 use crate::TokenChecker;
+use crate::served::{Served, serve};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 /// The certificate the endpoint presents (self-signed; give it to the
@@ -32,15 +32,8 @@ pub struct KubeRequest {
 /// A running endpoint. Dropping it stops it.
 #[derive(Debug)]
 pub struct KubeApi {
-    address: SocketAddr,
+    served: Served,
     requests: Arc<Mutex<Vec<KubeRequest>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for KubeApi {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
 }
 
 impl KubeApi {
@@ -60,43 +53,18 @@ impl KubeApi {
         .expect("a server configuration");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the API endpoint on 127.0.0.1");
-        let address = listener.local_addr().expect("local address");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let shared = Arc::clone(&requests);
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, checker, requests) =
-                    (acceptor.clone(), checker.clone(), Arc::clone(&shared));
-                tokio::spawn(async move {
-                    let Ok(stream) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |request| {
-                        let answer = handle(&checker, &requests, &request);
-                        async move { Ok::<_, std::convert::Infallible>(answer) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self {
-            address,
-            requests,
-            accept,
-        }
+        let served = serve("API endpoint", Some(acceptor), move |request| {
+            handle(&checker, &shared, request)
+        })
+        .await;
+        Self { served, requests }
     }
 
     /// `https://127.0.0.1:PORT`
     pub fn url(&self) -> String {
-        format!("https://{}", self.address)
+        format!("https://{}", self.served.address)
     }
 
     /// Every request so far, in order.

@@ -21,6 +21,7 @@ pub mod keyring;
 pub mod kube;
 pub mod oci;
 pub mod registry;
+mod served;
 mod server;
 pub mod smtp;
 

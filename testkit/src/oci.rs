@@ -8,10 +8,10 @@
 
 use crate::TokenChecker;
 use crate::git::basic_credentials;
+use crate::served::{Served, serve};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 /// The manifest served for every repository and tag.
@@ -29,56 +29,27 @@ pub struct OciRequest {
 /// A running registry. Dropping it stops it.
 #[derive(Debug)]
 pub struct OciRegistry {
-    address: SocketAddr,
+    served: Served,
     requests: Arc<Mutex<Vec<OciRequest>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for OciRegistry {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
 }
 
 impl OciRegistry {
     /// Starts a registry on 127.0.0.1 with a free port that takes `username`
     /// with the tokens `checker` says are live.
     pub async fn start(checker: TokenChecker, username: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the registry on 127.0.0.1");
-        let address = listener.local_addr().expect("local address");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let shared = Arc::clone(&requests);
         let username = username.to_owned();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (checker, requests, username) =
-                    (checker.clone(), Arc::clone(&shared), username.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let answer = handle(&checker, &username, &requests, &request);
-                        async move { Ok::<_, std::convert::Infallible>(answer) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self {
-            address,
-            requests,
-            accept,
-        }
+        let served = serve("registry", None, move |request| {
+            handle(&checker, &username, &shared, request)
+        })
+        .await;
+        Self { served, requests }
     }
 
     /// `127.0.0.1:PORT`, as a container tool names the registry.
     pub fn host(&self) -> String {
-        self.address.to_string()
+        self.served.address.to_string()
     }
 
     /// Every request so far, in order.

@@ -6,6 +6,7 @@
 //! with [`Registry::publish`] as the bytes of a `.crate` file.
 
 use crate::TokenChecker;
+use crate::served::{Served, serve};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
@@ -34,59 +35,37 @@ struct Contents {
 /// A running registry. Dropping it stops it.
 #[derive(Debug)]
 pub struct Registry {
-    address: SocketAddr,
+    served: Served,
     contents: Arc<Mutex<Contents>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
 }
 
 impl Registry {
     /// Starts a registry on 127.0.0.1 with a free port that takes the
     /// tokens `checker` says are live.
     pub async fn start(checker: TokenChecker) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the registry on 127.0.0.1");
-        let address = listener.local_addr().expect("local address");
         let contents = Arc::new(Mutex::new(Contents::default()));
         let shared = Arc::clone(&contents);
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (checker, contents) = (checker.clone(), Arc::clone(&shared));
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let answer = handle(&checker, &contents, address, &request);
-                        async move { Ok::<_, std::convert::Infallible>(answer) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self {
-            address,
-            contents,
-            accept,
-        }
+        // The registry's own address goes in its `config.json`: known
+        // once it listens, so the handler reads it from a cell.
+        let address = Arc::new(std::sync::OnceLock::new());
+        let own = Arc::clone(&address);
+        let served = serve("registry", None, move |request| {
+            let at = *own.get().expect("the address is set before a request");
+            handle(&checker, &shared, at, request)
+        })
+        .await;
+        let _ = address.set(served.address);
+        Self { served, contents }
     }
 
     /// The index URL for Cargo's config: `sparse+http://127.0.0.1:PORT/index/`.
     pub fn index_url(&self) -> String {
-        format!("sparse+http://{}/index/", self.address)
+        format!("sparse+http://{}/index/", self.served.address)
     }
 
     /// `127.0.0.1:PORT`: the registry as tokd's `registries` names it.
     pub fn host(&self) -> String {
-        self.address.to_string()
+        self.served.address.to_string()
     }
 
     /// Serves `crate_file` (a `.crate`: the gzipped tar of

@@ -919,9 +919,15 @@ fn the_parser_goes_on_past_a_table_it_stops_at() {
     // Line 1: `é` is not a bare key (the table's first mistake; its
     // unclosed string on line 2 is not reported beside it).
     assert_eq!(lines, [1, 8, 11], "{error}");
-    assert!(problems[1].message().contains("unknown field `shape`"), "{error}");
+    assert!(
+        problems[1].message().contains("unknown field `shape`"),
+        "{error}"
+    );
     // Positions are the file's own, whatever was blanked before them.
-    assert_eq!(super::line_column(text, text.find("shape").expect("shape")), (8, 1));
+    assert_eq!(
+        super::line_column(text, text.find("shape").expect("shape")),
+        (8, 1)
+    );
     assert_eq!(
         super::table_around(text, text.find("shape").expect("shape")).map(|(_, h)| h),
         Some("consumers.two".to_owned())

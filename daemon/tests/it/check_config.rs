@@ -396,10 +396,7 @@ fn a_missing_config_file_says_its_cause_once() {
 /// URL or a cron expression of the wrong form).
 #[test]
 fn every_table_s_mistake_is_reported_in_one_run() {
-    let home = tempfile::tempdir().expect("home");
-    let path = home.path().join("config.toml");
-    std::fs::write(
-        &path,
+    assert_reported(
         r#"[consumers.one]
 token_url = "ftp://sso.example.com/token"
 client_id = "x"
@@ -419,43 +416,23 @@ schedule = "not cron"
 [installations.d]
 consumer = "three"
 "#,
-    )
-    .expect("config");
-    let out = tokd(
-        home.path(),
-        &["--check-config", &path.display().to_string()],
-        &[],
+        &[
+            (2, "invalid URL \"ftp://"),
+            (8, "unknown field `colour`"),
+            (15, "invalid cron schedule"),
+            (
+                18,
+                "names consumer `three`, which is not defined (defined: one, two)",
+            ),
+        ],
     );
-    assert!(!out.status.success());
-    let stderr = text(&out.stderr);
-    let shown = path.display().to_string();
-    let lines: Vec<&str> = stderr.lines().collect();
-    let expected = [
-        (2, "invalid URL \"ftp://"),
-        (8, "unknown field `colour`"),
-        (15, "invalid cron schedule"),
-        (
-            18,
-            "names consumer `three`, which is not defined (defined: one, two)",
-        ),
-    ];
-    assert_eq!(lines.len(), expected.len() + 1, "{stderr}");
-    for (line, (number, words)) in lines.iter().zip(expected) {
-        assert!(
-            line.starts_with(&format!("tokd: {shown}:{number}:")) && line.contains(words),
-            "{line:?} is not line {number} saying {words:?}:\n{stderr}"
-        );
-    }
-    assert_eq!(lines[expected.len()], "tokd: 4 problems");
 }
 
-/// Mistakes of meaning in several tables, each reported.
+/// Mistakes of meaning only, in several tables: each reported, and an
+/// undefined consumer's sentence names those with mistakes too.
 #[test]
 fn every_table_s_mistake_of_meaning_is_reported_in_one_run() {
-    let home = tempfile::tempdir().expect("home");
-    let path = home.path().join("config.toml");
-    std::fs::write(
-        &path,
+    assert_reported(
         r#"[consumers.one]
 token_url = "https://sso.example.com/token"
 
@@ -470,8 +447,20 @@ consumer = "missing"
 [installations.c]
 consumer = "one"
 "#,
-    )
-    .expect("config");
+        &[
+            (1, "has no `client_id`"),
+            (7, "`git_username`"),
+            (10, "(defined: one, two)"),
+        ],
+    );
+}
+
+/// `tokd --check-config` on `config` says each of `expected` (a line
+/// number and words), in order, then the count.
+fn assert_reported(config: &str, expected: &[(usize, &str)]) {
+    let home = tempfile::tempdir().expect("home");
+    let path = home.path().join("config.toml");
+    std::fs::write(&path, config).expect("config");
     let out = tokd(
         home.path(),
         &["--check-config", &path.display().to_string()],
@@ -479,22 +468,17 @@ consumer = "one"
     );
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().collect();
     let shown = path.display().to_string();
-    assert_eq!(lines.len(), 4, "{stderr}");
-    assert!(
-        lines[0].starts_with(&format!("tokd: {shown}:1:"))
-            && lines[0].contains("has no `client_id`"),
-        "{stderr}"
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), expected.len() + 1, "{stderr}");
+    for (line, (number, words)) in lines.iter().zip(expected) {
+        assert!(
+            line.starts_with(&format!("tokd: {shown}:{number}:")) && line.contains(words),
+            "{line:?} is not line {number} saying {words:?}:\n{stderr}"
+        );
+    }
+    assert_eq!(
+        lines[expected.len()],
+        format!("tokd: {} problems", expected.len())
     );
-    assert!(
-        lines[1].starts_with(&format!("tokd: {shown}:7:")) && lines[1].contains("`git_username`"),
-        "{stderr}"
-    );
-    assert!(
-        lines[2].starts_with(&format!("tokd: {shown}:10:"))
-            && lines[2].contains("(defined: one, two)"),
-        "{stderr}"
-    );
-    assert_eq!(lines[3], "tokd: 3 problems");
 }

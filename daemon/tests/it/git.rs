@@ -490,6 +490,16 @@ async fn git_setup_keeps_the_token_from_general_helpers_before_and_after() {
             );
         };
         let remote = format!("http://{}", git.world.emulator.address());
+        let git_setup = async || {
+            git.world
+                .command(&["git-setup", "repo"])
+                .env("HOME", &home)
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env_remove("GIT_CONFIG_GLOBAL")
+                .output()
+                .await
+                .expect("tokctl git-setup")
+        };
 
         // The helper line alone, after a general `store`: git gives `store`
         // the token to keep.
@@ -511,15 +521,7 @@ async fn git_setup_keeps_the_token_from_general_helpers_before_and_after() {
             format!("[user]\n\tname = t\n[credential]\n\thelper = {}\n", store("before")),
         )
         .expect("gitconfig");
-        let out = git
-            .world
-            .command(&["git-setup", "repo"])
-            .env("HOME", &home)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env_remove("GIT_CONFIG_GLOBAL")
-            .output()
-            .await
-            .expect("tokctl git-setup");
+        let out = git_setup().await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
         assert!(stderr.contains(&format!("for {remote}, and no other helper")), "{stderr}");
@@ -540,15 +542,7 @@ async fn git_setup_keeps_the_token_from_general_helpers_before_and_after() {
         // The same with no general helper at all before the setup, and
         // one added after it.
         std::fs::write(home.join(".gitconfig"), "[user]\n\tname = t\n").expect("gitconfig");
-        let out = git
-            .world
-            .command(&["git-setup", "repo"])
-            .env("HOME", &home)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env_remove("GIT_CONFIG_GLOBAL")
-            .output()
-            .await
-            .expect("tokctl git-setup");
+        let out = git_setup().await;
         assert!(out.status.success());
         let added = git
             .command(&home)

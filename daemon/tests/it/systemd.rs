@@ -79,18 +79,7 @@ async fn the_first_tokctl_call_starts_tokd_through_the_activation_file() {
         drop(world.tokd.take());
         // The repository's activation file, with the environment a login
         // session would give the activated daemon.
-        let env: Vec<String> = world
-            .home
-            .env(&world.bus)
-            .into_iter()
-            .filter(|(key, _)| key != "DBUS_SESSION_BUS_ADDRESS")
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect();
-        let exec = format!("/usr/bin/env {} {}/tokd", env.join(" "), bindir().display());
-        let text = repo_file("org.tokd.tokd1.service")
-            .replace("Exec=@BINDIR@/tokd", &format!("Exec={exec}"));
-        std::fs::write(world.bus.service_dir().join("org.tokd.tokd1.service"), text)
-            .expect("activation file");
+        install_the_activation_file(&world);
         let out = world.tokctl(&["get", "bot"]).await;
         assert_eq!(out.status, 0, "{out:?}");
         assert!(world.emulator.access_token_is_valid(out.stdout.trim()));
@@ -108,18 +97,7 @@ async fn a_tokd_that_cannot_start_says_why_through_tokctl() {
     within(async {
         let mut world = World::start(Behaviour::wso2()).await;
         drop(world.tokd.take());
-        let env: Vec<String> = world
-            .home
-            .env(&world.bus)
-            .into_iter()
-            .filter(|(key, _)| key != "DBUS_SESSION_BUS_ADDRESS")
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect();
-        let exec = format!("/usr/bin/env {} {}/tokd", env.join(" "), bindir().display());
-        let text = repo_file("org.tokd.tokd1.service")
-            .replace("Exec=@BINDIR@/tokd", &format!("Exec={exec}"));
-        std::fs::write(world.bus.service_dir().join("org.tokd.tokd1.service"), text)
-            .expect("activation file");
+        install_the_activation_file(&world);
         let good = world.config("");
         let broken = good.replacen("client_id = ", "client_idd = ", 1);
         world.home.write_config(&broken);
@@ -147,4 +125,21 @@ async fn a_tokd_that_cannot_start_says_why_through_tokctl() {
         );
     })
     .await;
+}
+
+/// The repository's activation file on the world's bus, with the
+/// environment a login session would give the activated daemon.
+fn install_the_activation_file(world: &World) {
+    let env: Vec<String> = world
+        .home
+        .env(&world.bus)
+        .into_iter()
+        .filter(|(key, _)| key != "DBUS_SESSION_BUS_ADDRESS")
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    let exec = format!("/usr/bin/env {} {}/tokd", env.join(" "), bindir().display());
+    let text =
+        repo_file("org.tokd.tokd1.service").replace("Exec=@BINDIR@/tokd", &format!("Exec={exec}"));
+    std::fs::write(world.bus.service_dir().join("org.tokd.tokd1.service"), text)
+        .expect("activation file");
 }
