@@ -36,6 +36,15 @@ pub fn out(text: &str) -> bool {
     written.is_ok()
 }
 
+/// A question on stderr, without a line break after it (the answer
+/// follows on the same line).
+pub fn raw_prompt(text: &str) {
+    let clean = tokd_shared::text::for_terminal(text);
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_all(clean.as_bytes());
+    let _ = stderr.flush();
+}
+
 /// `tokctl: TEXT` on stderr, on one line.
 pub fn line(text: &str) {
     raw_line(&format!("tokctl: {text}"));

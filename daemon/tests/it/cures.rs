@@ -23,6 +23,15 @@ pub const CURES: &[(&str, &str)] = &[
         "fix that and run the command again",
         "systemd::a_tokd_that_cannot_start_says_why_through_tokctl",
     ),
+    // Setting up.
+    (
+        "log in with `tokctl login {name}`",
+        "first_hour::tokctl_add_writes_the_config_and_the_login_works",
+    ),
+    (
+        "unlock the keyring and run the command again",
+        "first_hour::tokctl_add_keeps_the_secret_in_the_keyring_when_tokens_go_there",
+    ),
     // Other programs' credential protocols.
     (
         "git asks `tokctl git-credential {name}` for {remote}, and no other helper",

@@ -331,3 +331,180 @@ fn the_install_steps_honour_xdg_folders() {
     let unit = std::fs::read_to_string(config.join("systemd/user/tokd.service")).expect("unit");
     assert!(unit.contains(&format!("{}/tokd", bin.display())), "{unit}");
 }
+
+/// `tokctl add NAME … --client-secret-stdin`: the consumer and the
+/// installation are appended to the config (its own lines kept as they
+/// were), the secret goes into a 0600 file beside it and never into the
+/// config, tokd reloads, and the login works. A name already there is a
+/// usage error, and a config tokd refuses is put back as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokctl_add_writes_the_config_and_the_login_works() {
+    within(async {
+        let world = World::start(Behaviour::wso2()).await;
+        let config = world.home.config_path();
+        let own = format!("# my own notes, kept\n{}", world.config(""));
+        world.home.write_config(&own);
+        let add = |args: Vec<String>| {
+            let mut child = world
+                .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("tokctl add");
+            let mut stdin = child.stdin.take().expect("stdin");
+            async move {
+                use tokio::io::AsyncWriteExt as _;
+                stdin
+                    .write_all(format!("{SECRET}\n").as_bytes())
+                    .await
+                    .expect("the secret");
+                drop(stdin);
+                child.wait_with_output().await.expect("tokctl add ends")
+            }
+        };
+        let args = |name: &str| -> Vec<String> {
+            [
+                "add",
+                name,
+                "--token-url",
+                &world.emulator.token_url(),
+                "--auth-url",
+                &world.emulator.auth_url(),
+                "--client-id",
+                crate::support::CLIENT_ID,
+                "--client-secret-stdin",
+                "--scope",
+                "read",
+                "--redirect-port",
+                &world.port.to_string(),
+                "--no-login",
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+        };
+        let out = add(args("try")).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}\n{}", world.log());
+        assert!(stderr.contains("added `try`"), "{stderr}");
+        assert!(
+            stderr.contains("log in with `tokctl login try`"),
+            "{stderr}"
+        );
+        let text = std::fs::read_to_string(&config).expect("config");
+        assert!(
+            text.starts_with(&own),
+            "the file's own lines are kept:\n{text}"
+        );
+        assert!(text.contains("[installations.try]"), "{text}");
+        assert!(!text.contains(SECRET), "the secret is not in the config");
+        let secret = config.with_file_name("try.secret");
+        assert_eq!(
+            std::fs::read_to_string(&secret).expect("secret file"),
+            SECRET
+        );
+        assert_eq!(crate::support::mode(&secret), 0o600);
+        world.login("try").await;
+        world.get("try").await;
+
+        // Again: the name is taken.
+        let before = std::fs::read_to_string(&config).expect("config");
+        let out = add(args("try")).await;
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert_eq!(std::fs::read_to_string(&config).expect("config"), before);
+
+        // A preset tokd does not know: tokd refuses the reload, and the
+        // file and the secret are as they were.
+        let mut refused = args("odd");
+        let at = refused
+            .iter()
+            .position(|a| a == "--token-url")
+            .expect("flag");
+        refused.splice(
+            at..at + 4,
+            ["--provider".to_owned(), "nosuchpreset".to_owned()],
+        );
+        let out = add(refused).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{stderr}");
+        assert!(stderr.contains("is as it was"), "{stderr}");
+        assert_eq!(std::fs::read_to_string(&config).expect("config"), before);
+        assert!(!config.with_file_name("odd.secret").exists());
+    })
+    .await;
+}
+
+/// With the keyring store, `tokctl add` keeps the client secret in the
+/// keyring (through secret-tool), and tokd reads it back from there for a
+/// client-credentials token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokctl_add_keeps_the_secret_in_the_keyring_when_tokens_go_there() {
+    within(async {
+        let mut world =
+            World::start_in(crate::support::TokenStore::Keyring, Behaviour::wso2()).await;
+        let add = async |world: &World| {
+            let mut child = world
+                .command(&[
+                    "add",
+                    "ci",
+                    "--token-url",
+                    &world.emulator.token_url(),
+                    "--client-id",
+                    crate::support::CLIENT_ID,
+                    "--client-secret-stdin",
+                    "--client-credentials",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("tokctl add");
+            {
+                use tokio::io::AsyncWriteExt as _;
+                let mut stdin = child.stdin.take().expect("stdin");
+                stdin.write_all(SECRET.as_bytes()).await.expect("secret");
+            }
+            child.wait_with_output().await.expect("ends")
+        };
+        // A locked keyring: nothing is written, and the sentence says what
+        // to do; doing it works.
+        let before = std::fs::read_to_string(world.home.config_path()).expect("config");
+        world.gnome().lock().await;
+        let out = add(&world).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(8), "{stderr}");
+        assert!(
+            stderr.contains("unlock the keyring and run the command again"),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(world.home.config_path()).expect("config"),
+            before
+        );
+        world.gnome().unlock().await;
+        let out = add(&world).await;
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            world.log()
+        );
+        let text = std::fs::read_to_string(world.home.config_path()).expect("config");
+        assert!(
+            text.contains("client_secret_command = [\"secret-tool\", \"lookup\""),
+            "{text}"
+        );
+        assert!(!text.contains(SECRET));
+        assert!(
+            !world
+                .home
+                .config_path()
+                .with_file_name("ci.secret")
+                .exists()
+        );
+        let token = world.get("ci").await;
+        assert!(world.emulator.access_token_is_valid(&token));
+    })
+    .await;
+}

@@ -1,0 +1,429 @@
+//! `tokctl add NAME`: a consumer and an installation added to tokd's
+//! config without writing TOML by hand. The client secret never goes into
+//! the config: into the keyring (through `secret-tool`, read back by
+//! `client_secret_command`) when tokd keeps its tokens there, else into a
+//! 0600 file beside the config (`client_secret_file`). The tables are
+//! appended to the file, so its comments and layout stay as they were;
+//! then tokd reloads it, and a config tokd refuses is put back as it was
+//! (and the secret removed), with tokd's sentence.
+
+use crate::failure::{Failure, exit};
+use crate::say;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// What `tokctl add` was told (the flags; prompts fill the rest on a
+/// terminal).
+#[derive(Debug, Default)]
+pub struct Request {
+    pub name: String,
+    pub consumer: Option<String>,
+    pub provider: Option<String>,
+    pub issuer: Option<String>,
+    pub token_url: Option<String>,
+    pub auth_url: Option<String>,
+    pub client_id: Option<String>,
+    pub secret: Option<String>,
+    pub public: bool,
+    pub scopes: Vec<String>,
+    pub client_credentials: bool,
+    pub redirect_port: u16,
+}
+
+/// Where the secret went, to undo it.
+#[derive(Debug)]
+pub enum Kept {
+    None,
+    File(PathBuf),
+    Keyring(String),
+}
+
+/// The attribute value tokd's client-secret items carry in the keyring.
+const SECRET_APPLICATION: &str = "tokd-client-secret";
+
+/// What `write` did: the file's text before, and where the secret went.
+#[derive(Debug)]
+pub struct Written {
+    before: String,
+    kept: Kept,
+}
+
+/// Appends the consumer (unless it exists) and the installation to the
+/// config at `path`.
+pub fn write(path: &Path, request: &Request, keyring: bool) -> Result<Written, Failure> {
+    let before = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => {
+            return Err(Failure::new(
+                exit::OTHER,
+                format!("cannot read {}: {error}", path.display()),
+            ));
+        }
+    };
+    let table: toml::Table = toml::from_str(&before).map_err(|error| {
+        Failure::new(
+            exit::MISCONFIGURED,
+            format!(
+                "{} is not valid TOML ({}); fix it first (`tokd --check-config`)",
+                path.display(),
+                error.message()
+            ),
+        )
+    })?;
+    let defined = |kind: &str, name: &str| {
+        table
+            .get(kind)
+            .and_then(toml::Value::as_table)
+            .is_some_and(|t| t.contains_key(name))
+    };
+    if defined("installations", &request.name) {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "installation `{}` is in {} already; choose another name",
+                request.name,
+                path.display()
+            ),
+        ));
+    }
+    let consumer = request
+        .consumer
+        .clone()
+        .unwrap_or_else(|| request.name.clone());
+    let mut added = String::new();
+    let mut kept = Kept::None;
+    if !defined("consumers", &consumer) {
+        let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
+        added.push_str(&format!("\n[consumers.{consumer}]\n"));
+        match (&request.provider, &request.issuer, &request.token_url) {
+            (Some(provider), _, _) => added.push_str(&format!("provider = {}\n", quote(provider))),
+            (None, Some(issuer), _) => added.push_str(&format!("issuer = {}\n", quote(issuer))),
+            (None, None, Some(token_url)) => {
+                added.push_str(&format!("token_url = {}\n", quote(token_url)));
+                if let Some(auth_url) = &request.auth_url {
+                    added.push_str(&format!("auth_url = {}\n", quote(auth_url)));
+                }
+            }
+            (None, None, None) => {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    "say which provider: --provider PRESET, --issuer URL, or --token-url URL (and --auth-url URL)",
+                ));
+            }
+        }
+        let Some(client_id) = &request.client_id else {
+            return Err(Failure::new(
+                exit::USAGE,
+                "the client id the provider gave you is needed: --client-id ID",
+            ));
+        };
+        added.push_str(&format!("client_id = {}\n", quote(client_id)));
+        match &request.secret {
+            Some(secret) if !request.public => {
+                kept = keep_secret(path, &consumer, secret, keyring)?;
+                match &kept {
+                    Kept::File(file) => added.push_str(&format!(
+                        "client_secret_file = {}\n",
+                        quote(&file.display().to_string())
+                    )),
+                    Kept::Keyring(_) => added.push_str(&format!(
+                        "client_secret_command = [\"secret-tool\", \"lookup\", \"application\", \"{SECRET_APPLICATION}\", \"consumer\", {}]\n",
+                        quote(&consumer)
+                    )),
+                    Kept::None => {}
+                }
+            }
+            _ => {}
+        }
+        if !request.client_credentials {
+            added.push_str(&format!(
+                "redirect_uri = \"http://127.0.0.1:{}/callback\"\n",
+                request.redirect_port
+            ));
+        }
+    }
+    let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
+    added.push_str(&format!(
+        "\n[installations.{}]\nconsumer = {}\n",
+        request.name,
+        quote(&consumer)
+    ));
+    if !request.scopes.is_empty() {
+        let scopes: Vec<String> = request.scopes.iter().map(|s| quote(s)).collect();
+        added.push_str(&format!("scopes = [{}]\n", scopes.join(", ")));
+    }
+    if request.client_credentials {
+        added.push_str("grant = \"client_credentials\"\n");
+    }
+    let mut after = before.clone();
+    if !after.is_empty() && !after.ends_with('\n') {
+        after.push('\n');
+    }
+    after.push_str(&added);
+    // Checked as TOML before it is written.
+    if let Err(error) = toml::from_str::<toml::Table>(&after) {
+        undo(&kept);
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("these values make no valid config: {}", error.message()),
+        ));
+    }
+    if let Err(error) = replace(path, &after) {
+        undo(&kept);
+        return Err(error);
+    }
+    Ok(Written { before, kept })
+}
+
+/// Puts the file back as it was and forgets the secret: tokd refused the
+/// new config.
+pub fn roll_back(path: &Path, written: &Written) {
+    let _ = replace(path, &written.before);
+    undo(&written.kept);
+}
+
+fn keep_secret(
+    config: &Path,
+    consumer: &str,
+    secret: &str,
+    keyring: bool,
+) -> Result<Kept, Failure> {
+    if keyring {
+        let mut child = std::process::Command::new("secret-tool")
+            .args([
+                "store",
+                "--label",
+                &format!("tokd: client secret of {consumer}"),
+                "application",
+                SECRET_APPLICATION,
+                "consumer",
+                consumer,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|error| {
+                Failure::new(
+                    exit::OTHER,
+                    format!("cannot run secret-tool (Debian: libsecret-tools) to keep the client secret in the keyring: {error}"),
+                )
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(secret.as_bytes());
+        }
+        let status = child
+            .wait()
+            .map_err(|error| Failure::new(exit::OTHER, error.to_string()))?;
+        if !status.success() {
+            return Err(Failure::new(
+                exit::LOCKED,
+                "secret-tool could not keep the client secret in the keyring; unlock the keyring and run the command again",
+            ));
+        }
+        return Ok(Kept::Keyring(consumer.to_owned()));
+    }
+    let folder = config.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder).map_err(|error| {
+        Failure::new(
+            exit::OTHER,
+            format!("cannot create {}: {error}", folder.display()),
+        )
+    })?;
+    let file = folder.join(format!("{consumer}.secret"));
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .map_err(|error| {
+            Failure::new(
+                exit::USAGE,
+                format!(
+                    "cannot create {} for the client secret: {error}",
+                    file.display()
+                ),
+            )
+        })?;
+    out.write_all(secret.as_bytes())
+        .map_err(|error| Failure::new(exit::OTHER, error.to_string()))?;
+    Ok(Kept::File(file))
+}
+
+fn undo(kept: &Kept) {
+    match kept {
+        Kept::None => {}
+        Kept::File(file) => {
+            let _ = std::fs::remove_file(file);
+        }
+        Kept::Keyring(consumer) => {
+            let _ = std::process::Command::new("secret-tool")
+                .args([
+                    "clear",
+                    "application",
+                    SECRET_APPLICATION,
+                    "consumer",
+                    consumer,
+                ])
+                .status();
+        }
+    }
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, keeping
+/// the file's mode (0600 for a new one).
+fn replace(path: &Path, text: &str) -> Result<(), Failure> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let fail = |error: std::io::Error| {
+        Failure::new(
+            exit::OTHER,
+            format!("cannot write {}: {error}", path.display()),
+        )
+    };
+    let folder = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder).map_err(fail)?;
+    let mode = std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o777);
+    let temporary = folder.join(format!(
+        ".{}.tokctl-add",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("config.toml")
+    ));
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temporary)
+        .map_err(fail)?;
+    file.write_all(text.as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&temporary, path).map_err(fail)?;
+    Ok(())
+}
+
+/// Asks on the terminal; `hidden`: without echo (a secret).
+pub fn prompt(question: &str, hidden: bool) -> Option<String> {
+    say::raw_prompt(question);
+    let stdin = std::io::stdin();
+    let restore = hidden.then(|| echo_off(&stdin)).flatten();
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    if let Some(saved) = restore {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &saved);
+        say::raw_prompt("\n");
+    }
+    read.ok()?;
+    Some(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn echo_off(stdin: &std::io::Stdin) -> Option<rustix::termios::Termios> {
+    let saved = rustix::termios::tcgetattr(stdin).ok()?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+    rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &quiet).ok()?;
+    Some(saved)
+}
+
+/// Whether stdin is a terminal (prompts are asked only then).
+pub fn interactive() -> bool {
+    rustix::termios::isatty(std::io::stdin())
+}
+
+/// Fills what the flags left out by asking, on a terminal (for a new
+/// consumer only what a consumer needs; the scopes either way).
+pub fn ask_for_what_is_missing(request: &mut Request, config: &Path) {
+    let consumer = request.consumer.as_deref().unwrap_or(&request.name);
+    let exists = std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+        .is_some_and(|table| {
+            table
+                .get("consumers")
+                .and_then(toml::Value::as_table)
+                .is_some_and(|consumers| consumers.contains_key(consumer))
+        });
+    if !exists {
+        ask_for_the_consumer(request);
+    }
+    if request.scopes.is_empty()
+        && let Some(scopes) = prompt(
+            "Scopes, separated by spaces (empty for the provider's default): ",
+            false,
+        )
+    {
+        request.scopes = scopes.split_whitespace().map(str::to_owned).collect();
+    }
+}
+
+fn ask_for_the_consumer(request: &mut Request) {
+    if request.provider.is_none()
+        && request.issuer.is_none()
+        && request.token_url.is_none()
+        && let Some(answer) = prompt(
+            "Provider: a preset (atlassian, bitbucket, github, gitlab, google, microsoft, smartthings) or the issuer's https URL: ",
+            false,
+        )
+    {
+        let answer = answer.trim().to_owned();
+        if answer.contains("://") {
+            request.issuer = Some(answer);
+        } else if !answer.is_empty() {
+            request.provider = Some(answer);
+        }
+    }
+    if request.client_id.is_none() {
+        request.client_id = prompt("Client id (from the provider's app registration): ", false)
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty());
+    }
+    if request.secret.is_none() && !request.public {
+        match prompt(
+            "Client secret (not shown; empty for a public client): ",
+            true,
+        ) {
+            Some(secret) if !secret.is_empty() => request.secret = Some(secret),
+            _ => request.public = true,
+        }
+    }
+}
+
+/// `$TOKD_CONFIG`, else `$XDG_CONFIG_HOME/tokd/config.toml` (as tokd
+/// chooses when it was started without one).
+pub fn default_config_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("TOKD_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))?;
+    Some(base.join("tokd").join("config.toml"))
+}
+
+/// Whether tokd keeps its tokens in the keyring: the config's `[daemon]
+/// store`, else the choice tokd made at its first start (kept in its
+/// state folder).
+pub fn tokens_in_keyring(config: &Path) -> bool {
+    let configured = std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+        .and_then(|table| {
+            table
+                .get("daemon")?
+                .get("store")?
+                .as_str()
+                .map(str::to_owned)
+        });
+    if let Some(store) = configured {
+        return store == "keyring";
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")));
+    state
+        .and_then(|state| std::fs::read_to_string(state.join("tokd/daemon/store.json")).ok())
+        .is_some_and(|choice| choice.trim() == "\"keyring\"")
+}
