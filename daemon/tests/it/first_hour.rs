@@ -508,3 +508,33 @@ async fn tokctl_add_keeps_the_secret_in_the_keyring_when_tokens_go_there() {
     })
     .await;
 }
+
+/// tokd-provider writes its client secret only into a folder of this
+/// user's alone: one that is open to others (as another user could have
+/// made it first in a shared temporary folder) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_emulator_keeps_its_secret_in_a_folder_of_the_user_s_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let folder = tmp
+        .path()
+        .join(format!("tokd-provider-{}", crate::support::uid()));
+    std::fs::create_dir(&folder).expect("folder");
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let program = crate::support::tokd_bin().with_file_name("tokd-provider");
+    let out = tokio::process::Command::new(&program)
+        .args(["--port", "0"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("TMPDIR", tmp.path())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("tokd-provider");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is not a folder of this user's alone"),
+        "{stderr}"
+    );
+    assert!(!folder.join("client.secret").exists());
+}

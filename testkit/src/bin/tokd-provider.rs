@@ -40,8 +40,8 @@ struct Args {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     access_lifetime: Option<Duration>,
     /// Where to write the client secret (mode 0600). Default:
-    /// $XDG_RUNTIME_DIR/tokd-provider/client.secret, else in the
-    /// system's temporary folder.
+    /// $XDG_RUNTIME_DIR/tokd-provider-UID/client.secret, else the same in
+    /// the system's temporary folder.
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
 }
@@ -132,18 +132,35 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `$XDG_RUNTIME_DIR/tokd-provider/client.secret`, else the same in the
-/// temporary folder.
+/// `$XDG_RUNTIME_DIR/tokd-provider-UID/client.secret`, else the same in
+/// the temporary folder (a folder of this user's alone).
 fn default_secret_file() -> Result<PathBuf, String> {
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let folder = base.join("tokd-provider");
+    // In a shared temporary folder another user may have made this folder
+    // first: it must be this user's, and no one else's to read.
+    let folder = base.join(format!(
+        "tokd-provider-{}",
+        rustix::process::getuid().as_raw()
+    ));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&folder)
         .map_err(|error| format!("cannot create {}: {error}", folder.display()))?;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let meta = std::fs::symlink_metadata(&folder)
+        .map_err(|error| format!("cannot read {}: {error}", folder.display()))?;
+    if !meta.is_dir()
+        || meta.uid() != rustix::process::getuid().as_raw()
+        || meta.permissions().mode() & 0o077 != 0
+    {
+        return Err(format!(
+            "{} is not a folder of this user's alone; remove it, or give --secret-file",
+            folder.display()
+        ));
+    }
     Ok(folder.join("client.secret"))
 }
 
