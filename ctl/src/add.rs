@@ -51,6 +51,20 @@ pub struct Written {
 /// Appends the consumer (unless it exists) and the installation to the
 /// config at `path`.
 pub fn write(path: &Path, request: &Request, keyring: bool) -> Result<Written, Failure> {
+    let consumer_name = request.consumer.as_deref().unwrap_or(&request.name);
+    for (what, name) in [
+        ("installation", request.name.as_str()),
+        ("consumer", consumer_name),
+    ] {
+        if !valid_name(name) {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!(
+                    "{what} name {name:?} may use only letters, digits, '.', '_' and '-' (it becomes a table name, a file name and a command argument)"
+                ),
+            ));
+        }
+    }
     let before = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -331,6 +345,15 @@ pub fn interactive() -> bool {
     rustix::termios::isatty(std::io::stdin())
 }
 
+/// A name tokd accepts for a consumer or an installation (as its config
+/// parser checks): written into the file bare, it must be nothing else.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Fills what the flags left out by asking, on a terminal (for a new
 /// consumer only what a consumer needs; the scopes either way).
 pub fn ask_for_what_is_missing(request: &mut Request, config: &Path) {
@@ -426,4 +449,54 @@ pub fn tokens_in_keyring(config: &Path) -> bool {
     state
         .and_then(|state| std::fs::read_to_string(state.join("tokd/daemon/store.json")).ok())
         .is_some_and(|choice| choice.trim() == "\"keyring\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_that_could_write_more_than_a_name_is_refused() {
+        let dir = tempfile_dir();
+        let path = dir.join("config.toml");
+        for name in [
+            "x]\nclient_secret = \"s\"\n[installations.y",
+            "a b",
+            "",
+            "é",
+        ] {
+            let request = Request {
+                name: name.to_owned(),
+                token_url: Some("https://sso.example.com/token".into()),
+                client_id: Some("id".into()),
+                public: true,
+                ..Request::default()
+            };
+            let failure = write(&path, &request, false).expect_err(name);
+            assert_eq!(failure.status, exit::USAGE, "{name:?}");
+            assert!(!path.exists(), "nothing written for {name:?}");
+        }
+        let quoted = Request {
+            name: "ok".into(),
+            token_url: Some("https://sso.example.com/token\"\nclient_secret = \"x".into()),
+            client_id: Some("id\"]\n[daemon".into()),
+            scopes: vec!["a\"b".into()],
+            public: true,
+            ..Request::default()
+        };
+        write(&path, &quoted, false).expect("values are quoted");
+        let table: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&path).expect("config")).expect("TOML");
+        let consumer = table["consumers"]["ok"].as_table().expect("consumer");
+        assert!(consumer.get("client_secret").is_none(), "{consumer:?}");
+        assert!(table.get("daemon").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tokctl-add-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
 }
