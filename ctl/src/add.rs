@@ -44,7 +44,10 @@ const SECRET_APPLICATION: &str = "tokd-client-secret";
 /// What `write` did: the file's text before, and where the secret went.
 #[derive(Debug)]
 pub struct Written {
-    before: String,
+    /// `None`: there was no file.
+    before: Option<String>,
+    /// What was written, to tell whether someone changed it since.
+    after: String,
     kept: Kept,
 }
 
@@ -65,9 +68,9 @@ pub fn write(path: &Path, request: &Request, keyring: bool) -> Result<Written, F
             ));
         }
     }
-    let before = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+    let existed = match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(error) => {
             return Err(Failure::new(
                 exit::OTHER,
@@ -75,6 +78,7 @@ pub fn write(path: &Path, request: &Request, keyring: bool) -> Result<Written, F
             ));
         }
     };
+    let before = existed.clone().unwrap_or_default();
     let table: toml::Table = toml::from_str(&before).map_err(|error| {
         Failure::new(
             exit::MISCONFIGURED,
@@ -109,7 +113,7 @@ pub fn write(path: &Path, request: &Request, keyring: bool) -> Result<Written, F
     let mut kept = Kept::None;
     if !defined("consumers", &consumer) {
         let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
-        added.push_str(&format!("\n[consumers.{consumer}]\n"));
+        added.push_str(&format!("\n[consumers.{}]\n", key(&consumer)));
         match (&request.provider, &request.issuer, &request.token_url) {
             (Some(provider), _, _) => added.push_str(&format!("provider = {}\n", quote(provider))),
             (None, Some(issuer), _) => added.push_str(&format!("issuer = {}\n", quote(issuer))),
@@ -160,7 +164,7 @@ pub fn write(path: &Path, request: &Request, keyring: bool) -> Result<Written, F
     let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
     added.push_str(&format!(
         "\n[installations.{}]\nconsumer = {}\n",
-        request.name,
+        key(&request.name),
         quote(&consumer)
     ));
     if !request.scopes.is_empty() {
@@ -187,14 +191,39 @@ pub fn write(path: &Path, request: &Request, keyring: bool) -> Result<Written, F
         undo(&kept);
         return Err(error);
     }
-    Ok(Written { before, kept })
+    Ok(Written {
+        before: existed,
+        after,
+        kept,
+    })
 }
 
-/// Puts the file back as it was and forgets the secret: tokd refused the
-/// new config.
-pub fn roll_back(path: &Path, written: &Written) {
-    let _ = replace(path, &written.before);
+/// Puts the file back as it was (or removes it, if there was none) and
+/// forgets the secret: tokd refused the new config, or did not answer.
+/// A file someone changed since is left alone; `false` then.
+pub fn roll_back(path: &Path, written: &Written) -> bool {
     undo(&written.kept);
+    if std::fs::read_to_string(path).ok().as_deref() != Some(written.after.as_str()) {
+        return false;
+    }
+    match &written.before {
+        Some(before) => replace(path, before).is_ok(),
+        None => std::fs::remove_file(path).is_ok(),
+    }
+}
+
+/// A table name as TOML writes it: bare when it can be, else quoted (a
+/// name with a dot would otherwise be read as a nested table). Names are
+/// checked first: they hold no quote or backslash.
+fn key(name: &str) -> String {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+    {
+        name.to_owned()
+    } else {
+        format!("\"{name}\"")
+    }
 }
 
 fn keep_secret(
@@ -209,6 +238,7 @@ fn keep_secret(
                 "store",
                 "--label",
                 &format!("tokd: client secret of {consumer}"),
+                "--",
                 "application",
                 SECRET_APPLICATION,
                 "consumer",
@@ -275,6 +305,7 @@ fn undo(kept: &Kept) {
             let _ = std::process::Command::new("secret-tool")
                 .args([
                     "clear",
+                    "--",
                     "application",
                     SECRET_APPLICATION,
                     "consumer",
@@ -457,7 +488,7 @@ mod tests {
 
     #[test]
     fn a_name_that_could_write_more_than_a_name_is_refused() {
-        let dir = tempfile_dir();
+        let dir = tempfile_dir("names");
         let path = dir.join("config.toml");
         for name in [
             "x]\nclient_secret = \"s\"\n[installations.y",
@@ -493,8 +524,29 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tokctl-add-test-{}", std::process::id()));
+    #[test]
+    fn a_name_with_a_dot_is_one_table_and_a_roll_back_removes_a_new_file() {
+        let dir = tempfile_dir("dot");
+        let path = dir.join("config.toml");
+        let request = Request {
+            name: "my.app".into(),
+            token_url: Some("https://sso.example.com/token".into()),
+            client_id: Some("id".into()),
+            public: true,
+            ..Request::default()
+        };
+        let written = write(&path, &request, false).expect("written");
+        let table: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&path).expect("config")).expect("TOML");
+        assert!(table["installations"].get("my.app").is_some(), "{table:?}");
+        assert!(table["consumers"].get("my.app").is_some(), "{table:?}");
+        assert!(roll_back(&path, &written));
+        assert!(!path.exists(), "there was no file before");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tokctl-add-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         dir

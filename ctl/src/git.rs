@@ -185,12 +185,18 @@ pub fn setup(name: &str, remotes: &[String]) -> Result<String, Failure> {
     let mut said = String::new();
     for remote in remotes {
         let section = format!("credential.{remote}");
-        let pattern = format!("^{}\\.", regex_escape(&section));
-        let kept: Vec<(String, String)> = git_config(&["--get-regexp", &pattern])?
-            .lines()
-            .filter_map(|line| line.split_once(' '))
+        // This section's own keys only (not a longer host's), each with its
+        // value whole (`-z`: a value may hold line breaks; a key alone is
+        // a boolean true).
+        let pattern = format!("^{}\\.[^.]+$", regex_escape(&section));
+        let kept: Vec<(String, String)> = git_config(&["-z", "--get-regexp", &pattern])?
+            .split('\0')
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| match entry.split_once('\n') {
+                Some((key, value)) => (key.to_owned(), value.to_owned()),
+                None => (entry.to_owned(), "true".to_owned()),
+            })
             .filter(|(key, _)| !key.ends_with(".helper"))
-            .map(|(key, value)| (key.to_owned(), value.to_owned()))
             .collect();
         // Absent is fine; anything else `git config` says is a failure.
         let _ = git_config(&["--remove-section", &section]);
@@ -216,7 +222,7 @@ fn git_config(args: &[&str]) -> Result<String, Failure> {
         .map_err(|error| Failure::new(exit::OTHER, format!("cannot run git: {error}")))?;
     match output.status.code() {
         Some(0) => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
-        Some(1) if args.first() == Some(&"--get-regexp") => Ok(String::new()),
+        Some(1) if args.contains(&"--get-regexp") => Ok(String::new()),
         _ => Err(Failure::new(
             exit::OTHER,
             format!(

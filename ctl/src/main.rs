@@ -603,18 +603,25 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             if interactive {
                 add::ask_for_what_is_missing(&mut request, &path);
             }
+            // A config reached through a link is written where it lives.
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
             let keyring = add::tokens_in_keyring(&path);
             let written = add::write(&path, &request, keyring)?;
-            match deadline.bound(proxy.reload()).await? {
-                Ok(_) => {}
-                Err(error) => {
-                    add::roll_back(&path, &written);
-                    let failure = Failure::from(error);
-                    return Err(Failure::new(
-                        failure.status,
-                        format!("{}; {} is as it was", failure.message, path.display()),
-                    ));
-                }
+            let refused = match deadline.bound(proxy.reload()).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(error)) => Some(Failure::from(error)),
+                Err(timeout) => Some(timeout),
+            };
+            if let Some(failure) = refused {
+                let restored = if add::roll_back(&path, &written) {
+                    "is as it was"
+                } else {
+                    "was changed meanwhile, so it is left as it is"
+                };
+                return Err(Failure::new(
+                    failure.status,
+                    format!("{}; {} {restored}", failure.message, path.display()),
+                ));
             }
             say::line(&format!("added `{name}` to {}", path.display()));
             let log_in = !client_credentials

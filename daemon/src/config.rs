@@ -563,17 +563,21 @@ fn table_around(text: &str, offset: usize) -> Option<(Range<usize>, String)> {
     Some((begin..text.len(), header))
 }
 
-/// `text` with the bytes in `range` made spaces (line breaks kept).
+/// `text` with the bytes in `range` made spaces (line breaks kept), in
+/// place: every other position stays where it was.
 fn blank(text: &str, range: Range<usize>) -> String {
-    text.char_indices()
-        .map(|(at, c)| {
-            if range.contains(&at) && c != '\n' {
-                " ".repeat(c.len_utf8())
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    let mut bytes = text.as_bytes().to_vec();
+    let end = range.end.min(bytes.len());
+    for byte in &mut bytes[range.start.min(end)..end] {
+        if *byte != b'\n' {
+            *byte = b' ';
+        }
+    }
+    // Whole characters become spaces (a table starts at a line's start
+    // and ends before another's), so the text stays UTF-8; should a range
+    // ever cut one, its remains are replaced, not a panic.
+    String::from_utf8(bytes)
+        .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
 }
 
 fn name_error(what: &str, name: &str) -> String {

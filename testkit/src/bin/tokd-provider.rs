@@ -90,6 +90,10 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A file named by --secret-file is never replaced (a mistyped path
+    // must not cost a file); the default one, in the user's own folder,
+    // is each run's.
+    let replace = args.secret_file.is_none();
     let secret_file = match args.secret_file.map_or_else(default_secret_file, Ok) {
         Ok(path) => path,
         Err(error) => {
@@ -98,7 +102,7 @@ async fn main() -> ExitCode {
         }
     };
     let secret = random_secret();
-    if let Err(error) = write_secret(&secret_file, &secret) {
+    if let Err(error) = write_secret(&secret_file, &secret, replace) {
         eprintln!(
             "tokd-provider: cannot write the client secret to {}: {error}",
             secret_file.display()
@@ -172,8 +176,10 @@ fn random_secret() -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
+fn write_secret(path: &std::path::Path, secret: &str, replace: bool) -> std::io::Result<()> {
+    if replace {
+        let _ = std::fs::remove_file(path);
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
