@@ -412,19 +412,36 @@ pub fn ask_for_what_is_missing(request: &mut Request, config: &Path) {
 }
 
 fn ask_for_the_consumer(request: &mut Request) {
-    if request.provider.is_none()
-        && request.issuer.is_none()
-        && request.token_url.is_none()
-        && let Some(answer) = prompt(
-            "Provider: a preset (atlassian, bitbucket, github, gitlab, google, microsoft, smartthings) or the issuer's https URL: ",
+    // Asked again until answered (or stdin ends): nothing else is asked
+    // for a provider not known.
+    while request.provider.is_none() && request.issuer.is_none() && request.token_url.is_none() {
+        let Some(answer) = prompt(
+            "Provider: a preset (atlassian, bitbucket, github, gitlab, google, microsoft, smartthings), or a URL: ",
+            false,
+        ) else {
+            return;
+        };
+        let answer = answer.trim().to_owned();
+        if answer.is_empty() {
+            continue;
+        }
+        if !answer.contains("://") {
+            request.provider = Some(answer);
+        } else if prompt(
+            "Is that the issuer, whose endpoints are discovered (RFC 8414)? [Y/n] (n: it is the token endpoint) ",
             false,
         )
-    {
-        let answer = answer.trim().to_owned();
-        if answer.contains("://") {
+        .is_some_and(|yes| yes.trim().to_lowercase().starts_with('n'))
+        {
+            request.token_url = Some(answer);
+            request.auth_url = prompt(
+                "Authorization endpoint, for browser logins (empty for none): ",
+                false,
+            )
+            .map(|url| url.trim().to_owned())
+            .filter(|url| !url.is_empty());
+        } else {
             request.issuer = Some(answer);
-        } else if !answer.is_empty() {
-            request.provider = Some(answer);
         }
     }
     if request.client_id.is_none() {

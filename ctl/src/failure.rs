@@ -90,7 +90,12 @@ fn transport_failure(error: Error) -> Failure {
             Some(reason) => Failure::new(
                 exit::CANNOT_START,
                 format!(
-                    "tokd cannot start: {reason}; fix that and run the command again (`tokd --check-config` checks the config file)"
+                    "tokd cannot start: {reason}; fix {} and run the command again (`tokd --check-config` checks the config file)",
+                    if reason.contains("; ") {
+                        "those"
+                    } else {
+                        "that"
+                    }
                 ),
             ),
             None => Failure::new(exit::DAEMON_UNREACHABLE, UNREACHABLE),

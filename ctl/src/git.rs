@@ -181,7 +181,7 @@ pub fn setup(name: &str, remotes: &[String]) -> Result<String, Failure> {
             "per-host helpers below are tokctl's; general ones go in this section",
         ])?;
     }
-    let helper = format!("!tokctl git-credential {name}");
+    let helper = format!("!{} git-credential {name}", this_tokctl());
     let mut said = String::new();
     for remote in remotes {
         let section = format!("credential.{remote}");
@@ -210,6 +210,25 @@ pub fn setup(name: &str, remotes: &[String]) -> Result<String, Failure> {
         ));
     }
     Ok(said)
+}
+
+/// How git's shell should name this tokctl: `tokctl` when that is what
+/// `PATH` finds, else its full path (quoted), so the helper works from
+/// wherever tokctl was run.
+fn this_tokctl() -> String {
+    let exe = std::env::current_exe().and_then(std::fs::canonicalize).ok();
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("tokctl"))
+            .find(|candidate| candidate.is_file())
+            .and_then(|candidate| std::fs::canonicalize(candidate).ok())
+    });
+    match exe {
+        Some(exe) if found.as_ref() != Some(&exe) => {
+            format!("'{}'", exe.display().to_string().replace('\'', "'\\''"))
+        }
+        _ => "tokctl".to_owned(),
+    }
 }
 
 /// `git config --global ARGS`: its stdout; no match (status 1) is empty.

@@ -566,6 +566,12 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             login,
             no_login,
         } => {
+            if public && client_credentials {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    "--client-credentials needs the consumer's secret (--client-secret-stdin), not --public",
+                ));
+            }
             let interactive = add::interactive() && !client_secret_stdin;
             let mut request = add::Request {
                 name: name.clone(),
@@ -614,13 +620,24 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             };
             if let Some(failure) = refused {
                 let restored = if add::roll_back(&path, &written) {
-                    "is as it was"
+                    "is as it was: nothing was added"
                 } else {
                     "was changed meanwhile, so it is left as it is"
                 };
+                // tokd's advice is for a file it reads; here the file is
+                // put back, and what to change is the command or the file.
+                let reason = failure
+                    .message
+                    .split("; the running config stays")
+                    .next()
+                    .unwrap_or(&failure.message)
+                    .to_owned();
                 return Err(Failure::new(
                     failure.status,
-                    format!("{}; {} {restored}", failure.message, path.display()),
+                    format!(
+                        "tokd refused the config with `{name}` added: {reason}; {} {restored}; fix what it says (in the flags, or in the file if the mistake was there already) and run `tokctl add` again",
+                        path.display()
+                    ),
                 ));
             }
             say::line(&format!("added `{name}` to {}", path.display()));

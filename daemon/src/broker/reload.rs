@@ -37,8 +37,11 @@ impl Broker {
         .await
         .map_err(|error| Error::Misconfigured(error.to_string()))?
         .map_err(|error| {
+            // Several problems: one sentence, "; " between.
+            let problems: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
             Error::Misconfigured(format!(
-                "{error}; the running config stays, fix the file and reload again"
+                "{}; the running config stays, fix the file and reload again",
+                problems.join("; ")
             ))
         })?;
         let summary = config.summary();

@@ -20,10 +20,14 @@ use tokd_testkit::{Behaviour, Fault, FaultBody, WellKnown};
 pub const CURES: &[(&str, &str)] = &[
     // Starting.
     (
-        "fix that and run the command again",
+        "and run the command again (`tokd --check-config`",
         "systemd::a_tokd_that_cannot_start_says_why_through_tokctl",
     ),
     // Setting up.
+    (
+        "and run `tokctl add` again",
+        "first_hour::tokctl_add_writes_the_config_and_the_login_works",
+    ),
     (
         "log in with `tokctl login {name}`",
         "first_hour::tokctl_add_writes_the_config_and_the_login_works",

@@ -429,8 +429,16 @@ async fn tokctl_add_writes_the_config_and_the_login_works() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(6), "{stderr}");
         assert!(stderr.contains("is as it was"), "{stderr}");
+        assert!(stderr.contains("run `tokctl add` again"), "{stderr}");
         assert_eq!(std::fs::read_to_string(&config).expect("config"), before);
         assert!(!config.with_file_name("odd.secret").exists());
+        // Fixing the flags and running it again, as it says.
+        let out = add(args("odd")).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     })
     .await;
 }

@@ -116,7 +116,20 @@ async fn main() -> ExitCode {
         args.behaves_like,
         humantime::format_duration(lifetime)
     );
-    println!("Add to tokd's config (~/.config/tokd/config.toml):\n");
+    let config = std::env::var_os("TOKD_CONFIG")
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .filter(|path| path.is_absolute())
+                .map(|home| home.join("tokd/config.toml"))
+        })
+        .map_or_else(
+            || "~/.config/tokd/config.toml".to_owned(),
+            |path| path.display().to_string(),
+        );
+    println!("Add to tokd's config ({config}):\n");
     print!(
         "{}",
         emulator.consumer_table(
@@ -128,7 +141,9 @@ async fn main() -> ExitCode {
     );
     println!("\n[installations.try]\nconsumer = \"emulator\"\nscopes = [\"read\"]\n");
     println!(
-        "then run `tokctl reload` and `tokctl login try` (its login page approves at once), and `tokctl get try`.\n\
+        "then run `tokctl reload` and `tokctl login try` (its login page approves at once), and `tokctl get try`\n\
+         (tokd must be running: installed as the README says, the first tokctl call starts it; else run it\n\
+         yourself, e.g. `cargo run --bin tokd` in another terminal, and tokctl as `cargo run --bin tokctl -- …`).\n\
          Ctrl-C stops it; its grants live in memory only."
     );
     let _ = std::io::stdout().flush();
