@@ -68,13 +68,23 @@ impl Broker {
             .consumer
             .git_hosts
             .iter()
-            .map(|host| {
-                let plain = Url::parse(&format!("http://{host}/"))
-                    .is_ok_and(|url| config::is_loopback(&url) && url.port().is_some());
-                format!("{}://{host}", if plain { "http" } else { "https" })
-            })
+            .map(|host| remote_of(host))
             .collect())
     }
+}
+
+/// A `git_hosts` entry as the scheme and host of a git remote: `https`,
+/// or `http` for a loopback address with a port; an IPv6 address kept
+/// without its brackets (a default from an endpoint's host) gets them back.
+fn remote_of(host: &str) -> String {
+    let host = if host.matches(':').count() > 1 && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let plain = Url::parse(&format!("http://{host}/"))
+        .is_ok_and(|url| config::is_loopback(&url) && url.port().is_some());
+    format!("{}://{host}", if plain { "http" } else { "https" })
 }
 
 /// HTTPS anywhere; plain HTTP to this machine only (a token over HTTP
@@ -108,7 +118,19 @@ fn check_transport(protocol: &str, host: &str) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_transport;
+    use super::{check_transport, remote_of};
+
+    #[test]
+    fn git_hosts_become_remotes() {
+        assert_eq!(remote_of("bitbucket.org"), "https://bitbucket.org");
+        assert_eq!(
+            remote_of("git.example.com:8443"),
+            "https://git.example.com:8443"
+        );
+        assert_eq!(remote_of("127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert_eq!(remote_of("2001:db8::1"), "https://[2001:db8::1]");
+        assert_eq!(remote_of("[::1]:9000"), "http://[::1]:9000");
+    }
 
     #[test]
     fn tokens_go_over_https_or_to_loopback() {
