@@ -8,9 +8,10 @@
 //! (and the secret removed), with tokd's sentence.
 
 use crate::failure::{Failure, exit};
-use crate::say;
+use crate::{Deadline, login, say};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use tokd_shared::ManagerProxy;
 
 /// What `tokctl add` was told (the flags; prompts fill the rest on a
 /// terminal).
@@ -28,6 +29,171 @@ pub struct Request {
     pub scopes: Vec<String>,
     pub client_credentials: bool,
     pub redirect_port: u16,
+}
+
+/// `tokctl add`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The new installation's name (also the consumer's, unless
+    /// --consumer names one).
+    pub name: String,
+    /// A preset: atlassian, bitbucket, github, gitlab, google,
+    /// microsoft, smartthings.
+    #[arg(long, value_name = "PRESET", conflicts_with_all = ["issuer", "token_url"])]
+    pub provider: Option<String>,
+    /// The authorization server to discover the endpoints from.
+    #[arg(long, value_name = "URL", conflicts_with = "token_url")]
+    pub issuer: Option<String>,
+    /// The token endpoint, for a server without a preset or discovery.
+    #[arg(long, value_name = "URL")]
+    pub token_url: Option<String>,
+    /// The authorization endpoint (browser logins), with --token-url.
+    #[arg(long, value_name = "URL", requires = "token_url")]
+    pub auth_url: Option<String>,
+    /// An existing consumer to add the installation to (another
+    /// account at the same provider), or the new consumer's name.
+    #[arg(long, value_name = "CONSUMER")]
+    pub consumer: Option<String>,
+    /// The client id the provider gave you.
+    #[arg(long, value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Read the client secret from stdin (kept out of `ps`).
+    #[arg(long, conflicts_with = "public")]
+    pub client_secret_stdin: bool,
+    /// A public client: no secret (logins use PKCE alone).
+    #[arg(long)]
+    pub public: bool,
+    /// A scope to ask for (repeatable).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// The client-credentials grant: the consumer's own credentials,
+    /// no login.
+    #[arg(long)]
+    pub client_credentials: bool,
+    /// The loopback port of the redirect URI to register at the
+    /// provider: http://127.0.0.1:PORT/callback.
+    #[arg(long, value_name = "PORT", default_value_t = 8765)]
+    pub redirect_port: u16,
+    /// Log in right after (on a terminal, tokctl asks).
+    #[arg(long, conflicts_with = "no_login")]
+    pub login: bool,
+    /// Do not log in now.
+    #[arg(long)]
+    pub no_login: bool,
+}
+
+/// `tokctl add`: asks for what is missing (on a terminal), writes the
+/// config, reloads tokd (rolling back if it refuses), offers the login.
+pub async fn run(
+    proxy: &ManagerProxy<'_>,
+    deadline: &Deadline,
+    args: Args,
+    timeout: Option<std::time::Duration>,
+) -> Result<String, Failure> {
+    let Args {
+        name,
+        provider,
+        issuer,
+        token_url,
+        auth_url,
+        consumer,
+        client_id,
+        client_secret_stdin,
+        public,
+        scopes,
+        client_credentials,
+        redirect_port,
+        login,
+        no_login,
+    } = args;
+    if public && client_credentials {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--client-credentials needs the consumer's secret (--client-secret-stdin), not --public",
+        ));
+    }
+    let interactive = interactive() && !client_secret_stdin;
+    let mut request = Request {
+        name: name.clone(),
+        consumer,
+        provider,
+        issuer,
+        token_url,
+        auth_url,
+        client_id,
+        secret: None,
+        public,
+        scopes,
+        client_credentials,
+        redirect_port,
+    };
+    if client_secret_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|error| {
+            Failure::new(
+                exit::USAGE,
+                format!("cannot read the client secret: {error}"),
+            )
+        })?;
+        request.secret = Some(line.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    let path = match deadline.bound(proxy.config_path()).await?? {
+        path if !path.is_empty() => std::path::PathBuf::from(path),
+        _ => default_config_path().ok_or_else(|| {
+            Failure::new(
+                exit::OTHER,
+                "cannot tell where tokd's config file is (no HOME)",
+            )
+        })?,
+    };
+    if interactive {
+        ask_for_what_is_missing(&mut request, &path);
+    }
+    // A config reached through a link is written where it lives.
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
+    let keyring = tokens_in_keyring(&path);
+    let written = write(&path, &request, keyring)?;
+    let refused = match deadline.bound(proxy.reload()).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => Some(Failure::from(error)),
+        Err(timeout) => Some(timeout),
+    };
+    if let Some(failure) = refused {
+        let restored = if roll_back(&path, &written) {
+            "is as it was: nothing was added"
+        } else {
+            "was changed meanwhile, so it is left as it is"
+        };
+        // tokd's advice is for a file it reads; here the file is
+        // put back, and what to change is the command or the file.
+        let reason = failure
+            .message
+            .split("; the running config stays")
+            .next()
+            .unwrap_or(&failure.message)
+            .to_owned();
+        return Err(Failure::new(
+            failure.status,
+            format!(
+                "tokd refused the config with `{name}` added: {reason}; {} {restored}; fix what it says (in the flags, or in the file if the mistake was there already) and run `tokctl add` again",
+                path.display()
+            ),
+        ));
+    }
+    say::line(&format!("added `{name}` to {}", path.display()));
+    let log_in = !client_credentials
+        && (login
+            || (!no_login
+                && interactive
+                && prompt(&format!("Log in to `{name}` now? [Y/n] "), false)
+                    .is_some_and(|answer| !answer.trim().to_lowercase().starts_with('n'))));
+    if log_in {
+        return login::login(proxy, deadline, &name, login::Flow::default_here(), timeout).await;
+    }
+    if !client_credentials {
+        say::line(&format!("log in with `tokctl login {name}`"));
+    }
+    Ok(String::new())
 }
 
 /// Where the secret went, to undo it.
@@ -500,72 +666,5 @@ pub fn tokens_in_keyring(config: &Path) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_name_that_could_write_more_than_a_name_is_refused() {
-        let dir = tempfile_dir("names");
-        let path = dir.join("config.toml");
-        for name in [
-            "x]\nclient_secret = \"s\"\n[installations.y",
-            "a b",
-            "",
-            "é",
-        ] {
-            let request = Request {
-                name: name.to_owned(),
-                token_url: Some("https://sso.example.com/token".into()),
-                client_id: Some("id".into()),
-                public: true,
-                ..Request::default()
-            };
-            let failure = write(&path, &request, false).expect_err(name);
-            assert_eq!(failure.status, exit::USAGE, "{name:?}");
-            assert!(!path.exists(), "nothing written for {name:?}");
-        }
-        let quoted = Request {
-            name: "ok".into(),
-            token_url: Some("https://sso.example.com/token\"\nclient_secret = \"x".into()),
-            client_id: Some("id\"]\n[daemon".into()),
-            scopes: vec!["a\"b".into()],
-            public: true,
-            ..Request::default()
-        };
-        write(&path, &quoted, false).expect("values are quoted");
-        let table: toml::Table =
-            toml::from_str(&std::fs::read_to_string(&path).expect("config")).expect("TOML");
-        let consumer = table["consumers"]["ok"].as_table().expect("consumer");
-        assert!(consumer.get("client_secret").is_none(), "{consumer:?}");
-        assert!(table.get("daemon").is_none());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_name_with_a_dot_is_one_table_and_a_roll_back_removes_a_new_file() {
-        let dir = tempfile_dir("dot");
-        let path = dir.join("config.toml");
-        let request = Request {
-            name: "my.app".into(),
-            token_url: Some("https://sso.example.com/token".into()),
-            client_id: Some("id".into()),
-            public: true,
-            ..Request::default()
-        };
-        let written = write(&path, &request, false).expect("written");
-        let table: toml::Table =
-            toml::from_str(&std::fs::read_to_string(&path).expect("config")).expect("TOML");
-        assert!(table["installations"].get("my.app").is_some(), "{table:?}");
-        assert!(table["consumers"].get("my.app").is_some(), "{table:?}");
-        assert!(roll_back(&path, &written));
-        assert!(!path.exists(), "there was no file before");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn tempfile_dir(test: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tokctl-add-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        dir
-    }
-}
+#[path = "add_tests.rs"]
+mod tests;

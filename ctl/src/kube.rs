@@ -162,6 +162,44 @@ pub fn credential(api_version: &str, token: &str, expires_at: i64) -> String {
     text
 }
 
+/// `tokctl kube-credential NAME`: the credential for the cluster kubectl
+/// names in `info`, logging in first when kubectl lets the plugin
+/// interact and NAME needs it.
+pub async fn run(
+    proxy: &tokd_shared::ManagerProxy<'_>,
+    deadline: &crate::Deadline,
+    info: ExecInfo,
+    name: &str,
+    min_valid: std::time::Duration,
+    timeout: Option<std::time::Duration>,
+) -> Result<String, Failure> {
+    use crate::{login, say};
+    let server = info.server()?;
+    let secs = u32::try_from(min_valid.as_secs()).unwrap_or(u32::MAX);
+    let (token, expires_at, warning) = match deadline
+        .bound(proxy.get_kube_credential(name, server, secs))
+        .await?
+    {
+        Err(tokd_shared::Error::NeedsLogin(_)) if info.interactive => {
+            // stdout is kubectl's: the login's URL goes to stderr with the
+            // rest of what it says.
+            say::keep_stdout_for_the_result(true);
+            let outcome =
+                login::login(proxy, deadline, name, login::Flow::default_here(), timeout).await;
+            say::keep_stdout_for_the_result(false);
+            outcome?;
+            deadline
+                .bound(proxy.get_kube_credential(name, server, secs))
+                .await??
+        }
+        other => other?,
+    };
+    if !warning.is_empty() {
+        say::warning(&warning);
+    }
+    Ok(credential(&info.api_version, &token, expires_at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,18 @@ pub enum Flow {
     DeviceIfOffered,
 }
 
+impl Flow {
+    /// The login a human here gets without saying which: the browser
+    /// where there is a display, else the device flow when offered.
+    pub fn default_here() -> Self {
+        if has_display() {
+            Self::Browser { open: true }
+        } else {
+            Self::DeviceIfOffered
+        }
+    }
+}
+
 pub async fn login(
     proxy: &ManagerProxy<'_>,
     deadline: &Deadline,

@@ -224,54 +224,7 @@ enum Command {
     ///   printf %s "$SECRET" | tokctl add bot --token-url https://sso.example.com/token \
     ///       --client-id deploy --client-secret-stdin --client-credentials
     #[command(verbatim_doc_comment)]
-    Add {
-        /// The new installation's name (also the consumer's, unless
-        /// --consumer names one).
-        name: String,
-        /// A preset: atlassian, bitbucket, github, gitlab, google,
-        /// microsoft, smartthings.
-        #[arg(long, value_name = "PRESET", conflicts_with_all = ["issuer", "token_url"])]
-        provider: Option<String>,
-        /// The authorization server to discover the endpoints from.
-        #[arg(long, value_name = "URL", conflicts_with = "token_url")]
-        issuer: Option<String>,
-        /// The token endpoint, for a server without a preset or discovery.
-        #[arg(long, value_name = "URL")]
-        token_url: Option<String>,
-        /// The authorization endpoint (browser logins), with --token-url.
-        #[arg(long, value_name = "URL", requires = "token_url")]
-        auth_url: Option<String>,
-        /// An existing consumer to add the installation to (another
-        /// account at the same provider), or the new consumer's name.
-        #[arg(long, value_name = "CONSUMER")]
-        consumer: Option<String>,
-        /// The client id the provider gave you.
-        #[arg(long, value_name = "ID")]
-        client_id: Option<String>,
-        /// Read the client secret from stdin (kept out of `ps`).
-        #[arg(long, conflicts_with = "public")]
-        client_secret_stdin: bool,
-        /// A public client: no secret (logins use PKCE alone).
-        #[arg(long)]
-        public: bool,
-        /// A scope to ask for (repeatable).
-        #[arg(long = "scope", value_name = "SCOPE")]
-        scopes: Vec<String>,
-        /// The client-credentials grant: the consumer's own credentials,
-        /// no login.
-        #[arg(long)]
-        client_credentials: bool,
-        /// The loopback port of the redirect URI to register at the
-        /// provider: http://127.0.0.1:PORT/callback.
-        #[arg(long, value_name = "PORT", default_value_t = 8765)]
-        redirect_port: u16,
-        /// Log in right after (on a terminal, tokctl asks).
-        #[arg(long, conflicts_with = "no_login")]
-        login: bool,
-        /// Do not log in now.
-        #[arg(long)]
-        no_login: bool,
-    },
+    Add(add::Args),
     /// Set git up to ask `tokctl git-credential NAME` for each host NAME's
     /// tokens may go to (its consumer's git hosts), and no other helper,
     /// in your global git config.
@@ -439,10 +392,8 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
     };
     // Waiting for LoginFinished needs the bus: signals are not sent on
     // the private socket.
-    let waits_for_a_signal = matches!(
-        command,
-        Command::Login { code: None, .. } | Command::Add { .. }
-    ) || kube.as_ref().is_some_and(|info| info.interactive);
+    let waits_for_a_signal = matches!(command, Command::Login { code: None, .. } | Command::Add(_))
+        || kube.as_ref().is_some_and(|info| info.interactive);
     let (_connection, proxy) = manager(&deadline, waits_for_a_signal).await?;
     match command {
         Command::Get {
@@ -514,152 +465,22 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
                 (Some(code), _, _) => login::Flow::Code(code),
                 (None, true, _) => login::Flow::Device,
                 (None, false, true) => login::Flow::Browser { open: false },
-                (None, false, false) if login::has_display() => login::Flow::Browser { open: true },
-                (None, false, false) => login::Flow::DeviceIfOffered,
+                (None, false, false) => login::Flow::default_here(),
             };
             login::login(&proxy, &deadline, &name, flow, timeout).await
         }
         Command::KubeCredential { name, min_valid } => {
-            let info = kube.unwrap_or_default();
-            let server = info.server()?;
-            let secs = u32::try_from(min_valid.as_secs()).unwrap_or(u32::MAX);
-            let (token, expires_at, warning) = match deadline
-                .bound(proxy.get_kube_credential(&name, server, secs))
-                .await?
-            {
-                Err(tokd_shared::Error::NeedsLogin(_)) if info.interactive => {
-                    // stdout is kubectl's: the login's URL goes to
-                    // stderr with the rest of what it says.
-                    say::keep_stdout_for_the_result(true);
-                    let flow = if login::has_display() {
-                        login::Flow::Browser { open: true }
-                    } else {
-                        login::Flow::DeviceIfOffered
-                    };
-                    let outcome = login::login(&proxy, &deadline, &name, flow, timeout).await;
-                    say::keep_stdout_for_the_result(false);
-                    outcome?;
-                    deadline
-                        .bound(proxy.get_kube_credential(&name, server, secs))
-                        .await??
-                }
-                other => other?,
-            };
-            if !warning.is_empty() {
-                say::warning(&warning);
-            }
-            Ok(kube::credential(&info.api_version, &token, expires_at))
+            kube::run(
+                &proxy,
+                &deadline,
+                kube.unwrap_or_default(),
+                &name,
+                min_valid,
+                timeout,
+            )
+            .await
         }
-        Command::Add {
-            name,
-            provider,
-            issuer,
-            token_url,
-            auth_url,
-            consumer,
-            client_id,
-            client_secret_stdin,
-            public,
-            scopes,
-            client_credentials,
-            redirect_port,
-            login,
-            no_login,
-        } => {
-            if public && client_credentials {
-                return Err(Failure::new(
-                    exit::USAGE,
-                    "--client-credentials needs the consumer's secret (--client-secret-stdin), not --public",
-                ));
-            }
-            let interactive = add::interactive() && !client_secret_stdin;
-            let mut request = add::Request {
-                name: name.clone(),
-                consumer,
-                provider,
-                issuer,
-                token_url,
-                auth_url,
-                client_id,
-                secret: None,
-                public,
-                scopes,
-                client_credentials,
-                redirect_port,
-            };
-            if client_secret_stdin {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line).map_err(|error| {
-                    Failure::new(
-                        exit::USAGE,
-                        format!("cannot read the client secret: {error}"),
-                    )
-                })?;
-                request.secret = Some(line.trim_end_matches(['\n', '\r']).to_owned());
-            }
-            let path = match deadline.bound(proxy.config_path()).await?? {
-                path if !path.is_empty() => std::path::PathBuf::from(path),
-                _ => add::default_config_path().ok_or_else(|| {
-                    Failure::new(
-                        exit::OTHER,
-                        "cannot tell where tokd's config file is (no HOME)",
-                    )
-                })?,
-            };
-            if interactive {
-                add::ask_for_what_is_missing(&mut request, &path);
-            }
-            // A config reached through a link is written where it lives.
-            let path = std::fs::canonicalize(&path).unwrap_or(path);
-            let keyring = add::tokens_in_keyring(&path);
-            let written = add::write(&path, &request, keyring)?;
-            let refused = match deadline.bound(proxy.reload()).await {
-                Ok(Ok(_)) => None,
-                Ok(Err(error)) => Some(Failure::from(error)),
-                Err(timeout) => Some(timeout),
-            };
-            if let Some(failure) = refused {
-                let restored = if add::roll_back(&path, &written) {
-                    "is as it was: nothing was added"
-                } else {
-                    "was changed meanwhile, so it is left as it is"
-                };
-                // tokd's advice is for a file it reads; here the file is
-                // put back, and what to change is the command or the file.
-                let reason = failure
-                    .message
-                    .split("; the running config stays")
-                    .next()
-                    .unwrap_or(&failure.message)
-                    .to_owned();
-                return Err(Failure::new(
-                    failure.status,
-                    format!(
-                        "tokd refused the config with `{name}` added: {reason}; {} {restored}; fix what it says (in the flags, or in the file if the mistake was there already) and run `tokctl add` again",
-                        path.display()
-                    ),
-                ));
-            }
-            say::line(&format!("added `{name}` to {}", path.display()));
-            let log_in = !client_credentials
-                && (login
-                    || (!no_login
-                        && interactive
-                        && add::prompt(&format!("Log in to `{name}` now? [Y/n] "), false)
-                            .is_some_and(|answer| !answer.trim().to_lowercase().starts_with('n'))));
-            if log_in {
-                let flow = if login::has_display() {
-                    login::Flow::Browser { open: true }
-                } else {
-                    login::Flow::DeviceIfOffered
-                };
-                return login::login(&proxy, &deadline, &name, flow, timeout).await;
-            }
-            if !client_credentials {
-                say::line(&format!("log in with `tokctl login {name}`"));
-            }
-            Ok(String::new())
-        }
+        Command::Add(args) => add::run(&proxy, &deadline, args, timeout).await,
         Command::GitSetup { name } => {
             let remotes = deadline.bound(proxy.git_remotes(&name)).await??;
             let said = git::setup(&name, &remotes)?;
