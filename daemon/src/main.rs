@@ -12,19 +12,9 @@ use tokd::text::error_chain as chain;
 use tokd::{broker, paths};
 use tracing::{error, info, warn};
 
-/// Every block tokd frees is zeroed first: tokens pass through buffers
-/// tokd does not own (the HTTP client's, the JSON parser's), and a
-/// rotated-out refresh token must not linger in freed memory.
-///
-/// Under it, mimalloc rather than glibc's malloc: glibc gives each thread
-/// of the blocking pool (store writes, DNS) an arena of its own and keeps
-/// what was freed in them (10,000 client-credentials installations
-/// fetched: 44 MiB of tokd's own memory under glibc, 28 MiB under
-/// mimalloc; BENCHMARKS.md). Without transparent huge pages (`no_thp`),
-/// which would make its idle heap 8 MiB.
+/// Zeroing on free, over mimalloc: see the `tokd-alloc` crate.
 #[global_allocator]
-static ALLOCATOR: zeroizing_alloc::ZeroAlloc<mimalloc::MiMalloc> =
-    zeroizing_alloc::ZeroAlloc(mimalloc::MiMalloc);
+static ALLOCATOR: tokd_alloc::Allocator = tokd_alloc::ALLOCATOR;
 
 /// A per-user OAuth 2.0 token broker: it keeps the access tokens of
 /// your OAuth installations fresh and serves them over D-Bus to `tokctl`
@@ -64,6 +54,8 @@ Exit status: 0 on success (and after SIGTERM), 1 when the config is
 invalid or unreadable or the bus cannot be served, 2 for bad usage.";
 
 fn main() -> ExitCode {
+    // Pages freed after a burst of calls go back to the system at once.
+    tokd_alloc::return_freed_pages_at_once();
     // Before any secret is read: no core dump of tokd's memory, and no
     // ptrace or /proc/PID/mem by other processes of this user without
     // CAP_SYS_PTRACE.
