@@ -128,7 +128,7 @@ impl Refresher {
     pub(super) async fn request(
         &self,
         slot: &Arc<Slot>,
-        seen: u64,
+        seen: u32,
         want: Want,
         keyring_first: bool,
     ) -> Result<Got, Error> {
@@ -140,7 +140,9 @@ impl Refresher {
             let shared = match &flight {
                 // Stopping: no request, but a held token still serves.
                 Err(error) => Some(Err(error.clone())),
-                Ok(_) if inner.attempts != seen => Some(inner.last_outcome.clone()),
+                Ok(_) if inner.attempts != seen => {
+                    Some(inner.last_outcome.clone().map_err(|error| *error))
+                }
                 Ok(_) => None,
             };
             if let Some(outcome) = shared {
