@@ -148,6 +148,28 @@ fn start_error() -> Option<String> {
     (!lines.is_empty()).then(|| lines.join("; "))
 }
 
+/// A usage error on one line, as every tokctl failure is: what is wrong,
+/// then the usage it broke.
+pub fn usage_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let mut parts = Vec::new();
+    let mut usage = None;
+    for line in rendered.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with("For more information") {
+            continue;
+        }
+        match line.strip_prefix("Usage: ") {
+            Some(rest) => usage = Some(rest.to_owned()),
+            None => parts.push(line.trim_start_matches("error: ").to_owned()),
+        }
+    }
+    let mut text = format!("tokctl: {}", parts.join(" "));
+    if let Some(usage) = usage {
+        text.push_str(&format!(" (usage: {usage})"));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

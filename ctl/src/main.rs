@@ -7,6 +7,7 @@
 //! kind of failure it was (see [`EXIT_HELP`]).
 
 mod add;
+mod callers;
 mod cargo;
 mod complete;
 mod docker;
@@ -266,6 +267,29 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         min_valid: Duration,
     },
+    /// Let a program get NAME's tokens when NAME's config limits its
+    /// callers (`callers`); kept by tokd until `tokctl disallow`.
+    ///
+    ///   tokctl allow work unit:backup.service
+    ///   tokctl allow work flatpak:org.gnome.Evolution
+    #[command(verbatim_doc_comment)]
+    Allow(callers::Change),
+    /// Take back what `tokctl allow` (or an "Always" answer) allowed.
+    Disallow(callers::Change),
+    /// Who may get NAME's tokens: its config's `callers`, what was allowed
+    /// since, and what happens to others (deny or ask).
+    Callers {
+        /// The installation.
+        #[arg(add = names())]
+        name: String,
+    },
+    /// Who got which installation's token, and when: the last 200 tokens
+    /// tokd handed out (the journal has every one). Never a token.
+    Log {
+        /// Only this installation's.
+        #[arg(add = names())]
+        name: Option<String>,
+    },
     /// Print the script that completes tokctl's commands, options and
     /// installation names (from the running tokd) in SHELL.
     ///
@@ -306,7 +330,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(error) => {
-            say::raw_line(&usage_line(&error));
+            say::raw_line(&failure::usage_line(&error));
             return ExitCode::from(exit::USAGE);
         }
     };
@@ -327,28 +351,6 @@ fn main() -> ExitCode {
         }
         Err(failure) => fail(&failure),
     }
-}
-
-/// A usage error on one line, as every tokctl failure is: what is wrong,
-/// then the usage it broke.
-fn usage_line(error: &clap::Error) -> String {
-    let rendered = error.render().to_string();
-    let mut parts = Vec::new();
-    let mut usage = None;
-    for line in rendered.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with("For more information") {
-            continue;
-        }
-        match line.strip_prefix("Usage: ") {
-            Some(rest) => usage = Some(rest.to_owned()),
-            None => parts.push(line.trim_start_matches("error: ").to_owned()),
-        }
-    }
-    let mut text = format!("tokctl: {}", parts.join(" "));
-    if let Some(usage) = usage {
-        text.push_str(&format!(" (usage: {usage})"));
-    }
-    text
 }
 
 fn fail(failure: &Failure) -> ExitCode {
@@ -521,6 +523,10 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             };
             git::answer(&proxy, &deadline, &name, operation, request, min_valid).await
         }
+        Command::Allow(change) => callers::allow(&proxy, &deadline, change).await,
+        Command::Disallow(change) => callers::disallow(&proxy, &deadline, change).await,
+        Command::Callers { name } => callers::show(&proxy, &deadline, &name).await,
+        Command::Log { name } => callers::log(&proxy, &deadline, name.as_deref()).await,
         Command::Completions { .. } => Ok(String::new()),
     }
 }

@@ -5,6 +5,7 @@
 //! `Config::warnings` (`warnings.rs`) says what looks wrong in a valid one. Every error names the line and column.
 //! This module never touches the network, the state folder or the bus.
 
+mod callers;
 mod client_secret;
 mod consumer;
 mod presets;
@@ -42,6 +43,9 @@ pub struct Config {
     /// Kubernetes API servers (https URLs, without a trailing `/`) and the
     /// installation whose tokens each may get (its `kube_servers`), sorted.
     pub kube_servers: Vec<(String, String)>,
+    /// The caller policies of the installations that have one (`callers`,
+    /// `unknown_callers`); the others serve every caller of the user.
+    pub policies: BTreeMap<String, crate::callers::Policy>,
 }
 
 /// Who logs in to a container registry: the installation whose tokens it
@@ -133,6 +137,8 @@ struct RawInstallation {
     schedule: Option<CronSchedule>,
     registries: Option<Spanned<consumer::StringList>>,
     kube_servers: Option<Spanned<consumer::StringList>>,
+    callers: Option<Spanned<consumer::StringList>>,
+    unknown_callers: Option<crate::callers::Unknown>,
 }
 
 /// A configuration error, naming the file (when there is one) and the line.
@@ -365,6 +371,7 @@ impl Config {
         let mut installations = BTreeMap::new();
         let mut registries = BTreeMap::new();
         let mut kube_servers = Vec::new();
+        let mut policies = BTreeMap::new();
         for (name, mut raw) in raw.installations {
             let span = name.span();
             let name = name.into_inner();
@@ -377,6 +384,18 @@ impl Config {
             }
             let listed = raw.registries.take();
             let servers = raw.kube_servers.take();
+            match callers::policy(
+                &source,
+                &name,
+                raw.callers.take(),
+                raw.unknown_callers.take(),
+            ) {
+                Ok(Some(policy)) => {
+                    policies.insert(name.clone(), policy);
+                }
+                Ok(None) => {}
+                Err(error) => errors.push(error),
+            }
             let installation = match build_installation(&source, &name, raw, &consumers, &broken) {
                 Ok(installation) => installation,
                 Err(error) => {
@@ -432,6 +451,7 @@ impl Config {
                 kube_servers.dedup();
                 kube_servers
             },
+            policies,
         })
     }
 

@@ -6,6 +6,7 @@
 mod accept;
 pub mod broker;
 pub mod bus;
+pub mod callers;
 pub mod config;
 pub mod login;
 pub mod oauth;

@@ -133,7 +133,9 @@ pub enum Error {
     ProviderUnavailable(String),
     /// The call's arguments were refused (bad name, absurd duration).
     InvalidArgument(String),
-    /// The caller runs as another user than the daemon.
+    /// The caller may not have this: it runs as another user than the
+    /// daemon, or the installation's caller policy does not name it (the
+    /// sentence says the `tokctl allow` that would).
     AccessDenied(String),
     /// tokd is shutting down and starts no new work; ask again in a moment
     /// (D-Bus activation or systemd starts the next one).
@@ -256,6 +258,21 @@ pub trait Manager {
 
     /// Re-reads the config file; returns a one-line summary.
     fn reload(&self) -> Result<String>;
+
+    /// Lets the callers `rule` names get `name`'s tokens from now on;
+    /// false if they already could.
+    fn allow_caller(&self, name: &str, rule: &str) -> Result<bool>;
+
+    /// Takes back an allowance; false if there was none.
+    fn forget_caller(&self, name: &str, rule: &str) -> Result<bool>;
+
+    /// `name`'s caller policy: (limited, configured rules,
+    /// `unknown_callers`, rules allowed since).
+    fn callers(&self, name: &str) -> Result<(bool, Vec<String>, String, Vec<String>)>;
+
+    /// The last tokens handed out, oldest first: (Unix seconds,
+    /// installation, method, caller).
+    fn deliveries(&self) -> Result<Vec<(i64, String, String, String)>>;
 
     /// A new access token was obtained (expiry in Unix seconds, or 0).
     #[zbus(signal)]

@@ -150,6 +150,8 @@ pub struct Broker {
     registries: RwLock<std::collections::BTreeMap<String, config::RegistryLogin>>,
     /// The Kubernetes API servers the config names: (server, installation).
     kube_servers: RwLock<Vec<(String, String)>>,
+    /// Who may get which installation's tokens, and who got them.
+    callers: Arc<crate::callers::Gate>,
     installations: Arc<Installations>,
     keeper: Arc<Keeper>,
     resolver: Arc<Resolver>,
@@ -180,6 +182,7 @@ impl Broker {
             events,
             config.daemon.refresh_margin,
         ));
+        let callers = Arc::new(crate::callers::Gate::new(storage.clone(), config.policies));
         let keeper = Arc::new(Keeper::new(installations.clone(), storage.clone()));
         let resolver = Arc::new(Resolver::new(http.clone(), storage.clone()));
         let refresher = Refresher::new(
@@ -216,6 +219,7 @@ impl Broker {
             daemon: RwLock::new(config.daemon),
             registries: RwLock::new(config.registries),
             kube_servers: RwLock::new(config.kube_servers),
+            callers,
             installations,
             keeper,
             resolver,
@@ -290,6 +294,12 @@ impl Broker {
     /// The config file `reload` reads, if any.
     pub fn config_path(&self) -> Option<&std::path::Path> {
         self.config_path.as_deref()
+    }
+
+    /// Who may get which installation's tokens (the bus asks it before a
+    /// token goes out), and who got them.
+    pub fn callers(&self) -> &Arc<crate::callers::Gate> {
+        &self.callers
     }
 
     /// The container registries the config names, each with the

@@ -134,6 +134,7 @@ impl Broker {
         *write(&self.daemon) = config.daemon;
         *write(&self.registries) = config.registries;
         *write(&self.kube_servers) = config.kube_servers;
+        self.callers.set_policies(config.policies);
         self.keeper.read_keyring(new_slots).await;
         self.resolver.forget();
         for event in changed {

@@ -10,6 +10,7 @@
 //! On the bus, the object is registered before the name is requested, so
 //! a client activated by the name never finds it without the object.
 
+mod caller;
 mod notify;
 mod private;
 
@@ -17,7 +18,6 @@ pub use private::{PrivateSocket, PrivateSocketError, serve_private};
 
 use crate::broker::{self, Broker, Event, View};
 use crate::schedule::unix_seconds;
-use crate::sync::lock;
 use crate::tasks::Tasks;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,7 +31,7 @@ use zbus::{Connection, interface};
 
 /// How many caller uids are remembered. Unique names are never reused on
 /// a bus, so a remembered answer stays true; the cache is only bounded.
-const UID_CACHE: usize = 1024;
+pub(crate) const UID_CACHE: usize = 1024;
 
 /// The served object.
 #[derive(Debug)]
@@ -40,67 +40,16 @@ pub struct Manager {
     own_uid: u32,
     uids: Mutex<HashMap<String, u32>>,
     bus: tokio::sync::OnceCell<zbus::fdo::DBusProxy<'static>>,
+    /// The private-socket client this object serves (`None` on the bus).
+    peer: Option<caller::Peer>,
+    bus_callers: caller::BusCallers,
 }
 
-impl Manager {
-    pub fn new(broker: Arc<Broker>, own_uid: u32) -> Self {
-        Self {
-            broker,
-            own_uid,
-            uids: Mutex::new(HashMap::new()),
-            bus: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    /// Refuses callers whose uid is not the daemon's.
-    async fn check_caller(
-        &self,
-        connection: &Connection,
-        header: &Header<'_>,
-    ) -> Result<(), Error> {
-        let Some(sender) = header.sender() else {
-            // A peer-to-peer connection has no bus to ask; its peer was
-            // checked when the connection was accepted.
-            return Ok(());
-        };
-        let cached = lock(&self.uids).get(sender.as_str()).copied();
-        let uid = match cached {
-            Some(uid) => uid,
-            // Boxed: the bus call is a large future, and every call in
-            // flight would otherwise carry its size though only a new
-            // caller's first call makes it.
-            None => Box::pin(self.ask_uid(connection, sender)).await?,
-        };
-        caller_allowed(uid, self.own_uid)
-            .inspect_err(|_| warn!(caller_uid = uid, "refused a caller with another uid"))
-    }
-
-    /// Asks the bus for the uid of `sender`, and remembers it.
-    async fn ask_uid(
-        &self,
-        connection: &Connection,
-        sender: &zbus::names::UniqueName<'_>,
-    ) -> Result<u32, Error> {
-        let proxy = self
-            .bus
-            .get_or_try_init(|| async {
-                zbus::fdo::DBusProxy::builder(connection)
-                    .cache_properties(zbus::proxy::CacheProperties::No)
-                    .build()
-                    .await
-            })
-            .await?;
-        let uid = proxy
-            .get_connection_unix_user(sender.clone().into())
-            .await
-            .map_err(zbus::Error::from)?;
-        let mut uids = lock(&self.uids);
-        if uids.len() >= UID_CACHE {
-            uids.clear();
-        }
-        uids.insert(sender.to_string(), uid);
-        Ok(uid)
-    }
+/// A change of allowed callers that could not be written.
+fn cannot_keep(reason: String) -> Error {
+    Error::Misconfigured(format!(
+        "cannot keep the allowed callers ({reason}); nothing changed"
+    ))
 }
 
 /// The uid rule, on its own so that it can be tested without a second user.
@@ -157,11 +106,13 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, i64, String, String), Error> {
         self.check_caller(connection, &header).await?;
+        let caller = Box::pin(self.admit(connection, &header, name)).await?;
         let token = self
             .broker
             .get_token(name, Duration::from_secs(min_valid_secs.into()))
             .await
             .map_err(wire_error)?;
+        self.broker.callers().delivered(name, "GetToken", &caller);
         Ok((
             token.access_token.expose().to_owned(),
             token.expires_at.map_or(0, unix_seconds),
@@ -182,11 +133,15 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, i64, String), Error> {
         self.check_caller(connection, &header).await?;
+        let caller = Box::pin(self.admit(connection, &header, name)).await?;
         let token = self
             .broker
             .kube_credential(name, server, Duration::from_secs(min_valid_secs.into()))
             .await
             .map_err(wire_error)?;
+        self.broker
+            .callers()
+            .delivered(name, "GetKubeCredential", &caller);
         Ok((
             token.access_token.expose().to_owned(),
             token.expires_at.map_or(0, unix_seconds),
@@ -219,6 +174,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, String, i64, String), Error> {
         self.check_caller(connection, &header).await?;
+        let caller = Box::pin(self.admit(connection, &header, name)).await?;
         let credential = self
             .broker
             .git_credential(
@@ -229,6 +185,9 @@ impl Manager {
             )
             .await
             .map_err(wire_error)?;
+        self.broker
+            .callers()
+            .delivered(name, "GetGitCredential", &caller);
         let token = credential.token;
         Ok((
             credential.username.unwrap_or_default(),
@@ -429,6 +388,93 @@ impl Manager {
     ) -> Result<String, Error> {
         self.check_caller(connection, &header).await?;
         self.broker.reload().await.map_err(wire_error)
+    }
+
+    /// AllowCaller: lets callers that `rule` names get `name`'s tokens
+    /// from now on (kept in the state folder); false if it already did.
+    #[zbus(out_args("added"))]
+    async fn allow_caller(
+        &self,
+        name: &str,
+        rule: &str,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<bool, Error> {
+        let rule = self.policy_change(connection, &header, name, rule).await?;
+        self.broker
+            .callers()
+            .allow(name, rule)
+            .await
+            .map_err(cannot_keep)
+    }
+
+    /// ForgetCaller: takes back what AllowCaller (or an "Always") allowed;
+    /// false if it was not allowed.
+    #[zbus(out_args("removed"))]
+    async fn forget_caller(
+        &self,
+        name: &str,
+        rule: &str,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<bool, Error> {
+        let rule = self.policy_change(connection, &header, name, rule).await?;
+        self.broker
+            .callers()
+            .forget(name, &rule)
+            .await
+            .map_err(cannot_keep)
+    }
+
+    /// Callers: `name`'s policy: whether it has one, its `callers`, its
+    /// `unknown_callers`, and the callers allowed since.
+    #[zbus(out_args("limited", "configured", "unknown_callers", "allowed"))]
+    async fn callers(
+        &self,
+        name: &str,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(bool, Vec<String>, String, Vec<String>), Error> {
+        self.check_caller(connection, &header).await?;
+        self.broker.status(name).map_err(wire_error)?;
+        let gate = self.broker.callers();
+        let remembered = gate.remembered(name).await;
+        let texts =
+            |rules: &[crate::callers::Rule]| rules.iter().map(ToString::to_string).collect();
+        Ok(match gate.policy(name) {
+            Some(policy) => (
+                true,
+                texts(&policy.rules),
+                policy.unknown.as_str().to_owned(),
+                texts(&remembered),
+            ),
+            None => (false, Vec::new(), String::new(), texts(&remembered)),
+        })
+    }
+
+    /// Deliveries: the last tokens handed out, oldest first: (Unix
+    /// seconds, installation, method, caller). Never a token.
+    #[zbus(out_args("deliveries"))]
+    async fn deliveries(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<(i64, String, String, String)>, Error> {
+        self.check_caller(connection, &header).await?;
+        Ok(self
+            .broker
+            .callers()
+            .deliveries()
+            .into_iter()
+            .map(|d| {
+                (
+                    unix_seconds(d.at),
+                    d.installation,
+                    d.how.to_owned(),
+                    d.caller,
+                )
+            })
+            .collect())
     }
 
     #[zbus(signal)]

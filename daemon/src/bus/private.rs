@@ -165,7 +165,14 @@ async fn accept_peers(
             );
             continue;
         }
-        tasks.spawn_until_stopped(serve_peer(stream, broker.clone(), own_uid, guid.clone()));
+        let peer = super::caller::Peer::of(&stream);
+        tasks.spawn_until_stopped(serve_peer(
+            stream,
+            peer,
+            broker.clone(),
+            own_uid,
+            guid.clone(),
+        ));
     }
 }
 
@@ -240,14 +247,20 @@ impl zbus::connection::socket::WriteHalf for PeerWriter {
 }
 
 /// One client of the private socket, until it hangs up.
-async fn serve_peer(stream: UnixStream, broker: Arc<Broker>, own_uid: u32, guid: String) {
+async fn serve_peer(
+    stream: UnixStream,
+    peer: super::caller::Peer,
+    broker: Arc<Broker>,
+    own_uid: u32,
+    guid: String,
+) {
     let build = zbus::connection::Builder::socket(PeerSocket {
         stream,
         uid: own_uid,
     })
     .server(guid.as_str())
     .p2p()
-    .serve_at(OBJECT_PATH, Manager::new(broker, own_uid))
+    .serve_at(OBJECT_PATH, Manager::for_peer(broker, own_uid, peer))
     .build();
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, build).await {
         Ok(Ok(connection)) => connection.closed().await,

@@ -1,5 +1,6 @@
 //! The one integration test binary of the daemon crate.
 
+mod callers;
 mod check_config;
 mod clients;
 mod clock;

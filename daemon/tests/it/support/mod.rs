@@ -4,8 +4,8 @@
 mod world;
 
 pub use world::{
-    CLIENT_ID, SECRET, TokenStore, World, browse, browser, everything_in, query_value, tokctl_bin,
-    tokd_bin,
+    CLIENT_ID, Out, SECRET, TokenStore, World, browse, browser, everything_in, query_value,
+    tokctl_bin, tokd_bin,
 };
 
 use std::future::Future;
