@@ -33,8 +33,8 @@ pub enum Answer {
     Always,
     Deny,
     /// Nobody could be asked (no notification server, or it does not
-    /// show actions), or nobody answered in time.
-    NoAnswer,
+    /// show actions), or nobody answered in time: why, for the sentence.
+    NoAnswer(&'static str),
 }
 
 /// Asks the user whether `caller` may get `name`'s tokens.
@@ -137,10 +137,10 @@ impl Gate {
                     warn!(installation = name, %caller, "the user refused a caller");
                     Err(policy::refusal(name, caller))
                 }
-                Answer::NoAnswer => {
-                    warn!(installation = name, %caller, "refused a caller: nobody could be asked");
+                Answer::NoAnswer(why) => {
+                    warn!(installation = name, %caller, why, "refused a caller: nobody could be asked");
                     Err(format!(
-                        "{} (tokd could not ask: no desktop notification server answered)",
+                        "{} (tokd could not ask: {why})",
                         policy::refusal(name, caller)
                     ))
                 }
@@ -151,7 +151,7 @@ impl Gate {
     async fn ask(&self, name: &str, caller: &Caller) -> Answer {
         match self.asker.get() {
             Some(asker) => asker.ask(name, caller).await,
-            None => Answer::NoAnswer,
+            None => Answer::NoAnswer("tokd is not on a session bus"),
         }
     }
 

@@ -10,6 +10,7 @@
 //! On the bus, the object is registered before the name is requested, so
 //! a client activated by the name never finds it without the object.
 
+mod ask;
 mod caller;
 mod notify;
 mod private;
@@ -546,6 +547,9 @@ pub async fn serve(
     let emitter = SignalEmitter::new(connection, OBJECT_PATH)
         .map_err(ServeError::Bus)?
         .to_owned();
+    broker
+        .callers()
+        .set_asker(Arc::new(ask::Ask::new(connection.clone(), &broker)));
     let notifier = notify::Notifier::new(connection.clone(), broker, tasks.clone());
     tasks.spawn_until_stopped(forward(emitter, events, notifier));
     Ok(())

@@ -36,7 +36,7 @@ const LOGIN_ACTIONS: [&str; 2] = ["login", "default"];
     default_service = "org.freedesktop.Notifications",
     default_path = "/org/freedesktop/Notifications"
 )]
-trait Notifications {
+pub(super) trait Notifications {
     fn get_capabilities(&self) -> zbus::Result<Vec<String>>;
 
     #[allow(clippy::too_many_arguments)]
@@ -364,7 +364,7 @@ impl Shared {
 
 /// `text` with the three characters notification markup gives meaning to
 /// escaped: provider text must not become a link.
-fn escape_markup(text: &str) -> String {
+pub(super) fn escape_markup(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

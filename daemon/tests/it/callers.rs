@@ -2,7 +2,36 @@
 //! `unknown_callers`), `tokctl allow`/`disallow`/`callers`/`log`.
 
 use crate::support::{Out, World, tokctl_bin};
-use tokd_testkit::Behaviour;
+use tokd_testkit::{Behaviour, Desktop, DesktopOptions};
+
+/// `dbus-send` GetToken, started: the test answers the question first.
+fn dbus_send_started(world: &World, name: &str) -> tokio::task::JoinHandle<Out> {
+    let env = world.home.env(&world.bus);
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        let output = tokio::process::Command::new("dbus-send")
+            .envs(env)
+            .args([
+                "--session",
+                "--print-reply",
+                "--reply-timeout=60000",
+                "--dest=org.tokd.tokd1",
+                "/org/tokd/tokd1",
+                "org.tokd.tokd1.Manager.GetToken",
+                &format!("string:{name}"),
+                "uint32:60",
+            ])
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("run dbus-send");
+        Out {
+            status: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    })
+}
 
 /// `dbus-send` calling GetToken for `name` on the world's bus: a program
 /// other than tokctl that talks to tokd's D-Bus API itself.
@@ -165,6 +194,229 @@ async fn a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_fo
                 .stderr
                 .contains("`callers`: `dbus-send` is not a caller"),
             "{refused_reload:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ask_shows_a_notification_and_the_answer_decides() {
+    crate::support::within(async {
+        let mut world = World::prepare(Behaviour::wso2()).await;
+        world.home.write_config(&world.config(
+            "[installations.guarded]\nconsumer = \"acme\"\ngrant = \"client_credentials\"\nunknown_callers = \"ask\"\n",
+        ));
+        let desktop = Desktop::start(&world.bus, DesktopOptions::default()).await;
+        world.start_tokd().await;
+        let dbus_send = dbus_send_path();
+        let questions = |d: &Desktop| d.notifications().into_iter().filter(|n| n.summary.contains("guarded")).collect::<Vec<_>>();
+
+        // "Allow once": this call gets the token, the next is asked again.
+        let call = dbus_send_started(&world, "guarded");
+        desktop.until(|d| questions(d).len() == 1).await;
+        let question = questions(&desktop).remove(0);
+        assert!(question.body.contains(&dbus_send), "{question:?}");
+        assert!(question.actions.contains(&"always".to_owned()), "{question:?}");
+        desktop.invoke(question.id, "once").await;
+        let once = call.await.expect("dbus-send");
+        assert_eq!(once.status, 0, "{once:?}\n{}", world.log());
+
+        // "Deny": refused, with the command that would allow it.
+        let call = dbus_send_started(&world, "guarded");
+        desktop.until(|d| questions(d).len() == 2).await;
+        desktop.invoke(questions(&desktop)[1].id, "deny").await;
+        let denied = call.await.expect("dbus-send");
+        assert_ne!(denied.status, 0, "{denied:?}");
+        assert!(denied.stderr.contains(&format!("tokctl allow guarded exe:{dbus_send}")), "{denied:?}");
+
+        // "Always allow": remembered; the next call is not asked.
+        let call = dbus_send_started(&world, "guarded");
+        desktop.until(|d| questions(d).len() == 3).await;
+        desktop.invoke(questions(&desktop)[2].id, "always").await;
+        assert_eq!(call.await.expect("dbus-send").status, 0);
+        assert_eq!(dbus_send_get(&world, "guarded").await.status, 0);
+        assert_eq!(questions(&desktop).len(), 3, "asked again after Always");
+        let shown = world.tokctl(&["callers", "guarded"]).await;
+        assert!(shown.stdout.contains(&format!("exe:{dbus_send} (allowed;")), "{shown:?}");
+        assert!(shown.stdout.contains("others: ask"), "{shown:?}");
+
+        // No notification server: ask refuses, and says why and what to do.
+        drop(desktop);
+        let refused = world.tokctl(&["get", "guarded"]).await;
+        assert_ne!(refused.status, 0, "{refused:?}");
+        assert!(refused.stderr.contains("tokd could not ask"), "{refused:?}");
+        let tokctl = std::fs::canonicalize(tokctl_bin()).expect("tokctl");
+        let advice = format!("tokctl allow guarded exe:{}", tokctl.display());
+        assert!(refused.stderr.contains(&advice), "{refused:?}");
+        let words: Vec<&str> = advice.split(' ').skip(1).collect();
+        assert_eq!(world.tokctl(&words).await.status, 0);
+        world.get("guarded").await;
+    })
+    .await;
+}
+
+/// Runs `program args…` in a fake Flatpak sandbox of app `app`: a mount
+/// namespace whose root is a tmpfs holding `/.flatpak-info` and the
+/// host's folders bound in (what tokd reads through /proc/PID/root).
+fn in_fake_flatpak(world: &World, app: &str, program: &[&str]) -> tokio::process::Command {
+    const SCRIPT: &str = r#"set -e
+root=$(mktemp -d)
+mount -t tmpfs tmpfs "$root"
+for entry in /*; do
+    name=${entry#/}
+    if [ -L "$entry" ]; then ln -s "$(readlink "$entry")" "$root/$name"
+    elif [ -d "$entry" ]; then mkdir "$root/$name"; mount --rbind "$entry" "$root/$name"
+    fi
+done
+printf '[Application]\nname=%s\nruntime=runtime/org.example.Platform/x86_64/1\n' "$APP" > "$root/.flatpak-info"
+exec chroot "$root" "$@""#;
+    let mut command = tokio::process::Command::new("unshare");
+    command
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            SCRIPT,
+            "sh",
+        ])
+        .args(program)
+        .envs(world.home.env(&world.bus))
+        .env("APP", app)
+        .kill_on_drop(true);
+    command
+}
+
+async fn run(mut command: tokio::process::Command) -> Out {
+    let output = command.output().await.expect("run");
+    Out {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A cgroup folder of the unified hierarchy named like a systemd unit,
+/// removed on drop.
+struct Unit(std::path::PathBuf);
+
+impl Unit {
+    fn create(name: &str) -> Self {
+        let base = if std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+            "/sys/fs/cgroup/unified"
+        } else {
+            "/sys/fs/cgroup"
+        };
+        let dir = std::path::Path::new(base)
+            .join(format!("tokd-test-{}.slice", std::process::id()))
+            .join(name);
+        std::fs::create_dir_all(&dir).expect("create a cgroup (as root)");
+        Self(dir)
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs root: creates a cgroup named like a systemd unit, and a fake Flatpak sandbox (a mount namespace with its own root)"]
+async fn units_and_flatpak_apps_are_told_apart() {
+    crate::support::within(async {
+        let mut world = World::prepare(Behaviour::wso2()).await;
+        world.home.write_config(&world.config(&guarded(
+            "[\"unit:backup.service\", \"flatpak:org.example.Good\"]",
+        )));
+        world.start_tokd().await;
+        let tokctl = std::fs::canonicalize(tokctl_bin()).expect("tokctl");
+        let tokctl = tokctl.to_str().expect("a UTF-8 path");
+
+        // tokctl run by the unit (in its cgroup) is the unit; run outside
+        // it, it is not.
+        let unit = Unit::create("backup.service");
+        let mut in_unit = tokio::process::Command::new("sh");
+        in_unit
+            .args([
+                "-c",
+                "echo $$ > \"$1/cgroup.procs\" && exec \"$2\" get guarded",
+                "sh",
+                unit.0.to_str().expect("path"),
+                tokctl,
+            ])
+            .envs(world.home.env(&world.bus))
+            .kill_on_drop(true);
+        let got = run(in_unit).await;
+        assert_eq!(got.status, 0, "{got:?}\n{}", world.log());
+        let outside = world.tokctl(&["get", "guarded"]).await;
+        assert_ne!(outside.status, 0, "{outside:?}");
+        assert!(
+            outside
+                .stderr
+                .contains("may not get the tokens of `guarded`"),
+            "{outside:?}"
+        );
+
+        // A sandboxed app is its app id, whatever its program.
+        let call = [
+            "dbus-send",
+            "--session",
+            "--print-reply",
+            "--dest=org.tokd.tokd1",
+            "/org/tokd/tokd1",
+            "org.tokd.tokd1.Manager.GetToken",
+            "string:guarded",
+            "uint32:60",
+        ];
+        let good = run(in_fake_flatpak(&world, "org.example.Good", &call)).await;
+        assert_eq!(good.status, 0, "{good:?}\n{}", world.log());
+        let evil = run(in_fake_flatpak(&world, "org.example.Evil", &call)).await;
+        assert_ne!(evil.status, 0, "{evil:?}");
+        assert!(
+            evil.stderr.contains("Flatpak app org.example.Evil")
+                && evil
+                    .stderr
+                    .contains("tokctl allow guarded flatpak:org.example.Evil"),
+            "{evil:?}"
+        );
+        // ...and may not allow itself.
+        let allow_itself = [
+            "dbus-send",
+            "--session",
+            "--print-reply",
+            "--dest=org.tokd.tokd1",
+            "/org/tokd/tokd1",
+            "org.tokd.tokd1.Manager.AllowCaller",
+            "string:guarded",
+            "string:flatpak:org.example.Evil",
+        ];
+        let refused = run(in_fake_flatpak(&world, "org.example.Evil", &allow_itself)).await;
+        assert_ne!(refused.status, 0, "{refused:?}");
+        assert!(
+            refused
+                .stderr
+                .contains("may not change who gets the tokens"),
+            "{refused:?}"
+        );
+        let still = run(in_fake_flatpak(&world, "org.example.Evil", &call)).await;
+        assert_ne!(still.status, 0, "{still:?}");
+        // The user, outside the sandbox, can.
+        let allowed = world
+            .tokctl(&["allow", "guarded", "flatpak:org.example.Evil"])
+            .await;
+        assert_eq!(allowed.status, 0, "{allowed:?}");
+        let now = run(in_fake_flatpak(&world, "org.example.Evil", &call)).await;
+        assert_eq!(now.status, 0, "{now:?}");
+        let log = world.tokctl(&["log", "guarded"]).await;
+        assert!(log.stdout.contains(" in backup.service (pid "), "{log:?}");
+        assert!(
+            log.stdout.contains(" Flatpak app org.example.Good (pid "),
+            "{log:?}"
         );
     })
     .await;

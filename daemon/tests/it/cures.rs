@@ -287,6 +287,23 @@ pub const CURES: &[(&str, &str)] = &[
         "(`tokctl exec bitbucket -- COMMAND`)",
         "exec::exec_puts_tokens_in_the_environment_and_becomes_the_command",
     ),
+    // Who may ask.
+    (
+        "to allow it, run: tokctl allow {name} {rule}",
+        "callers::a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_followed",
+    ),
+    (
+        "`tokctl disallow {name} {rule}` takes it back",
+        "callers::a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_followed",
+    ),
+    (
+        "only `callers = [\\\"any\\\"]` in its config lets such a caller in",
+        "callers::policy::tests::an_unidentified_caller_gets_in_only_by_any",
+    ),
+    (
+        "run tokctl outside the sandbox",
+        "callers::units_and_flatpak_apps_are_told_apart",
+    ),
     (
         "(`tokctl status NAME` says for each)",
         "not advice: a log line pointing at where to look",
@@ -296,6 +313,8 @@ pub const CURES: &[(&str, &str)] = &[
 /// Phrases that mark a sentence telling the user what to do.
 const MARKERS: &[&str] = &[
     "run `",
+    "run: tokctl",
+    "run tokctl",
     "`tokctl ",
     "fix the",
     "unlock",
