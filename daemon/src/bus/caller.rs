@@ -8,8 +8,11 @@
 //! - The session bus: the bus's `ProcessFD` for the sender where the bus
 //!   gives one (dbus-daemon 1.15.8 and later, dbus-broker 35), else its
 //!   `ProcessID` opened as a pidfd, and the bus asked again that the
-//!   sender still has that pid. The pidfd is kept per sender; the
-//!   identity is read anew at every call (an `exec` changes it).
+//!   sender still has that pid.
+//!
+//! A caller is identified at its first call that needs it and keeps that
+//! identity for its connection: a program that `exec`s another while
+//! keeping its connection stays what it was (the README says so).
 
 use super::{Manager, UID_CACHE, caller_allowed, wire_error};
 use crate::broker::Broker;
@@ -25,8 +28,8 @@ use zbus::Connection;
 use zbus::message::Header;
 use zbus::names::UniqueName;
 
-/// How many senders' pidfds are kept (each is an open file).
-const PIDFD_CACHE: usize = 256;
+/// How many bus callers' identities are kept.
+const CALLER_CACHE: usize = 1024;
 
 /// How the object learns who calls: the uid check of every method, and
 /// the identity and policy of those that hand out tokens.
@@ -155,6 +158,9 @@ impl Manager {
 #[derive(Debug)]
 pub struct Peer {
     pidfd: Option<OwnedFd>,
+    /// Read at the first call that needs it, then kept for the
+    /// connection's life.
+    caller: std::sync::OnceLock<Caller>,
 }
 
 impl Peer {
@@ -166,20 +172,29 @@ impl Peer {
                 let pid = stream.peer_cred().ok()?.pid()?;
                 identity::pidfd_of_pid(u32::try_from(pid).ok()?)
             });
-        Self { pidfd }
+        Self {
+            pidfd,
+            caller: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn caller(&self) -> Caller {
-        self.pidfd
-            .as_ref()
-            .map_or_else(Caller::default, |fd| identity::identify(fd.as_fd()))
+        self.caller
+            .get_or_init(|| {
+                self.pidfd
+                    .as_ref()
+                    .map_or_else(Caller::default, |fd| identity::identify(fd.as_fd()))
+            })
+            .clone()
     }
 }
 
-/// The bus's callers' pidfds, by unique name.
+/// The bus's callers, by unique name: each identified at its first call
+/// that needs it (through a pidfd, closed after), then kept: a unique
+/// name is one connection, never reused on a bus.
 #[derive(Debug, Default)]
 pub struct BusCallers {
-    pidfds: Mutex<HashMap<String, Arc<OwnedFd>>>,
+    callers: Mutex<HashMap<String, Arc<Caller>>>,
 }
 
 impl BusCallers {
@@ -189,23 +204,22 @@ impl BusCallers {
         proxy: &zbus::fdo::DBusProxy<'static>,
         sender: &UniqueName<'_>,
     ) -> Caller {
-        let cached = lock(&self.pidfds).get(sender.as_str()).cloned();
-        let pidfd = match cached {
-            Some(pidfd) => pidfd,
-            None => match pidfd_of_sender(proxy, sender).await {
-                Some(pidfd) => {
-                    let pidfd = Arc::new(pidfd);
-                    let mut pidfds = lock(&self.pidfds);
-                    if pidfds.len() >= PIDFD_CACHE {
-                        pidfds.clear();
-                    }
-                    pidfds.insert(sender.to_string(), pidfd.clone());
-                    pidfd
-                }
-                None => return Caller::default(),
-            },
+        if let Some(caller) = lock(&self.callers).get(sender.as_str()) {
+            return Caller::clone(caller);
+        }
+        let Some(pidfd) = pidfd_of_sender(proxy, sender).await else {
+            return Caller::default();
         };
-        identity::identify(pidfd.as_fd())
+        let caller = identity::identify(pidfd.as_fd());
+        // An unknown caller is not kept: the next call tries again.
+        if !caller.unknown() {
+            let mut callers = lock(&self.callers);
+            if callers.len() >= CALLER_CACHE {
+                callers.clear();
+            }
+            callers.insert(sender.to_string(), Arc::new(caller.clone()));
+        }
+        caller
     }
 }
 
