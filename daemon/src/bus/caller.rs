@@ -58,14 +58,14 @@ impl Manager {
         &self,
         connection: &Connection,
         header: &Header<'_>,
-    ) -> Result<Caller, Error> {
+    ) -> Result<Arc<Caller>, Error> {
         Ok(match (&self.peer, header.sender()) {
             (Some(peer), _) => peer.caller(),
             (None, Some(sender)) => {
                 let proxy = bus_proxy(&self.bus, connection).await?;
                 self.bus_callers.caller(proxy, sender).await
             }
-            (None, None) => Caller::default(),
+            (None, None) => Arc::new(Caller::default()),
         })
     }
 
@@ -76,7 +76,7 @@ impl Manager {
         connection: &Connection,
         header: &Header<'_>,
         name: &str,
-    ) -> Result<Caller, Error> {
+    ) -> Result<Arc<Caller>, Error> {
         let caller = self.caller(connection, header).await?;
         self.broker
             .callers()
@@ -160,7 +160,7 @@ pub struct Peer {
     pidfd: Option<OwnedFd>,
     /// Read at the first call that needs it, then kept for the
     /// connection's life.
-    caller: std::sync::OnceLock<Caller>,
+    caller: std::sync::OnceLock<Arc<Caller>>,
 }
 
 impl Peer {
@@ -178,12 +178,14 @@ impl Peer {
         }
     }
 
-    pub fn caller(&self) -> Caller {
+    pub fn caller(&self) -> Arc<Caller> {
         self.caller
             .get_or_init(|| {
-                self.pidfd
-                    .as_ref()
-                    .map_or_else(Caller::default, |fd| identity::identify(fd.as_fd()))
+                Arc::new(
+                    self.pidfd
+                        .as_ref()
+                        .map_or_else(Caller::default, |fd| identity::identify(fd.as_fd())),
+                )
             })
             .clone()
     }
@@ -203,21 +205,21 @@ impl BusCallers {
         &self,
         proxy: &zbus::fdo::DBusProxy<'static>,
         sender: &UniqueName<'_>,
-    ) -> Caller {
+    ) -> Arc<Caller> {
         if let Some(caller) = lock(&self.callers).get(sender.as_str()) {
-            return Caller::clone(caller);
+            return caller.clone();
         }
         let Some(pidfd) = pidfd_of_sender(proxy, sender).await else {
-            return Caller::default();
+            return Arc::new(Caller::default());
         };
-        let caller = identity::identify(pidfd.as_fd());
+        let caller = Arc::new(identity::identify(pidfd.as_fd()));
         // An unknown caller is not kept: the next call tries again.
         if !caller.unknown() {
             let mut callers = lock(&self.callers);
             if callers.len() >= CALLER_CACHE {
                 callers.clear();
             }
-            callers.insert(sender.to_string(), Arc::new(caller.clone()));
+            callers.insert(sender.to_string(), caller.clone());
         }
         caller
     }
