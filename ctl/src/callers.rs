@@ -27,7 +27,6 @@ pub async fn allow(
     let added = deadline
         .bound(proxy.allow_caller(&change.name, &change.caller))
         .await??;
-    let limited = deadline.bound(proxy.callers(&change.name)).await??.0;
     crate::say::line(&if added {
         format!(
             "{} may now get the tokens of {}",
@@ -39,12 +38,6 @@ pub async fn allow(
             change.caller, change.name
         )
     });
-    if !limited {
-        crate::say::warning(&format!(
-            "{} serves every caller: it has no `callers` in the config, so this allowance changes nothing until it has",
-            change.name
-        ));
-    }
     Ok(String::new())
 }
 
@@ -102,6 +95,10 @@ pub async fn log(
     deadline: &Deadline,
     name: Option<&str>,
 ) -> Result<String, Failure> {
+    if let Some(name) = name {
+        // An unknown name is an error, as for every other command.
+        deadline.bound(proxy.callers(name)).await??;
+    }
     let deliveries = deadline.bound(proxy.deliveries()).await??;
     let now = now();
     let mut out = String::new();
@@ -116,6 +113,12 @@ pub async fn log(
             "{when} ({}) {installation} {how} {caller}\n",
             relative_past(at, now)
         ));
+    }
+    if out.is_empty() {
+        crate::say::line(&match name {
+            Some(name) => format!("no token of {name} handed out since tokd started"),
+            None => "no token handed out since tokd started".to_owned(),
+        });
     }
     Ok(out)
 }

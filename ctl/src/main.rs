@@ -268,7 +268,8 @@ enum Command {
         min_valid: Duration,
     },
     /// Let a program get NAME's tokens when NAME's config limits its
-    /// callers (`callers`); kept by tokd until `tokctl disallow`.
+    /// callers (`callers`); kept by tokd (in
+    /// $XDG_STATE_HOME/tokd/callers/NAME.json) until `tokctl disallow`.
     ///
     ///   tokctl allow work unit:backup.service
     ///   tokctl allow work flatpak:org.gnome.Evolution

@@ -25,6 +25,8 @@ use tracing::{info, warn};
 const REMEMBERED: &str = "callers";
 /// How many deliveries `tokctl log` can show (the journal has them all).
 const DELIVERIES_KEPT: usize = 200;
+/// How many callers may be allowed per installation beyond its config.
+pub const MAX_ALLOWED: usize = 64;
 
 /// A user's answer to an `ask`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +119,9 @@ impl Gate {
                 warn!(installation = name, %caller, "refused a caller its policy does not name");
                 Err(policy::refusal(name, caller))
             }
+            // Nobody is asked about a caller tokd cannot name: the answer
+            // would go to whoever it is.
+            Verdict::Ask if caller.unknown() => Err(policy::refusal(name, caller)),
             Verdict::Ask => match self.ask(name, caller).await {
                 Answer::Once => Ok(()),
                 Answer::Always => {
@@ -170,25 +175,44 @@ impl Gate {
 
     /// Remembers that `rule` may get `name`'s tokens.
     pub async fn allow(&self, name: &str, rule: Rule) -> Result<bool, String> {
-        self.change(name, |rules| {
-            if rules.contains(&rule) {
-                false
-            } else {
-                rules.push(rule.clone());
-                true
-            }
-        })
-        .await
+        let mut full = false;
+        let added = self
+            .change(name, |rules| {
+                if rules.contains(&rule) {
+                    false
+                } else if rules.len() >= MAX_ALLOWED {
+                    full = true;
+                    false
+                } else {
+                    rules.push(rule.clone());
+                    true
+                }
+            })
+            .await?;
+        if full {
+            return Err(format!(
+                "`{name}` has {MAX_ALLOWED} allowed callers already, the most it keeps; take one back first (`tokctl callers {name}` lists them)"
+            ));
+        }
+        if added {
+            info!(installation = name, caller = %rule, "a caller was allowed");
+        }
+        Ok(added)
     }
 
     /// Forgets an allowance; `false` if there was none.
     pub async fn forget(&self, name: &str, rule: &Rule) -> Result<bool, String> {
-        self.change(name, |rules| {
-            let before = rules.len();
-            rules.retain(|kept| kept != rule);
-            rules.len() != before
-        })
-        .await
+        let removed = self
+            .change(name, |rules| {
+                let before = rules.len();
+                rules.retain(|kept| kept != rule);
+                rules.len() != before
+            })
+            .await?;
+        if removed {
+            info!(installation = name, caller = %rule, "a caller was taken back");
+        }
+        Ok(removed)
     }
 
     async fn change(
@@ -208,7 +232,6 @@ impl Gate {
             .save_document(REMEMBERED, name, &document)
             .await
             .map_err(|error| crate::text::error_chain(&error))?;
-        info!(installation = name, allowed = ?document.allowed, "allowed callers changed");
         lock(&self.remembered).insert(name.to_owned(), rules);
         Ok(true)
     }

@@ -54,8 +54,9 @@ Exit status: 0 on success (and after SIGTERM), 1 when the config is
 invalid or unreadable or the bus cannot be served, 2 for bad usage.";
 
 fn main() -> ExitCode {
-    // Pages freed after a burst of calls go back to the system at once.
-    tokd_alloc::return_freed_pages_at_once();
+    // Pages freed after a burst of calls go back to the system at once
+    // (while tokd has one thread: nothing has started another yet).
+    let purging = tokd_alloc::return_freed_pages_at_once();
     // Before any secret is read: no core dump of tokd's memory, and no
     // ptrace or /proc/PID/mem by other processes of this user without
     // CAP_SYS_PTRACE.
@@ -63,6 +64,9 @@ fn main() -> ExitCode {
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let args = Args::parse();
     init_logging();
+    if !purging {
+        warn!("mimalloc's purge delay was not set: tokd had more than one thread at start");
+    }
     if let Err(error) = not_dumpable {
         warn!(%error, "cannot make tokd's memory undumpable; a core dump could hold tokens");
     }

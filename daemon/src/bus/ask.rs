@@ -21,10 +21,12 @@ use std::time::Duration;
 use tracing::{info, warn};
 use zbus::Variant as Value;
 
-/// How long a question waits for the user. A D-Bus client may give up
-/// sooner (libdbus and GDBus wait 25 s by default); an "Always" given
-/// after that still counts for the next call.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a question waits for the user: less than tokctl's own
+/// default wait (60 s), so that tokctl shows the refusal rather than a
+/// timeout. A D-Bus client may give up sooner (libdbus and GDBus wait
+/// 25 s by default); an "Always" given after that still counts for the
+/// next call.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(45);
 /// How long one call to the notification server may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -55,17 +57,20 @@ impl Ask {
         {
             return Answer::NoAnswer("notifications are off in the config");
         }
+        // One question per process: another process that matches the
+        // same rule does not get this one's answer.
         let key = (
             name.to_owned(),
-            Rule::proposed_for(caller).map_or_else(|| caller.to_string(), |rule| rule.to_string()),
+            caller
+                .pid
+                .map_or_else(|| caller.to_string(), |pid| pid.to_string()),
         );
         let pending = lock(&self.pending).entry(key.clone()).or_default().clone();
         let answer = *pending
             .get_or_init(|| async {
-                match tokio::time::timeout(ANSWER_TIMEOUT, self.question(name, caller)).await {
-                    Ok(answer) => answer,
-                    Err(_) => Answer::NoAnswer("nobody answered its notification in time"),
-                }
+                // Each call to the server is bounded, and so is the wait
+                // for a click (`question`).
+                self.question(name, caller).await
             })
             .await;
         // The next call asks again (unless "Always" was remembered).
@@ -103,9 +108,15 @@ impl Ask {
         let Ok(mut clicks) = proxy.receive_action_invoked().await else {
             return Answer::NoAnswer("no desktop notification server answered");
         };
-        let body = format!(
-            "{caller} asks for the access token of {name}. \"Always allow\" lets it in from now on (tokctl disallow takes that back)."
-        );
+        let always = Rule::proposed_for(caller);
+        let body = match &always {
+            Some(rule) => format!(
+                "{caller} asks for the access token of {name}. \"Always allow\" lets {rule} in from now on (tokctl disallow takes that back)."
+            ),
+            None => format!(
+                "{caller} asks for the access token of {name}. tokd cannot tell it from other programs of yours, so it can only be allowed once."
+            ),
+        };
         let body = if capabilities.iter().any(|c| c == "body-markup") {
             super::notify::escape_markup(&body)
         } else {
@@ -119,14 +130,18 @@ impl Ask {
                 "dialog-password",
                 &format!("A program wants the token of {name}"),
                 &body,
-                &[
-                    "once",
-                    "Allow once",
-                    "always",
-                    "Always allow",
-                    "deny",
-                    "Deny",
-                ],
+                if always.is_some() {
+                    &[
+                        "once",
+                        "Allow once",
+                        "always",
+                        "Always allow",
+                        "deny",
+                        "Deny",
+                    ]
+                } else {
+                    &["once", "Allow once", "deny", "Deny"]
+                },
                 HashMap::from([("urgency", Value::U8(2))]),
                 0,
             ),
@@ -136,21 +151,29 @@ impl Ask {
             return Answer::NoAnswer("no desktop notification server answered");
         };
         info!(installation = name, %caller, id, "asked the user about a caller");
-        while let Some(click) = clicks.next().await {
-            let Ok(args) = click.args() else { continue };
-            if args.id != id {
-                continue;
+        let answered = tokio::time::timeout(ANSWER_TIMEOUT, async {
+            while let Some(click) = clicks.next().await {
+                let Ok(args) = click.args() else { continue };
+                if args.id != id {
+                    continue;
+                }
+                // A click on the notification itself ("default") is not
+                // an answer: only its buttons are.
+                match args.action_key.as_str() {
+                    "once" => return Answer::Once,
+                    "always" if always.is_some() => return Answer::Always,
+                    "deny" => return Answer::Deny,
+                    _ => {}
+                }
             }
-            let answer = match args.action_key.as_str() {
-                "once" => Answer::Once,
-                "always" => Answer::Always,
-                _ => Answer::Deny,
-            };
-            let _ = tokio::time::timeout(CALL_TIMEOUT, proxy.close_notification(id)).await;
-            info!(installation = name, %caller, ?answer, "the user answered about a caller");
-            return answer;
-        }
-        Answer::NoAnswer("the notification server went away")
+            Answer::NoAnswer("the notification server went away")
+        })
+        .await
+        .unwrap_or(Answer::NoAnswer("nobody answered its notification in time"));
+        // Withdrawn however it ended: its buttons answer nothing now.
+        let _ = tokio::time::timeout(CALL_TIMEOUT, proxy.close_notification(id)).await;
+        info!(installation = name, %caller, answer = ?answered, "a question about a caller ended");
+        answered
     }
 }
 

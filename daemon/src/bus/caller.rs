@@ -10,9 +10,16 @@
 //!   `ProcessID` opened as a pidfd, and the bus asked again that the
 //!   sender still has that pid.
 //!
-//! A caller is identified at its first call that needs it and keeps that
-//! identity for its connection: a program that `exec`s another while
-//! keeping its connection stays what it was (the README says so).
+//! Two depths: the light identity (pid, cgroup, program: procfs only)
+//! of every token call, for the record of deliveries; and the full one
+//! (does it share tokd's root, and if not, which Flatpak app is it),
+//! read on a blocking thread with a time limit because it reads through
+//! the caller's own root, for a call an installation's policy decides
+//! and for every method but the token ones: a sandboxed caller may only
+//! ask for tokens. A caller is identified at its first call that needs
+//! it and keeps that identity for its connection: a program that `exec`s
+//! another while keeping its connection stays what it was (the README
+//! says so).
 
 use super::{Manager, UID_CACHE, caller_allowed, wire_error};
 use crate::broker::Broker;
@@ -21,6 +28,7 @@ use crate::sync::lock;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokd_shared::Error;
 use tracing::debug;
 use tracing::warn;
@@ -28,8 +36,10 @@ use zbus::Connection;
 use zbus::message::Header;
 use zbus::names::UniqueName;
 
-/// How many bus callers' identities are kept.
-const CALLER_CACHE: usize = 1024;
+/// How many bus callers are kept (each holds its pidfd open).
+const CALLER_CACHE: usize = 256;
+/// How long the full identity may take to read.
+const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the object learns who calls: the uid check of every method, and
 /// the identity and policy of those that hand out tokens.
@@ -48,39 +58,50 @@ impl Manager {
     /// The object for one private-socket client.
     pub fn for_peer(broker: Arc<Broker>, own_uid: u32, peer: Peer) -> Self {
         Self {
-            peer: Some(peer),
+            peer: Some(Arc::new(peer)),
             ..Self::new(broker, own_uid)
         }
     }
 
-    /// Who is calling (see `caller.rs`).
+    /// The calling process, as far as `full` asks (see the module).
     pub(super) async fn caller(
         &self,
         connection: &Connection,
         header: &Header<'_>,
+        full: bool,
     ) -> Result<Arc<Caller>, Error> {
-        Ok(match (&self.peer, header.sender()) {
-            (Some(peer), _) => peer.caller(),
+        let known = match (&self.peer, header.sender()) {
+            (Some(peer), _) => peer.clone(),
             (None, Some(sender)) => {
                 let proxy = bus_proxy(&self.bus, connection).await?;
-                self.bus_callers.caller(proxy, sender).await
+                match self.bus_callers.known(proxy, sender).await {
+                    Some(known) => known,
+                    None => return Ok(Arc::new(Caller::default())),
+                }
             }
-            (None, None) => Arc::new(Caller::default()),
+            (None, None) => return Ok(Arc::new(Caller::default())),
+        };
+        Ok(if full {
+            known.full().await
+        } else {
+            known.light()
         })
     }
 
-    /// Identifies the caller and asks its policy whether it may have
-    /// `name`'s tokens (see `crate::callers`).
+    /// Identifies the caller and, when `name` has a policy, asks it
+    /// whether the caller may have `name`'s tokens (see `crate::callers`).
     pub(super) async fn admit(
         &self,
         connection: &Connection,
         header: &Header<'_>,
         name: &str,
     ) -> Result<Arc<Caller>, Error> {
-        let caller = self.caller(connection, header).await?;
-        self.broker
-            .callers()
-            .admit(name, &caller)
+        let gate = self.broker.callers();
+        if gate.policy(name).is_none() {
+            return self.caller(connection, header, false).await;
+        }
+        let caller = self.caller(connection, header, true).await?;
+        gate.admit(name, &caller)
             .await
             .map_err(Error::AccessDenied)?;
         Ok(caller)
@@ -109,9 +130,33 @@ impl Manager {
             .inspect_err(|_| warn!(caller_uid = uid, "refused a caller with another uid"))
     }
 
-    /// Checks a change to `name`'s allowed callers: the caller is the
-    /// user's, not in a sandbox (an app must not allow itself), `name`
-    /// exists and `rule` is a rule.
+    /// [`Manager::check_caller`], and the caller must be known to run on
+    /// the host: every method but the token ones (a sandboxed app may
+    /// only ask for tokens, which its installation's policy decides).
+    pub(super) async fn check_host(
+        &self,
+        connection: &Connection,
+        header: &Header<'_>,
+    ) -> Result<(), Error> {
+        self.check_caller(connection, header).await?;
+        let caller = Box::pin(self.caller(connection, header, true)).await?;
+        if caller.on_the_host() {
+            return Ok(());
+        }
+        warn!(%caller, "refused a call from a sandbox (or a caller tokd cannot place)");
+        Err(Error::AccessDenied(match caller.host {
+            Some(false) => format!(
+                "{caller} runs in a sandbox: it may get tokens (as each installation's `callers` allows) and nothing else"
+            ),
+            _ => format!(
+                "tokd cannot tell whether {caller} runs in a sandbox, so it may get tokens (as each installation's `callers` allows) and nothing else"
+            ),
+        }))
+    }
+
+    /// Checks a change to `name`'s allowed callers: `name` exists, has a
+    /// policy, and `rule` is a rule (the caller was checked by
+    /// [`Manager::check_host`]).
     pub(super) async fn policy_change(
         &self,
         connection: &Connection,
@@ -119,19 +164,10 @@ impl Manager {
         name: &str,
         rule: &str,
     ) -> Result<crate::callers::Rule, Error> {
-        self.check_caller(connection, header).await?;
+        self.check_host(connection, header).await?;
         self.broker.status(name).map_err(wire_error)?;
-        let caller = self.caller(connection, header).await?;
-        if let Some(app) = &caller.flatpak {
-            warn!(
-                installation = name,
-                app, "refused a sandboxed app's change of allowed callers"
-            );
-            return Err(Error::AccessDenied(format!(
-                "Flatpak app {app} may not change who gets the tokens of `{name}`; run tokctl outside the sandbox"
-            )));
-        }
-        rule.parse().map_err(Error::InvalidArgument)
+        let rule: crate::callers::Rule = rule.parse().map_err(Error::InvalidArgument)?;
+        Ok(rule.resolved())
     }
 
     /// Asks the bus for the uid of `sender`, and remembers it.
@@ -154,13 +190,12 @@ impl Manager {
     }
 }
 
-/// The process at the other end of a private-socket connection.
+/// One calling process: its pidfd, and what was read of it.
 #[derive(Debug)]
 pub struct Peer {
-    pidfd: Option<OwnedFd>,
-    /// Read at the first call that needs it, then kept for the
-    /// connection's life.
-    caller: std::sync::OnceLock<Arc<Caller>>,
+    pidfd: Option<Arc<OwnedFd>>,
+    light: std::sync::OnceLock<Arc<Caller>>,
+    full: tokio::sync::OnceCell<Arc<Caller>>,
 }
 
 impl Peer {
@@ -172,56 +207,81 @@ impl Peer {
                 let pid = stream.peer_cred().ok()?.pid()?;
                 identity::pidfd_of_pid(u32::try_from(pid).ok()?)
             });
+        Self::with(pidfd)
+    }
+
+    fn with(pidfd: Option<OwnedFd>) -> Self {
         Self {
-            pidfd,
-            caller: std::sync::OnceLock::new(),
+            pidfd: pidfd.map(Arc::new),
+            light: std::sync::OnceLock::new(),
+            full: tokio::sync::OnceCell::new(),
         }
     }
 
-    pub fn caller(&self) -> Arc<Caller> {
-        self.caller
+    /// The light identity (procfs only).
+    pub fn light(&self) -> Arc<Caller> {
+        if let Some(full) = self.full.get() {
+            return full.clone();
+        }
+        self.light
             .get_or_init(|| {
                 Arc::new(
                     self.pidfd
                         .as_ref()
-                        .map_or_else(Caller::default, |fd| identity::identify(fd.as_fd())),
+                        .map_or_else(Caller::default, |fd| identity::identify_light(fd.as_fd())),
                 )
             })
             .clone()
     }
+
+    /// The full identity, read on a blocking thread within
+    /// [`IDENTIFY_TIMEOUT`]; past it, the light one (not on the host as
+    /// far as tokd can tell).
+    pub async fn full(&self) -> Arc<Caller> {
+        self.full
+            .get_or_init(|| async {
+                let Some(pidfd) = self.pidfd.clone() else {
+                    return Arc::new(Caller::default());
+                };
+                let read = tokio::task::spawn_blocking(move || identity::identify(pidfd.as_fd()));
+                match tokio::time::timeout(IDENTIFY_TIMEOUT, read).await {
+                    Ok(Ok(caller)) => Arc::new(caller),
+                    _ => {
+                        warn!("a caller's identity took too long to read; taken as unknown");
+                        self.light()
+                    }
+                }
+            })
+            .await
+            .clone()
+    }
 }
 
-/// The bus's callers, by unique name: each identified at its first call
-/// that needs it (through a pidfd, closed after), then kept: a unique
-/// name is one connection, never reused on a bus.
+/// The bus's callers, by unique name (a unique name is one connection,
+/// never reused on a bus).
 #[derive(Debug, Default)]
 pub struct BusCallers {
-    callers: Mutex<HashMap<String, Arc<Caller>>>,
+    known: Mutex<HashMap<String, Arc<Peer>>>,
 }
 
 impl BusCallers {
-    /// Identifies `sender`; an unknown caller when the bus cannot say.
-    pub async fn caller(
+    /// `sender` as a [`Peer`]; `None` when the bus cannot say who it is
+    /// (not kept: the next call asks again).
+    async fn known(
         &self,
         proxy: &zbus::fdo::DBusProxy<'static>,
         sender: &UniqueName<'_>,
-    ) -> Arc<Caller> {
-        if let Some(caller) = lock(&self.callers).get(sender.as_str()) {
-            return caller.clone();
+    ) -> Option<Arc<Peer>> {
+        if let Some(known) = lock(&self.known).get(sender.as_str()) {
+            return Some(known.clone());
         }
-        let Some(pidfd) = pidfd_of_sender(proxy, sender).await else {
-            return Arc::new(Caller::default());
-        };
-        let caller = Arc::new(identity::identify(pidfd.as_fd()));
-        // An unknown caller is not kept: the next call tries again.
-        if !caller.unknown() {
-            let mut callers = lock(&self.callers);
-            if callers.len() >= CALLER_CACHE {
-                callers.clear();
-            }
-            callers.insert(sender.to_string(), caller.clone());
+        let peer = Arc::new(Peer::with(Some(pidfd_of_sender(proxy, sender).await?)));
+        let mut known = lock(&self.known);
+        if known.len() >= CALLER_CACHE {
+            known.clear();
         }
-        caller
+        known.insert(sender.to_string(), peer.clone());
+        Some(peer)
     }
 }
 

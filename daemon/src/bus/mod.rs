@@ -42,7 +42,7 @@ pub struct Manager {
     uids: Mutex<HashMap<String, u32>>,
     bus: tokio::sync::OnceCell<zbus::fdo::DBusProxy<'static>>,
     /// The private-socket client this object serves (`None` on the bus).
-    peer: Option<caller::Peer>,
+    peer: Option<Arc<caller::Peer>>,
     bus_callers: caller::BusCallers,
 }
 
@@ -158,7 +158,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<String>, Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         self.broker.git_remotes(name).map_err(wire_error)
     }
 
@@ -205,7 +205,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<InstallationInfo>, Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         Ok(self.broker.list().into_iter().map(wire_info).collect())
     }
 
@@ -217,7 +217,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<InstallationInfo, Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         self.broker.status(name).map(wire_info).map_err(wire_error)
     }
 
@@ -229,7 +229,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<i64, Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         let expires_at = self.broker.refresh_now(name).await.map_err(wire_error)?;
         Ok(expires_at.map_or(0, unix_seconds))
     }
@@ -242,7 +242,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, bool), Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         let (url, listening) = self
             .broker
             .begin_login(name, None)
@@ -261,7 +261,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, bool), Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         let wait = Duration::from_secs(timeout_secs.into());
         let (url, listening) = self
             .broker
@@ -280,7 +280,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<i64, Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         let expires_at = self
             .broker
             .complete_login(name, code)
@@ -302,7 +302,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, String, String, i64), Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         let login = self
             .broker
             .begin_device_login(name)
@@ -327,7 +327,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         self.broker.revoke(name).await.map_err(wire_error)
     }
 
@@ -338,7 +338,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<HashMap<String, String>, Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         Ok(self
             .broker
             .list()
@@ -361,7 +361,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<(String, String, String)>, Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         Ok(self.broker.registries())
     }
 
@@ -372,7 +372,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         Ok(self
             .broker
             .config_path()
@@ -387,7 +387,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         self.broker.reload().await.map_err(wire_error)
     }
 
@@ -402,6 +402,11 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<bool, Error> {
         let rule = self.policy_change(connection, &header, name, rule).await?;
+        if self.broker.callers().policy(name).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "`{name}` serves every caller of yours (it has no `callers` in the config), so there is nothing to allow"
+            )));
+        }
         self.broker
             .callers()
             .allow(name, rule)
@@ -436,7 +441,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(bool, Vec<String>, String, Vec<String>), Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         self.broker.status(name).map_err(wire_error)?;
         let gate = self.broker.callers();
         let remembered = gate.remembered(name).await;
@@ -461,7 +466,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<(i64, String, String, String)>, Error> {
-        self.check_caller(connection, &header).await?;
+        self.check_host(connection, &header).await?;
         Ok(self
             .broker
             .callers()

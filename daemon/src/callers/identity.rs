@@ -23,6 +23,12 @@ pub struct Caller {
     /// The systemd unit whose cgroup the process is in (`backup.service`,
     /// `app-flatpak-org.example.App-1234.scope`, `session-2.scope`).
     pub unit: Option<String>,
+    /// The whole cgroup path the unit was taken from.
+    pub cgroup: Option<String>,
+    /// Whether the process sees the same root folder as tokd (`Some(false)`:
+    /// a Flatpak app, a snap, a container, a chroot). `None` when it was
+    /// not looked at ([`identify_light`]) or could not be read.
+    pub host: Option<bool>,
     /// `/proc/PID/exe`, as this mount namespace sees it.
     pub exe: Option<PathBuf>,
     /// The app id of a Flatpak sandbox (`[Application] name` of the
@@ -35,6 +41,17 @@ impl Caller {
     pub fn unknown(&self) -> bool {
         self.unit.is_none() && self.exe.is_none() && self.flatpak.is_none()
     }
+
+    /// Whether the caller is known to run outside any sandbox.
+    pub fn on_the_host(&self) -> bool {
+        self.host == Some(true)
+    }
+}
+
+/// Text from a process made fit for a sentence or a log line: one line,
+/// no control characters, bounded.
+fn shown(text: &str) -> String {
+    crate::text::sanitize(text, 512)
 }
 
 impl fmt::Display for Caller {
@@ -42,14 +59,17 @@ impl fmt::Display for Caller {
         if self.unknown() {
             f.write_str("a process tokd cannot identify")?;
         } else if let Some(app) = &self.flatpak {
-            write!(f, "Flatpak app {app}")?;
+            write!(f, "Flatpak app {}", shown(app))?;
         } else {
             let mut parts = Vec::new();
+            if self.host == Some(false) {
+                parts.push("a sandboxed".to_owned());
+            }
             if let Some(exe) = &self.exe {
-                parts.push(exe.display().to_string());
+                parts.push(shown(&exe.to_string_lossy()));
             }
             if let Some(unit) = &self.unit {
-                parts.push(format!("in {unit}"));
+                parts.push(format!("in {}", shown(unit)));
             }
             f.write_str(&parts.join(" "))?;
         }
@@ -63,32 +83,72 @@ impl fmt::Display for Caller {
 /// The longest `/proc/PID/cgroup` or `.flatpak-info` read.
 const MAX_READ: u64 = 64 * 1024;
 
-/// Identifies the process `pidfd` refers to. Never fails: what cannot be
-/// read stays `None`.
+/// Identifies the process `pidfd` refers to: [`identify_light`], and
+/// whether it shares tokd's root folder, and if not, its Flatpak app id.
+/// Never fails: what cannot be read stays `None`. It reads through the
+/// process's root, which a sandbox may serve from a FUSE file system that
+/// never answers: callers run it on a blocking thread with a timeout.
 pub fn identify(pidfd: BorrowedFd<'_>) -> Caller {
-    let Some(pid) = pid_of(pidfd) else {
+    let Some((folder, mut caller)) = open_and_read(pidfd) else {
         return Caller::default();
     };
+    caller.host = same_root(&folder);
+    if caller.host == Some(false) {
+        caller.flatpak = read_at(&folder, "root/.flatpak-info").and_then(|text| flatpak_app(&text));
+    }
+    caller
+}
+
+/// The pid, cgroup, unit and program of the process `pidfd` refers to:
+/// procfs only, nothing read through the process's own files, so it
+/// cannot be made to wait.
+pub fn identify_light(pidfd: BorrowedFd<'_>) -> Caller {
+    open_and_read(pidfd).map_or_else(Caller::default, |(_, caller)| caller)
+}
+
+fn open_and_read(pidfd: BorrowedFd<'_>) -> Option<(OwnedFd, Caller)> {
+    let pid = pid_of(pidfd)?;
     let folder = rustix::fs::open(
         format!("/proc/{pid}"),
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
-    );
+    )
+    .ok()?;
     // Still this process (see the module's comment)?
-    let (Ok(folder), Some(true)) = (folder, pid_of(pidfd).map(|now| now == pid)) else {
-        return Caller::default();
-    };
-    let unit = read_at(&folder, "cgroup").and_then(|text| unit_of_cgroup(&text));
+    if pid_of(pidfd) != Some(pid) {
+        return None;
+    }
+    let cgroup = read_at(&folder, "cgroup").and_then(|text| cgroup_path(&text));
+    let unit = cgroup.as_deref().and_then(innermost_unit);
     let exe = rustix::fs::readlinkat(&folder, "exe", Vec::new())
         .ok()
-        .map(|path| PathBuf::from(std::ffi::OsString::from_vec(path.into_bytes())));
-    let flatpak = read_at(&folder, "root/.flatpak-info").and_then(|text| flatpak_app(&text));
-    Caller {
+        .map(|path| {
+            let mut bytes = path.into_bytes();
+            // A program replaced on disk (an upgrade) is still the one at
+            // its path.
+            if bytes.ends_with(b" (deleted)") {
+                bytes.truncate(bytes.len() - b" (deleted)".len());
+            }
+            PathBuf::from(std::ffi::OsString::from_vec(bytes))
+        });
+    let caller = Caller {
         pid: Some(pid),
         unit,
+        cgroup,
+        host: None,
         exe,
-        flatpak,
-    }
+        flatpak: None,
+    };
+    Some((folder, caller))
+}
+
+/// Whether `/proc/PID/root` is tokd's own root folder (the same file
+/// system and inode: tokd's systemd sandbox has its own mount namespace
+/// but the same root).
+fn same_root(folder: &OwnedFd) -> Option<bool> {
+    let theirs = rustix::fs::statat(folder, "root", rustix::fs::AtFlags::empty()).ok()?;
+    let ours = rustix::fs::stat("/").ok()?;
+    Some(theirs.st_dev == ours.st_dev && theirs.st_ino == ours.st_ino)
 }
 
 /// The pid a pidfd refers to, from `/proc/self/fdinfo`: `None` once the
@@ -135,23 +195,28 @@ pub fn identify_pid(pid: u32) -> Caller {
     pidfd_of_pid(pid).map_or_else(Caller::default, |fd| identify(fd.as_fd()))
 }
 
-/// The systemd unit of a `/proc/PID/cgroup`: the innermost component of
-/// the unified hierarchy's path (`0::`) that names a unit, else of the
-/// v1 `name=systemd` one (hybrid systems).
-pub fn unit_of_cgroup(text: &str) -> Option<String> {
-    let path_of = |prefix: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(prefix))
-            .and_then(innermost_unit)
-    };
-    path_of("0::").or_else(|| {
-        text.lines()
-            .find_map(|line| line.split_once(":name=systemd:").map(|(_, path)| path))
-            .and_then(innermost_unit)
-    })
+/// The systemd path of a `/proc/PID/cgroup`: the unified hierarchy's
+/// (`0::`) when it names a unit, else the v1 `name=systemd` one (hybrid
+/// systems).
+pub fn cgroup_path(text: &str) -> Option<String> {
+    let unified = text
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .filter(|path| innermost_unit(path).is_some());
+    unified
+        .or_else(|| {
+            text.lines()
+                .find_map(|line| line.split_once(":name=systemd:").map(|(_, path)| path))
+        })
+        .map(|path| path.trim().to_owned())
 }
 
-fn innermost_unit(path: &str) -> Option<String> {
+/// The systemd unit of a `/proc/PID/cgroup` (see [`cgroup_path`]).
+pub fn unit_of_cgroup(text: &str) -> Option<String> {
+    cgroup_path(text).as_deref().and_then(innermost_unit)
+}
+
+pub fn innermost_unit(path: &str) -> Option<String> {
     const KINDS: [&str; 3] = [".service", ".scope", ".slice"];
     path.trim()
         .rsplit('/')
@@ -233,6 +298,7 @@ mod tests {
         let pid = std::process::id();
         let caller = identify_pid(pid);
         assert_eq!(caller.pid, Some(pid));
+        assert_eq!(caller.host, Some(true), "this process shares its own root");
         assert_eq!(
             caller.exe.as_deref(),
             std::env::current_exe().ok().as_deref()
@@ -248,5 +314,31 @@ mod tests {
         let pidfd = pidfd_of_pid(child.id()).expect("a pidfd of a live or zombie child");
         child.wait().expect("reaped");
         assert_eq!(identify(pidfd.as_fd()), Caller::default());
+    }
+
+    #[test]
+    fn a_caller_tokd_cannot_place_is_not_on_the_host() {
+        // A sender gone before tokd asked the bus about it, a process
+        // reaped, a root that could not be read: all fail closed.
+        assert!(!Caller::default().on_the_host());
+        let light = Caller {
+            pid: Some(7),
+            exe: Some(PathBuf::from("/usr/bin/curl")),
+            ..Caller::default()
+        };
+        assert!(!light.on_the_host(), "the light identity never says host");
+    }
+
+    #[test]
+    fn what_a_process_says_of_itself_is_shown_on_one_line() {
+        let caller = Caller {
+            pid: Some(7),
+            exe: Some(PathBuf::from(
+                "/tmp/x\n2026 INFO token handed out caller=\u{1b}[31mFlatpak",
+            )),
+            ..Caller::default()
+        };
+        let text = caller.to_string();
+        assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text:?}");
     }
 }

@@ -21,13 +21,21 @@ pub enum Rule {
     Flatpak(String),
 }
 
+/// The longest rule (a path's limit on Linux).
+pub const MAX_RULE: usize = 4096;
+
 /// The sentence for an entry that is not a rule.
-pub const RULE_FORMS: &str = "a caller is `any`, `unit:NAME.service` (or `.scope`), `exe:/absolute/path` or `flatpak:APP.ID`";
+pub const RULE_FORMS: &str = "a caller is `any`, `unit:NAME.service` (or `.scope`, or `.slice` for every unit in it), `exe:/absolute/path` or `flatpak:APP.ID`";
 
 impl std::str::FromStr for Rule {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_RULE {
+            return Err(format!(
+                "a caller is at most {MAX_RULE} bytes: {RULE_FORMS}"
+            ));
+        }
         let bad = || format!("`{text}` is not a caller: {RULE_FORMS}");
         if text == "any" {
             return Ok(Self::Any);
@@ -43,7 +51,7 @@ impl std::str::FromStr for Rule {
             {
                 Ok(Self::Unit(value.to_owned()))
             }
-            "exe" if value.starts_with('/') && !value.contains('\n') => {
+            "exe" if value.starts_with('/') && !value.chars().any(char::is_control) => {
                 Ok(Self::Exe(PathBuf::from(value)))
             }
             "flatpak" if valid_app_id(value) => Ok(Self::Flatpak(value.to_owned())),
@@ -64,36 +72,99 @@ impl fmt::Display for Rule {
 }
 
 impl Rule {
-    /// Whether this rule names `caller`. A sandboxed caller is named by
-    /// its app id only: its unit and executable are the sandbox's.
-    pub fn matches(&self, caller: &Caller) -> bool {
+    /// The rule with an `exe:` path's symlinks resolved, as the kernel
+    /// names a running program (`/usr/bin/python3` is
+    /// `/usr/bin/python3.11`); a path that does not resolve stays as
+    /// written. Blocking file-system calls.
+    pub fn resolved(self) -> Self {
         match self {
-            Self::Any => true,
-            Self::Flatpak(app) => caller.flatpak.as_ref() == Some(app),
-            Self::Unit(unit) => caller.flatpak.is_none() && caller.unit.as_ref() == Some(unit),
-            Self::Exe(path) => caller.flatpak.is_none() && caller.exe.as_ref() == Some(path),
+            Self::Exe(path) => Self::Exe(std::fs::canonicalize(&path).unwrap_or(path)),
+            other => other,
         }
     }
 
-    /// The rule a sentence proposes for `caller`: its app id, else its
-    /// unit when that is a service (a program of its own), else its
-    /// program, else its scope. `None`: nothing identifies it.
-    pub fn proposed_for(caller: &Caller) -> Option<Self> {
-        if let Some(app) = &caller.flatpak {
-            return Some(Self::Flatpak(app.clone()));
+    /// Whether this rule names `caller`. A sandboxed caller is named by
+    /// its Flatpak app id only: its unit and program are the sandbox's. A
+    /// unit or a program names only a caller known to run on the host. A
+    /// slice names every unit inside it.
+    pub fn matches(&self, caller: &Caller) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Flatpak(app) => {
+                caller.host == Some(false) && caller.flatpak.as_ref() == Some(app)
+            }
+            Self::Unit(unit) if unit.ends_with(".slice") => {
+                caller.on_the_host()
+                    && caller
+                        .cgroup
+                        .as_deref()
+                        .is_some_and(|path| path.split('/').any(|part| part == unit))
+            }
+            Self::Unit(unit) => caller.on_the_host() && caller.unit.as_ref() == Some(unit),
+            Self::Exe(path) => caller.on_the_host() && caller.exe.as_ref() == Some(path),
         }
-        let service = caller
-            .unit
-            .as_ref()
-            .filter(|unit| unit.ends_with(".service") && !unit.starts_with("user@"));
+    }
+
+    /// The rule a sentence (or "Always allow") proposes for `caller`: its
+    /// Flatpak app id; else, on the host, its unit when that is a service
+    /// of its own, else its program unless that program runs anything
+    /// (tokctl, a shell, an interpreter: allowing it would allow every
+    /// program of the user). `None`: nothing names it narrowly.
+    pub fn proposed_for(caller: &Caller) -> Option<Self> {
+        if caller.host == Some(false) {
+            return caller.flatpak.clone().map(Self::Flatpak);
+        }
+        let service = caller.unit.as_ref().filter(|unit| {
+            unit.ends_with(".service")
+                && !unit.starts_with("user@")
+                && format!("unit:{unit}").parse::<Rule>().is_ok()
+        });
         if let Some(unit) = service {
             return Some(Self::Unit(unit.clone()));
         }
-        if let Some(exe) = &caller.exe {
-            return Some(Self::Exe(exe.clone()));
-        }
-        caller.unit.clone().map(Self::Unit)
+        caller
+            .exe
+            .as_ref()
+            .filter(|exe| !runs_anything(exe))
+            .and_then(|exe| format!("exe:{}", exe.to_str()?).parse().ok())
     }
+}
+
+/// Programs that run whatever they are told: a rule naming one names every
+/// program of the user.
+fn runs_anything(exe: &std::path::Path) -> bool {
+    const RUNNERS: [&str; 24] = [
+        "tokctl",
+        "docker-credential-tokd",
+        "sh",
+        "bash",
+        "dash",
+        "zsh",
+        "fish",
+        "ksh",
+        "mksh",
+        "busybox",
+        "env",
+        "python",
+        "perl",
+        "ruby",
+        "node",
+        "nodejs",
+        "java",
+        "php",
+        "lua",
+        "tclsh",
+        "pwsh",
+        "deno",
+        "bun",
+        "guile",
+    ];
+    let Some(name) = exe.file_name().and_then(|name| name.to_str()) else {
+        return true;
+    };
+    // python3.11, lua5.4, perl5.36: the version is not the program.
+    let stem = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    RUNNERS.contains(&stem)
 }
 
 /// `unknown_callers`: what happens to a caller no rule names.
@@ -159,6 +230,9 @@ pub fn refusal(name: &str, caller: &Caller) -> String {
         Some(rule) => format!(
             "{caller} may not get the tokens of `{name}`; to allow it, run: tokctl allow {name} {rule}"
         ),
+        None if caller.on_the_host() && !caller.unknown() => format!(
+            "{caller} may not get the tokens of `{name}`, and tokd cannot tell it from other programs of yours (a shell, an interpreter or tokctl, outside a service of its own): run it under a systemd unit and allow that unit (tokctl allow {name} unit:NAME.service), or let every caller in with `callers = [\"any\"]`"
+        ),
         None => format!(
             "{caller} may not get the tokens of `{name}`; only `callers = [\"any\"]` in its config lets such a caller in"
         ),
@@ -173,6 +247,10 @@ mod tests {
         Caller {
             pid: Some(42),
             unit: unit.map(str::to_owned),
+            cgroup: unit.map(|unit| {
+                format!("/user.slice/user-1000.slice/user@1000.service/app.slice/{unit}")
+            }),
+            host: Some(flatpak.is_none()),
             exe: exe.map(PathBuf::from),
             flatpak: flatpak.map(str::to_owned),
         }
@@ -235,6 +313,10 @@ mod tests {
     #[test]
     fn remembered_rules_allow_and_ask_is_asked() {
         let host = caller(Some("session-2.scope"), Some("/usr/bin/curl"), None);
+        assert!(
+            Rule::Unit("app.slice".into()).matches(&host),
+            "a slice names what is in it"
+        );
         let policy = Policy {
             rules: vec![],
             unknown: Unknown::Ask,
@@ -251,5 +333,32 @@ mod tests {
         );
         let service = caller(Some("backup.service"), Some("/usr/bin/tokctl"), None);
         assert!(refusal("work", &service).ends_with("tokctl allow work unit:backup.service"));
+    }
+
+    #[test]
+    fn a_program_that_runs_anything_is_never_proposed() {
+        for exe in [
+            "/usr/local/bin/tokctl",
+            "/usr/bin/python3.11",
+            "/bin/bash",
+            "/usr/bin/env",
+        ] {
+            let terminal = caller(Some("session-2.scope"), Some(exe), None);
+            assert_eq!(Rule::proposed_for(&terminal), None, "{exe}");
+            assert!(
+                refusal("work", &terminal)
+                    .contains("run it under a systemd unit and allow that unit"),
+                "{exe}"
+            );
+        }
+        // A sandbox that is not a Flatpak app has no narrow name.
+        let mut boxed = caller(None, Some("/usr/bin/curl"), None);
+        boxed.host = Some(false);
+        assert_eq!(Rule::proposed_for(&boxed), None);
+        assert!(!Rule::Exe("/usr/bin/curl".into()).matches(&boxed));
+        // Nor does a caller whose root could not be read match a program.
+        let mut unsure = caller(None, Some("/usr/bin/curl"), None);
+        unsure.host = None;
+        assert!(!Rule::Exe("/usr/bin/curl".into()).matches(&unsure));
     }
 }

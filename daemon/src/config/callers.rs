@@ -27,6 +27,7 @@ pub(super) fn policy(
                     format!("installation `{name}`: `callers`: {error}"),
                 )
             })?;
+            let rule = rule.resolved();
             if !rules.contains(&rule) {
                 rules.push(rule);
             }

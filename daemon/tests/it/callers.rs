@@ -115,6 +115,15 @@ async fn a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_fo
         let open = dbus_send_get(&world, "bot").await;
         assert_eq!(open.status, 0, "{open:?}");
 
+        let nothing = world
+            .tokctl(&["allow", "bot", &format!("exe:{dbus_send}")])
+            .await;
+        assert_ne!(nothing.status, 0, "{nothing:?}");
+        assert!(
+            nothing.stderr.contains("serves every caller of yours"),
+            "{nothing:?}"
+        );
+
         // Doing exactly what the sentence says lets it in...
         let words: Vec<&str> = advice.split(' ').skip(1).collect();
         let allowed = world.tokctl(&words).await;
@@ -180,6 +189,42 @@ async fn a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_fo
         assert_eq!(reloaded.status, 0, "{reloaded:?}");
         assert_eq!(dbus_send_get(&world, "guarded").await.status, 0);
 
+        // At most 64 allowances; the sentence says how to make room.
+        for n in 0..64 {
+            let out = world
+                .tokctl(&["allow", "guarded", &format!("unit:n{n}.service")])
+                .await;
+            assert_eq!(out.status, 0, "{n}: {out:?}");
+        }
+        let full = world
+            .tokctl(&["allow", "guarded", "unit:more.service"])
+            .await;
+        assert_ne!(full.status, 0, "{full:?}");
+        assert!(
+            full.stderr
+                .contains("take one back first (`tokctl callers guarded` lists them)"),
+            "{full:?}"
+        );
+        let listed = world.tokctl(&["callers", "guarded"]).await;
+        assert!(
+            listed.stdout.contains("unit:n0.service (allowed;"),
+            "{listed:?}"
+        );
+        assert_eq!(
+            world
+                .tokctl(&["disallow", "guarded", "unit:n0.service"])
+                .await
+                .status,
+            0
+        );
+        assert_eq!(
+            world
+                .tokctl(&["allow", "guarded", "unit:more.service"])
+                .await
+                .status,
+            0
+        );
+
         // Bad rules are refused, in the config and on the command line.
         let bad = world.tokctl(&["allow", "guarded", "pid:1"]).await;
         assert_ne!(bad.status, 0);
@@ -240,17 +285,31 @@ async fn ask_shows_a_notification_and_the_answer_decides() {
         assert!(shown.stdout.contains(&format!("exe:{dbus_send} (allowed;")), "{shown:?}");
         assert!(shown.stdout.contains("others: ask"), "{shown:?}");
 
+        // tokctl outside a unit of its own cannot be told from other
+        // programs: it may be let in once, but "Always" is not offered.
+        let call = world.command(&["get", "guarded"]).output();
+        let call = tokio::spawn(call);
+        desktop.until(|d| questions(d).len() == 4).await;
+        let question = questions(&desktop).remove(3);
+        assert!(!question.actions.contains(&"always".to_owned()), "{question:?}");
+        assert!(question.body.contains("can only be allowed once"), "{question:?}");
+        desktop.invoke(question.id, "once").await;
+        assert!(call.await.expect("join").expect("tokctl").status.success());
+
         // No notification server: ask refuses, and says why and what to do.
+        let taken = world
+            .tokctl(&["disallow", "guarded", &format!("exe:{dbus_send}")])
+            .await;
+        assert_eq!(taken.status, 0, "{taken:?}");
         drop(desktop);
-        let refused = world.tokctl(&["get", "guarded"]).await;
+        let refused = dbus_send_get(&world, "guarded").await;
         assert_ne!(refused.status, 0, "{refused:?}");
         assert!(refused.stderr.contains("tokd could not ask"), "{refused:?}");
-        let tokctl = std::fs::canonicalize(tokctl_bin()).expect("tokctl");
-        let advice = format!("tokctl allow guarded exe:{}", tokctl.display());
+        let advice = format!("tokctl allow guarded exe:{dbus_send}");
         assert!(refused.stderr.contains(&advice), "{refused:?}");
         let words: Vec<&str> = advice.split(' ').skip(1).collect();
         assert_eq!(world.tokctl(&words).await.status, 0);
-        world.get("guarded").await;
+        assert_eq!(dbus_send_get(&world, "guarded").await.status, 0);
     })
     .await;
 }
@@ -330,15 +389,28 @@ impl Drop for Unit {
 async fn units_and_flatpak_apps_are_told_apart() {
     crate::support::within(async {
         let mut world = World::prepare(Behaviour::wso2()).await;
-        world.home.write_config(&world.config(&guarded(
-            "[\"unit:backup.service\", \"flatpak:org.example.Good\"]",
-        )));
+        world
+            .home
+            .write_config(&world.config(&guarded("[\"flatpak:org.example.Good\"]")));
         world.start_tokd().await;
         let tokctl = std::fs::canonicalize(tokctl_bin()).expect("tokctl");
         let tokctl = tokctl.to_str().expect("a UTF-8 path");
 
-        // tokctl run by the unit (in its cgroup) is the unit; run outside
-        // it, it is not.
+        // tokctl outside a service of its own cannot be told from any
+        // other program: the sentence says to give it a unit.
+        let outside = world.tokctl(&["get", "guarded"]).await;
+        assert_ne!(outside.status, 0, "{outside:?}");
+        assert!(
+            outside
+                .stderr
+                .contains("run it under a systemd unit and allow that unit"),
+            "{outside:?}"
+        );
+        // Doing so: tokctl run by the unit (in its cgroup) is the unit.
+        let allowed = world
+            .tokctl(&["allow", "guarded", "unit:backup.service"])
+            .await;
+        assert_eq!(allowed.status, 0, "{allowed:?}");
         let unit = Unit::create("backup.service");
         let mut in_unit = tokio::process::Command::new("sh");
         in_unit
@@ -353,13 +425,10 @@ async fn units_and_flatpak_apps_are_told_apart() {
             .kill_on_drop(true);
         let got = run(in_unit).await;
         assert_eq!(got.status, 0, "{got:?}\n{}", world.log());
-        let outside = world.tokctl(&["get", "guarded"]).await;
-        assert_ne!(outside.status, 0, "{outside:?}");
-        assert!(
-            outside
-                .stderr
-                .contains("may not get the tokens of `guarded`"),
-            "{outside:?}"
+        assert_ne!(
+            world.tokctl(&["get", "guarded"]).await.status,
+            0,
+            "still not outside it"
         );
 
         // A sandboxed app is its app id, whatever its program.
@@ -400,8 +469,27 @@ async fn units_and_flatpak_apps_are_told_apart() {
         assert!(
             refused
                 .stderr
-                .contains("may not change who gets the tokens"),
+                .contains("runs in a sandbox: it may get tokens"),
             "{refused:?}"
+        );
+        // Nor revoke, refresh, log in or read anything but a token.
+        for method in ["Revoke", "Refresh", "Status", "BeginLogin"] {
+            let member = format!("org.tokd.tokd1.Manager.{method}");
+            let mut call = allow_itself[..5].to_vec();
+            call.push(&member);
+            call.push("string:guarded");
+            let refused = run(in_fake_flatpak(&world, "org.example.Good", &call)).await;
+            assert!(
+                refused
+                    .stderr
+                    .contains("runs in a sandbox: it may get tokens"),
+                "{method}: {refused:?}"
+            );
+        }
+        assert_eq!(
+            world.status("guarded").await["state"],
+            "valid",
+            "not revoked"
         );
         let still = run(in_fake_flatpak(&world, "org.example.Evil", &call)).await;
         assert_ne!(still.status, 0, "{still:?}");

@@ -301,8 +301,12 @@ pub const CURES: &[(&str, &str)] = &[
         "callers::policy::tests::an_unidentified_caller_gets_in_only_by_any",
     ),
     (
-        "run tokctl outside the sandbox",
+        "run it under a systemd unit and allow that unit (tokctl allow {name} unit:NAME.service)",
         "callers::units_and_flatpak_apps_are_told_apart",
+    ),
+    (
+        "take one back first (`tokctl callers {name}` lists them)",
+        "callers::a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_followed",
     ),
     (
         "(`tokctl status NAME` says for each)",
