@@ -29,6 +29,7 @@ pub struct Request {
     pub scopes: Vec<String>,
     pub client_credentials: bool,
     pub redirect_port: u16,
+    pub callers: Vec<String>,
 }
 
 /// `tokctl add`'s arguments.
@@ -70,6 +71,12 @@ pub struct Args {
     /// no login.
     #[arg(long)]
     pub client_credentials: bool,
+    /// Who may get the installation's tokens (repeatable):
+    /// unit:NAME.service, exe:/PATH, flatpak:APP.ID or any. Without it,
+    /// every program of yours may, and the config gets a commented
+    /// `callers` line to fill in.
+    #[arg(long = "caller", value_name = "CALLER")]
+    pub callers: Vec<String>,
     /// The loopback port of the redirect URI to register at the
     /// provider: http://127.0.0.1:PORT/callback.
     #[arg(long, value_name = "PORT", default_value_t = 8765)]
@@ -102,6 +109,7 @@ pub async fn run(
         public,
         scopes,
         client_credentials,
+        callers,
         redirect_port,
         login,
         no_login,
@@ -126,6 +134,7 @@ pub async fn run(
         scopes,
         client_credentials,
         redirect_port,
+        callers,
     };
     if client_secret_stdin {
         let mut line = String::new();
@@ -339,6 +348,16 @@ pub fn write(path: &Path, request: &Request, keyring: bool) -> Result<Written, F
     }
     if request.client_credentials {
         added.push_str("grant = \"client_credentials\"\n");
+    }
+    if request.callers.is_empty() {
+        // A policy proposed, not imposed: every program of the user gets
+        // the tokens until the line is filled in (README "Who may ask").
+        added.push_str(
+            "# Who may get these tokens (README \"Who may ask\"); without it, every program of yours:\n# callers = [\"unit:NAME.service\", \"flatpak:APP.ID\"]\n",
+        );
+    } else {
+        let callers: Vec<String> = request.callers.iter().map(|c| quote(c)).collect();
+        added.push_str(&format!("callers = [{}]\n", callers.join(", ")));
     }
     let mut after = before.clone();
     if !after.is_empty() && !after.ends_with('\n') {

@@ -30,11 +30,38 @@ fn a_name_that_could_write_more_than_a_name_is_refused() {
         ..Request::default()
     };
     write(&path, &quoted, false).expect("values are quoted");
-    let table: toml::Table =
-        toml::from_str(&std::fs::read_to_string(&path).expect("config")).expect("TOML");
+    let text = std::fs::read_to_string(&path).expect("config");
+    assert!(
+        text.contains("\n# callers = ["),
+        "a policy proposed: {text}"
+    );
+    let table: toml::Table = toml::from_str(&text).expect("TOML");
     let consumer = table["consumers"]["ok"].as_table().expect("consumer");
     assert!(consumer.get("client_secret").is_none(), "{consumer:?}");
     assert!(table.get("daemon").is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn callers_given_are_written_as_the_policy() {
+    let dir = tempfile_dir("callers");
+    let path = dir.join("config.toml");
+    let request = Request {
+        name: "work".into(),
+        token_url: Some("https://sso.example.com/token".into()),
+        client_id: Some("id".into()),
+        public: true,
+        callers: vec!["unit:backup.service".into(), "exe:/usr/bin/x\"]".into()],
+        ..Request::default()
+    };
+    write(&path, &request, false).expect("written");
+    let table: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&path).expect("config")).expect("TOML");
+    let callers = table["installations"]["work"]["callers"]
+        .as_array()
+        .expect("callers");
+    assert_eq!(callers.len(), 2, "{callers:?}");
+    assert_eq!(callers[1].as_str(), Some("exe:/usr/bin/x\"]"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
