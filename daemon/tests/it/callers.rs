@@ -4,58 +4,33 @@
 use crate::support::{Out, World, tokctl_bin};
 use tokd_testkit::{Behaviour, Desktop, DesktopOptions};
 
-/// `dbus-send` GetToken, started: the test answers the question first.
-fn dbus_send_started(world: &World, name: &str) -> tokio::task::JoinHandle<Out> {
-    let env = world.home.env(&world.bus);
-    let name = name.to_owned();
-    tokio::spawn(async move {
-        let output = tokio::process::Command::new("dbus-send")
-            .envs(env)
-            .args([
-                "--session",
-                "--print-reply",
-                "--reply-timeout=60000",
-                "--dest=org.tokd.tokd1",
-                "/org/tokd/tokd1",
-                "org.tokd.tokd1.Manager.GetToken",
-                &format!("string:{name}"),
-                "uint32:60",
-            ])
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("run dbus-send");
-        Out {
-            status: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    })
-}
-
 /// `dbus-send` calling GetToken for `name` on the world's bus: a program
 /// other than tokctl that talks to tokd's D-Bus API itself.
 async fn dbus_send_get(world: &World, name: &str) -> Out {
-    let output = tokio::process::Command::new("dbus-send")
+    run(dbus_send_get_command(world, name)).await
+}
+
+/// [`dbus_send_get`], started: the test answers the question first.
+fn dbus_send_started(world: &World, name: &str) -> tokio::task::JoinHandle<Out> {
+    tokio::spawn(run(dbus_send_get_command(world, name)))
+}
+
+fn dbus_send_get_command(world: &World, name: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("dbus-send");
+    command
         .envs(world.home.env(&world.bus))
         .args([
             "--session",
             "--print-reply",
+            "--reply-timeout=60000",
             "--dest=org.tokd.tokd1",
             "/org/tokd/tokd1",
             "org.tokd.tokd1.Manager.GetToken",
             &format!("string:{name}"),
             "uint32:60",
         ])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run dbus-send");
-    Out {
-        status: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+        .kill_on_drop(true);
+    command
 }
 
 fn dbus_send_path() -> String {
