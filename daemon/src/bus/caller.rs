@@ -201,12 +201,22 @@ pub struct Peer {
 impl Peer {
     /// Takes the connecting process's pidfd from an accepted socket.
     pub fn of(stream: &tokio::net::UnixStream) -> Self {
-        let pidfd = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd)
-            .ok()
-            .or_else(|| {
-                let pid = stream.peer_cred().ok()?.pid()?;
-                identity::pidfd_of_pid(u32::try_from(pid).ok()?)
-            });
+        use nix::errno::Errno;
+        let pidfd = match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd)
+        {
+            Ok(pidfd) => Some(pidfd),
+            // A kernel without SO_PEERPIDFD (before 6.5): the pid taken
+            // at connect, opened now (racy; the README says so).
+            Err(Errno::ENOPROTOOPT | Errno::EINVAL) => stream
+                .peer_cred()
+                .ok()
+                .and_then(|credentials| credentials.pid())
+                .and_then(|pid| u32::try_from(pid).ok())
+                .and_then(identity::pidfd_of_pid),
+            // The process that connected is gone (ESRCH): nobody. Its pid
+            // may already be another process's.
+            Err(_) => None,
+        };
         Self::with(pidfd)
     }
 

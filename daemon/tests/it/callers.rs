@@ -484,3 +484,143 @@ async fn units_and_flatpak_apps_are_told_apart() {
     })
     .await;
 }
+
+/// The two helper processes of
+/// `a_reused_pid_cannot_stand_in_for_the_process_that_connected`, run as
+/// this test binary with `TOKD_IT_PID_REUSE` set; without it (any normal
+/// run) it does nothing.
+#[test]
+#[ignore = "a helper process of a root-only test below; does nothing when run by itself"]
+fn pid_reuse_helper() {
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    match var("TOKD_IT_PID_REUSE").as_str() {
+        // A: connects to the private socket, hands the connection to a
+        // child (its stdin) and exits.
+        "connect" => {
+            let stream =
+                std::os::unix::net::UnixStream::connect(var("TOKD_IT_SOCKET")).expect("connect");
+            std::process::Command::new(std::env::current_exe().expect("exe"))
+                .args([
+                    "--exact",
+                    "callers::pid_reuse_helper",
+                    "--ignored",
+                    "--test-threads=1",
+                ])
+                .env("TOKD_IT_PID_REUSE", "call")
+                .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                    stream,
+                )))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("the child that calls");
+        }
+        // C: waits for the go, then asks for the token over the
+        // connection its parent opened, and writes what it got.
+        "call" => {
+            use std::os::fd::AsFd as _;
+            let go = std::path::PathBuf::from(var("TOKD_IT_GO"));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !go.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let fd = rustix::io::dup(std::io::stdin().as_fd()).expect("dup stdin");
+            let stream = std::os::unix::net::UnixStream::from(fd);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let result = runtime.block_on(async {
+                let connection = zbus::connection::Builder::unix_stream(stream)
+                    .p2p()
+                    .build()
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let proxy = tokd_shared::ManagerProxy::new(&connection)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                proxy
+                    .get_token("guarded", 60)
+                    .await
+                    .map(|(token, ..)| token)
+                    .map_err(|error| error.to_string())
+            });
+            let text = match result {
+                Ok(_) => "got the token".to_owned(),
+                Err(error) => format!("refused: {error}"),
+            };
+            std::fs::write(var("TOKD_IT_RESULT"), text).expect("result");
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs root: gives a new process the pid of one that connected and exited (/proc/sys/kernel/ns_last_pid)"]
+async fn a_reused_pid_cannot_stand_in_for_the_process_that_connected() {
+    crate::support::within(async {
+        let sleep = std::fs::canonicalize(which("sleep")).expect("sleep");
+        let mut world = World::prepare(Behaviour::wso2()).await;
+        world
+            .home
+            .write_config(&world.config(&guarded(&format!("[\"exe:{}\"]", sleep.display()))));
+        world.start_tokd().await;
+        let env: std::collections::HashMap<String, String> =
+            world.home.env(&world.bus).into_iter().collect();
+        let socket = std::path::Path::new(&env["XDG_RUNTIME_DIR"]).join("tokd/bus");
+        let dir = tempfile::tempdir().expect("dir");
+        let (go, result) = (dir.path().join("go"), dir.path().join("result"));
+
+        // A connects, hands the connection to C, exits and is reaped.
+        let mut a = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "--exact",
+                "callers::pid_reuse_helper",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env("TOKD_IT_PID_REUSE", "connect")
+            .env("TOKD_IT_SOCKET", &socket)
+            .env("TOKD_IT_GO", &go)
+            .env("TOKD_IT_RESULT", &result)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("A");
+        let a_pid = a.id();
+        assert!(a.wait().expect("A ends").success());
+
+        // B, an allowed program, takes A's pid.
+        let mut b = None;
+        for _ in 0..500 {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (a_pid - 1).to_string())
+                .expect("ns_last_pid (as root)");
+            let mut child = std::process::Command::new(&sleep)
+                .arg("120")
+                .spawn()
+                .expect("sleep");
+            if child.id() == a_pid {
+                b = Some(child);
+                break;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mut b = b.expect("another process took A's pid");
+
+        // C asks over A's connection: A is gone, and B is not A.
+        std::fs::write(&go, "").expect("go");
+        let answer = crate::support::eventually(std::time::Duration::from_secs(30), async || {
+            result.exists()
+        })
+        .await;
+        let _ = b.kill();
+        let _ = b.wait();
+        assert!(answer, "C wrote nothing\n{}", world.log());
+        let text = std::fs::read_to_string(&result).expect("result");
+        assert!(
+            text.starts_with("refused") && text.contains("a process tokd cannot identify"),
+            "{text}\n{}",
+            world.log()
+        );
+    })
+    .await;
+}
