@@ -27,6 +27,9 @@ use zbus::Variant as Value;
 /// 25 s by default); an "Always" given after that still counts for the
 /// next call.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(45);
+/// How many questions about one installation may be shown at once: one
+/// program cannot fill the screen with them.
+const QUESTIONS_AT_ONCE: usize = 3;
 /// How long one call to the notification server may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -65,7 +68,19 @@ impl Ask {
                 .pid
                 .map_or_else(|| caller.to_string(), |pid| pid.to_string()),
         );
-        let pending = lock(&self.pending).entry(key.clone()).or_default().clone();
+        let pending = {
+            let mut all = lock(&self.pending);
+            let asking = all
+                .keys()
+                .filter(|(installation, _)| installation == name)
+                .count();
+            if !all.contains_key(&key) && asking >= QUESTIONS_AT_ONCE {
+                return Answer::NoAnswer(
+                    "it is already asking about other callers of this installation",
+                );
+            }
+            all.entry(key.clone()).or_default().clone()
+        };
         let answer = *pending
             .get_or_init(|| async {
                 // Each call to the server is bounded, and so is the wait

@@ -40,6 +40,16 @@ use zbus::names::UniqueName;
 const CALLER_CACHE: usize = 256;
 /// How long the full identity may take to read.
 const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many full identities are read at once: a read stuck in a sandbox's
+/// FUSE root holds a blocking thread until the file system answers, and
+/// the blocking pool also writes state files.
+const IDENTIFYING_AT_ONCE: usize = 4;
+
+/// The permits for [`IDENTIFYING_AT_ONCE`].
+fn identifying() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| tokio::sync::Semaphore::new(IDENTIFYING_AT_ONCE))
+}
 
 /// How the object learns who calls: the uid check of every method, and
 /// the identity and policy of those that hand out tokens.
@@ -167,7 +177,15 @@ impl Manager {
         self.check_host(connection, header).await?;
         self.broker.status(name).map_err(wire_error)?;
         let rule: crate::callers::Rule = rule.parse().map_err(Error::InvalidArgument)?;
-        Ok(rule.resolved())
+        // Symlinks resolved off the runtime's thread; a path they resolve
+        // to must be a rule too (no control characters).
+        let resolved = tokio::task::spawn_blocking(move || rule.resolved())
+            .await
+            .map_err(|_| Error::InvalidArgument("cannot resolve the rule's path".to_owned()))?;
+        resolved
+            .to_string()
+            .parse()
+            .map_err(|error: String| Error::InvalidArgument(format!("resolved, {error}")))
     }
 
     /// Asks the bus for the uid of `sender`, and remembers it.
@@ -253,9 +271,19 @@ impl Peer {
                 let Some(pidfd) = self.pidfd.clone() else {
                     return Arc::new(Caller::default());
                 };
-                let read = tokio::task::spawn_blocking(move || identity::identify(pidfd.as_fd()));
+                let read = async {
+                    // The permit goes with the blocking read, and comes back
+                    // when the read ends, even if that is after the timeout.
+                    let permit = identifying().acquire().await.ok()?;
+                    tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        identity::identify(pidfd.as_fd())
+                    })
+                    .await
+                    .ok()
+                };
                 match tokio::time::timeout(IDENTIFY_TIMEOUT, read).await {
-                    Ok(Ok(caller)) => Arc::new(caller),
+                    Ok(Some(caller)) => Arc::new(caller),
                     _ => {
                         warn!("a caller's identity took too long to read; taken as unknown");
                         self.light()

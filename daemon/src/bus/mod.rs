@@ -158,7 +158,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<String>, Error> {
-        self.check_host(connection, &header).await?;
+        self.check_caller(connection, &header).await?;
         self.broker.git_remotes(name).map_err(wire_error)
     }
 
@@ -361,7 +361,7 @@ impl Manager {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<(String, String, String)>, Error> {
-        self.check_host(connection, &header).await?;
+        self.check_caller(connection, &header).await?;
         Ok(self.broker.registries())
     }
 

@@ -96,7 +96,39 @@ pub fn identify(pidfd: BorrowedFd<'_>) -> Caller {
     if caller.host == Some(false) {
         caller.flatpak = read_at(&folder, "root/.flatpak-info").and_then(|text| flatpak_app(&text));
     }
+    // tokd in a user namespace of its own (the implicit `PrivateUsers=` of
+    // a hardened systemd user unit) cannot read another process's root
+    // or program; its cgroup it can. systemd puts sandboxes in scopes
+    // named after them, which the sandboxed app cannot rename.
+    if caller.host.is_none()
+        && let Some(cgroup) = &caller.cgroup
+    {
+        let sandbox = sandbox_of_cgroup(cgroup);
+        caller.host = Some(sandbox.is_none());
+        caller.flatpak = sandbox.flatten();
+    }
     caller
+}
+
+/// Whether a cgroup path is a sandbox's scope (a Flatpak app's, a snap's,
+/// a container's): `Some(app id)` for a Flatpak app, `Some(None)` for
+/// another sandbox, `None` for none.
+pub fn sandbox_of_cgroup(path: &str) -> Option<Option<String>> {
+    path.split('/').find_map(|part| {
+        if let Some(rest) = part.strip_prefix("app-flatpak-") {
+            // app-flatpak-org.example.App-1234.scope
+            let app = rest
+                .strip_suffix(".scope")
+                .and_then(|rest| rest.rsplit_once('-'))
+                .map(|(app, _)| app)
+                .filter(|app| valid_app_id(app));
+            return Some(app.map(str::to_owned));
+        }
+        let other = ["snap.", "libpod-", "docker-", "lxc.payload"]
+            .iter()
+            .any(|prefix| part.starts_with(prefix));
+        other.then_some(None)
+    })
 }
 
 /// The pid, cgroup, unit and program of the process `pidfd` refers to:
@@ -280,6 +312,25 @@ mod tests {
         assert_eq!(unit_of_cgroup(hybrid).as_deref(), Some("cron.service"));
         assert_eq!(unit_of_cgroup("0::/\n"), None);
         assert_eq!(unit_of_cgroup("0::/tokd-test/plain\n"), None);
+    }
+
+    #[test]
+    fn a_sandbox_scope_says_which_sandbox() {
+        let scope = "/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.gnome.Evolution-2290.scope";
+        assert_eq!(
+            sandbox_of_cgroup(scope),
+            Some(Some("org.gnome.Evolution".to_owned()))
+        );
+        assert_eq!(
+            sandbox_of_cgroup(
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/snap.firefox.firefox-1.scope"
+            ),
+            Some(None)
+        );
+        assert_eq!(
+            sandbox_of_cgroup("/user.slice/user-1000.slice/session-2.scope"),
+            None
+        );
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl Rule {
 /// Programs that run whatever they are told: a rule naming one names every
 /// program of the user.
 fn runs_anything(exe: &std::path::Path) -> bool {
-    const RUNNERS: [&str; 24] = [
+    const RUNNERS: [&str; 36] = [
         "tokctl",
         "docker-credential-tokd",
         "sh",
@@ -158,10 +158,28 @@ fn runs_anything(exe: &std::path::Path) -> bool {
         "deno",
         "bun",
         "guile",
+        // General D-Bus clients and socket relays: they ask for whoever
+        // runs them.
+        "dbus-send",
+        "busctl",
+        "gdbus",
+        "qdbus",
+        "dbus-run-session",
+        "socat",
+        "nc",
+        "ncat",
+        "netcat",
+        "curl",
+        "wget",
+        "xargs",
     ];
     let Some(name) = exe.file_name().and_then(|name| name.to_str()) else {
         return true;
     };
+    // The dynamic loader runs any program given to it.
+    if name.starts_with("ld-linux") || name.starts_with("ld.so") || name.starts_with("ld-musl") {
+        return true;
+    }
     // python3.11, lua5.4, perl5.36: the version is not the program.
     let stem = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
     RUNNERS.contains(&stem)
@@ -312,7 +330,7 @@ mod tests {
 
     #[test]
     fn remembered_rules_allow_and_ask_is_asked() {
-        let host = caller(Some("session-2.scope"), Some("/usr/bin/curl"), None);
+        let host = caller(Some("session-2.scope"), Some("/usr/bin/evolution"), None);
         assert!(
             Rule::Unit("app.slice".into()).matches(&host),
             "a slice names what is in it"
@@ -323,12 +341,12 @@ mod tests {
         };
         assert_eq!(policy.judge(&host, &[]), Verdict::Ask);
         assert_eq!(
-            policy.judge(&host, &[Rule::Exe("/usr/bin/curl".into())]),
+            policy.judge(&host, &[Rule::Exe("/usr/bin/evolution".into())]),
             Verdict::Allowed
         );
         let sentence = refusal("work", &host);
         assert!(
-            sentence.ends_with("to allow it, run: tokctl allow work exe:/usr/bin/curl"),
+            sentence.ends_with("to allow it, run: tokctl allow work exe:/usr/bin/evolution"),
             "{sentence}"
         );
         let service = caller(Some("backup.service"), Some("/usr/bin/tokctl"), None);
@@ -342,6 +360,8 @@ mod tests {
             "/usr/bin/python3.11",
             "/bin/bash",
             "/usr/bin/env",
+            "/usr/bin/dbus-send",
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
         ] {
             let terminal = caller(Some("session-2.scope"), Some(exe), None);
             assert_eq!(Rule::proposed_for(&terminal), None, "{exe}");

@@ -27,7 +27,14 @@ pub(super) fn policy(
                     format!("installation `{name}`: `callers`: {error}"),
                 )
             })?;
+            // Its symlinks resolved; what they resolve to must be a rule too.
             let rule = rule.resolved();
+            let rule: Rule = rule.to_string().parse().map_err(|error: String| {
+                source.error(
+                    Some(span.clone()),
+                    format!("installation `{name}`: `callers`, resolved: {error}"),
+                )
+            })?;
             if !rules.contains(&rule) {
                 rules.push(rule);
             }

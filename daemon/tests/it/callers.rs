@@ -4,38 +4,30 @@
 use crate::support::{Out, World, tokctl_bin};
 use tokd_testkit::{Behaviour, Desktop, DesktopOptions};
 
-/// `dbus-send` calling GetToken for `name` on the world's bus: a program
-/// other than tokctl that talks to tokd's D-Bus API itself.
-async fn dbus_send_get(world: &World, name: &str) -> Out {
-    run(dbus_send_get_command(world, name)).await
+/// `tokd-caller NAME` (the test kit's): a program of its own, neither
+/// tokctl nor a general-purpose tool, that asks tokd for a token over the
+/// bus as a desktop program would.
+async fn caller_get(world: &World, name: &str) -> Out {
+    run(caller_command(world, name)).await
 }
 
-/// [`dbus_send_get`], started: the test answers the question first.
-fn dbus_send_started(world: &World, name: &str) -> tokio::task::JoinHandle<Out> {
-    tokio::spawn(run(dbus_send_get_command(world, name)))
+/// [`caller_get`], started: the test answers the question first.
+fn caller_started(world: &World, name: &str) -> tokio::task::JoinHandle<Out> {
+    tokio::spawn(run(caller_command(world, name)))
 }
 
-fn dbus_send_get_command(world: &World, name: &str) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new("dbus-send");
+fn caller_command(world: &World, name: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(caller_path());
     command
+        .arg(name)
         .envs(world.home.env(&world.bus))
-        .args([
-            "--session",
-            "--print-reply",
-            "--reply-timeout=60000",
-            "--dest=org.tokd.tokd1",
-            "/org/tokd/tokd1",
-            "org.tokd.tokd1.Manager.GetToken",
-            &format!("string:{name}"),
-            "uint32:60",
-        ])
         .kill_on_drop(true);
     command
 }
 
-fn dbus_send_path() -> String {
-    std::fs::canonicalize(which("dbus-send"))
-        .expect("dbus-send")
+fn caller_path() -> String {
+    std::fs::canonicalize(crate::support::tokd_bin().with_file_name("tokd-caller"))
+        .expect("tokd-caller is built with the workspace")
         .display()
         .to_string()
 }
@@ -69,12 +61,11 @@ async fn a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_fo
         // tokctl is named: it gets the token.
         let token = world.get("guarded").await;
         // dbus-send is not: a refusal that says who, and what allows it.
-        let refused = dbus_send_get(&world, "guarded").await;
+        let refused = caller_get(&world, "guarded").await;
         assert_ne!(refused.status, 0, "{refused:?}");
-        let dbus_send = dbus_send_path();
+        let program = caller_path();
         assert!(
-            refused.stderr.contains("org.tokd.tokd1.Error.AccessDenied")
-                && refused.stderr.contains(&format!("{dbus_send} "))
+            refused.stderr.contains(&format!("{program} "))
                 && refused
                     .stderr
                     .contains("may not get the tokens of `guarded`"),
@@ -84,14 +75,14 @@ async fn a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_fo
             !format!("{refused:?}").contains(&token),
             "a refused caller saw the token"
         );
-        let advice = format!("tokctl allow guarded exe:{dbus_send}");
+        let advice = format!("tokctl allow guarded exe:{program}");
         assert!(refused.stderr.contains(&advice), "{refused:?}");
         // An installation without a policy serves it as before.
-        let open = dbus_send_get(&world, "bot").await;
+        let open = caller_get(&world, "bot").await;
         assert_eq!(open.status, 0, "{open:?}");
 
         let nothing = world
-            .tokctl(&["allow", "bot", &format!("exe:{dbus_send}")])
+            .tokctl(&["allow", "bot", &format!("exe:{program}")])
             .await;
         assert_ne!(nothing.status, 0, "{nothing:?}");
         assert!(
@@ -107,7 +98,7 @@ async fn a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_fo
             allowed.stderr.contains("may now get the tokens of guarded"),
             "{allowed:?}"
         );
-        let got = dbus_send_get(&world, "guarded").await;
+        let got = caller_get(&world, "guarded").await;
         assert_eq!(got.status, 0, "{got:?}\n{}", world.log());
         assert!(got.stdout.contains(&token), "{got:?}");
 
@@ -121,13 +112,13 @@ async fn a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_fo
             "{shown:?}"
         );
         assert!(
-            shown.stdout.contains(&format!("exe:{dbus_send} (allowed;")),
+            shown.stdout.contains(&format!("exe:{program} (allowed;")),
             "{shown:?}"
         );
         assert!(shown.stdout.contains("others: deny"), "{shown:?}");
         assert!(world.tokd().terminate().success());
         world.start_tokd().await;
-        assert_eq!(dbus_send_get(&world, "guarded").await.status, 0);
+        assert_eq!(caller_get(&world, "guarded").await.status, 0);
         world.get("bot").await;
 
         // `tokctl log`: who got which token, never the token.
@@ -135,7 +126,7 @@ async fn a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_fo
         assert_eq!(log.status, 0, "{log:?}");
         assert!(
             log.stdout
-                .contains(&format!(" guarded GetToken {dbus_send} (pid ")),
+                .contains(&format!(" guarded GetToken {program} (pid ")),
             "{log:?}"
         );
         assert!(!log.stdout.contains(" bot "), "only guarded's: {log:?}");
@@ -151,10 +142,10 @@ async fn a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_fo
 
         // Taken back: refused again.
         let taken = world
-            .tokctl(&["disallow", "guarded", &format!("exe:{dbus_send}")])
+            .tokctl(&["disallow", "guarded", &format!("exe:{program}")])
             .await;
         assert_eq!(taken.status, 0, "{taken:?}");
-        assert_ne!(dbus_send_get(&world, "guarded").await.status, 0);
+        assert_ne!(caller_get(&world, "guarded").await.status, 0);
 
         // The config's own list changes with a reload.
         world
@@ -162,7 +153,7 @@ async fn a_caller_the_policy_does_not_name_gets_nothing_until_the_sentence_is_fo
             .write_config(&world.config(&guarded("[\"any\"]")));
         let reloaded = world.tokctl(&["reload"]).await;
         assert_eq!(reloaded.status, 0, "{reloaded:?}");
-        assert_eq!(dbus_send_get(&world, "guarded").await.status, 0);
+        assert_eq!(caller_get(&world, "guarded").await.status, 0);
 
         // At most 64 allowances; the sentence says how to make room.
         for n in 0..64 {
@@ -228,36 +219,36 @@ async fn ask_shows_a_notification_and_the_answer_decides() {
         ));
         let desktop = Desktop::start(&world.bus, DesktopOptions::default()).await;
         world.start_tokd().await;
-        let dbus_send = dbus_send_path();
+        let program = caller_path();
         let questions = |d: &Desktop| d.notifications().into_iter().filter(|n| n.summary.contains("guarded")).collect::<Vec<_>>();
 
         // "Allow once": this call gets the token, the next is asked again.
-        let call = dbus_send_started(&world, "guarded");
+        let call = caller_started(&world, "guarded");
         desktop.until(|d| questions(d).len() == 1).await;
         let question = questions(&desktop).remove(0);
-        assert!(question.body.contains(&dbus_send), "{question:?}");
+        assert!(question.body.contains(&program), "{question:?}");
         assert!(question.actions.contains(&"always".to_owned()), "{question:?}");
         desktop.invoke(question.id, "once").await;
         let once = call.await.expect("dbus-send");
         assert_eq!(once.status, 0, "{once:?}\n{}", world.log());
 
         // "Deny": refused, with the command that would allow it.
-        let call = dbus_send_started(&world, "guarded");
+        let call = caller_started(&world, "guarded");
         desktop.until(|d| questions(d).len() == 2).await;
         desktop.invoke(questions(&desktop)[1].id, "deny").await;
         let denied = call.await.expect("dbus-send");
         assert_ne!(denied.status, 0, "{denied:?}");
-        assert!(denied.stderr.contains(&format!("tokctl allow guarded exe:{dbus_send}")), "{denied:?}");
+        assert!(denied.stderr.contains(&format!("tokctl allow guarded exe:{program}")), "{denied:?}");
 
         // "Always allow": remembered; the next call is not asked.
-        let call = dbus_send_started(&world, "guarded");
+        let call = caller_started(&world, "guarded");
         desktop.until(|d| questions(d).len() == 3).await;
         desktop.invoke(questions(&desktop)[2].id, "always").await;
         assert_eq!(call.await.expect("dbus-send").status, 0);
-        assert_eq!(dbus_send_get(&world, "guarded").await.status, 0);
+        assert_eq!(caller_get(&world, "guarded").await.status, 0);
         assert_eq!(questions(&desktop).len(), 3, "asked again after Always");
         let shown = world.tokctl(&["callers", "guarded"]).await;
-        assert!(shown.stdout.contains(&format!("exe:{dbus_send} (allowed;")), "{shown:?}");
+        assert!(shown.stdout.contains(&format!("exe:{program} (allowed;")), "{shown:?}");
         assert!(shown.stdout.contains("others: ask"), "{shown:?}");
 
         // tokctl outside a unit of its own cannot be told from other
@@ -273,18 +264,18 @@ async fn ask_shows_a_notification_and_the_answer_decides() {
 
         // No notification server: ask refuses, and says why and what to do.
         let taken = world
-            .tokctl(&["disallow", "guarded", &format!("exe:{dbus_send}")])
+            .tokctl(&["disallow", "guarded", &format!("exe:{program}")])
             .await;
         assert_eq!(taken.status, 0, "{taken:?}");
         drop(desktop);
-        let refused = dbus_send_get(&world, "guarded").await;
+        let refused = caller_get(&world, "guarded").await;
         assert_ne!(refused.status, 0, "{refused:?}");
         assert!(refused.stderr.contains("tokd could not ask"), "{refused:?}");
-        let advice = format!("tokctl allow guarded exe:{dbus_send}");
+        let advice = format!("tokctl allow guarded exe:{program}");
         assert!(refused.stderr.contains(&advice), "{refused:?}");
         let words: Vec<&str> = advice.split(' ').skip(1).collect();
         assert_eq!(world.tokctl(&words).await.status, 0);
-        assert_eq!(dbus_send_get(&world, "guarded").await.status, 0);
+        assert_eq!(caller_get(&world, "guarded").await.status, 0);
     })
     .await;
 }
