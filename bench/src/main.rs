@@ -1396,13 +1396,10 @@ fn get_stages(binary: &Path, env: &[(String, String)], runs: u32) -> Fallible<St
          --version` costs too.\n\n| stage | what | median µs |\n|---|---|---|\n"
     );
     let what = |stage: &str| match stage {
-        "runtime" => "tokio's current-thread runtime built (clock, I/O driver)",
         "connect" => "`connect` to `$XDG_RUNTIME_DIR/tokd/bus`",
         "uid check" => "`SO_PEERCRED` against `getuid`",
-        "handshake" => "zbus p2p connection: SASL EXTERNAL, `OK`, `BEGIN`, its reader task",
-        "proxy" => "`ManagerProxy` built (no property cache)",
-        "call" => "`GetToken` sent, tokd's answer read",
-        "teardown" => "connection and runtime dropped",
+        "call" => "`AUTH EXTERNAL`, `BEGIN` and `GetToken` in one write; tokd's `OK` and answer read and decoded",
+        "teardown" => "the socket closed",
         _ => "",
     };
     let mut total = 0.0;

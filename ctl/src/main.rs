@@ -10,6 +10,7 @@ mod add;
 mod callers;
 mod cargo;
 mod complete;
+mod direct;
 mod docker;
 mod exec;
 mod failure;
@@ -21,7 +22,7 @@ mod say;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use failure::{Failure, exit};
-use output::{JsonInstallation, JsonStatus, details, expiry_phrase, format_token, table, to_json};
+use output::{JsonInstallation, JsonStatus, details, expiry_phrase, table, to_json};
 use std::future::Future;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -335,6 +336,11 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    let deadline = Deadline::new(cli.timeout.unwrap_or(DEFAULT_TIMEOUT));
+    let skip_socket = match direct::get(&cli.command, &deadline) {
+        direct::Tried::Done(result) => return finish(result),
+        direct::Tried::Not { skip_socket } => skip_socket,
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -342,7 +348,12 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(&Failure::new(exit::OTHER, error.to_string())),
     };
-    match runtime.block_on(run(cli.command, cli.timeout)) {
+    finish(runtime.block_on(run(cli.command, cli.timeout, deadline, skip_socket)))
+}
+
+/// Prints what a run produced and says how it ended.
+fn finish(result: Result<String, Failure>) -> ExitCode {
+    match result {
         Ok(output) => {
             if !say::out(&output) {
                 // A closed pipe: nothing sensible left to say.
@@ -360,13 +371,19 @@ fn fail(failure: &Failure) -> ExitCode {
 }
 
 /// Runs one command; returns what goes to stdout. Every exchange with
-/// tokd must end within `timeout` (default [`DEFAULT_TIMEOUT`]); only
-/// `login`'s wait for the browser has its own.
-async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Failure> {
+/// tokd must end by `deadline` (`timeout`, default [`DEFAULT_TIMEOUT`],
+/// after the start); only `login`'s wait for the browser has its own.
+/// `skip_socket`: the private socket was found unusable (see
+/// [`direct::get`]).
+async fn run(
+    command: Command,
+    timeout: Option<Duration>,
+    deadline: Deadline,
+    skip_socket: bool,
+) -> Result<String, Failure> {
     if let Command::Completions { shell } = command {
         return Ok(complete::script(shell));
     }
-    let deadline = Deadline::new(timeout.unwrap_or(DEFAULT_TIMEOUT));
     // git's request is read before tokd is asked anything; `store` needs
     // no daemon at all.
     let git_request = match &command {
@@ -397,7 +414,7 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
     // the private socket.
     let waits_for_a_signal = matches!(command, Command::Login { code: None, .. } | Command::Add(_))
         || kube.as_ref().is_some_and(|info| info.interactive);
-    let (_connection, proxy) = manager(&deadline, waits_for_a_signal).await?;
+    let (_connection, proxy) = manager(&deadline, waits_for_a_signal || skip_socket).await?;
     match command {
         Command::Get {
             name,
@@ -408,13 +425,14 @@ async fn run(command: Command, timeout: Option<Duration>) -> Result<String, Fail
             let secs = u32::try_from(min_valid.as_secs()).unwrap_or(u32::MAX);
             let (token, expires_at, token_type, warning) =
                 deadline.bound(proxy.get_token(&name, secs)).await??;
-            if !warning.is_empty() {
-                say::warning(&warning);
-            }
-            Ok(match sasl {
-                Some(user) => output::sasl_response(format, &user, &token),
-                None => format_token(&token, expires_at, &token_type, format, now()),
-            })
+            Ok(output::token(
+                &token,
+                expires_at,
+                &token_type,
+                &warning,
+                format,
+                sasl.as_deref(),
+            ))
         }
         Command::List { json } => {
             let list = deadline.bound(proxy.list()).await??;
@@ -546,7 +564,7 @@ async fn say_none_configured(proxy: &ManagerProxy<'_>, deadline: &Deadline) {
 /// When tokctl gives up on tokd.
 #[derive(Debug)]
 pub(crate) struct Deadline {
-    at: tokio::time::Instant,
+    pub(crate) at: tokio::time::Instant,
     timeout: Duration,
 }
 
@@ -560,15 +578,20 @@ impl Deadline {
 
     /// `work`, or a failure (exit 7) if the deadline passes first.
     pub(crate) async fn bound<T>(&self, work: impl Future<Output = T>) -> Result<T, Failure> {
-        tokio::time::timeout_at(self.at, work).await.map_err(|_| {
-            Failure::new(
-                exit::DAEMON_UNREACHABLE,
-                format!(
-                    "tokd did not answer within {}; it may be stopped or stuck (`systemctl --user status tokd`), or use --timeout to wait longer",
-                    humantime::format_duration(self.timeout)
-                ),
-            )
-        })
+        tokio::time::timeout_at(self.at, work)
+            .await
+            .map_err(|_| self.passed())
+    }
+
+    /// The failure (exit 7) of a deadline that passed.
+    pub(crate) fn passed(&self) -> Failure {
+        Failure::new(
+            exit::DAEMON_UNREACHABLE,
+            format!(
+                "tokd did not answer within {}; it may be stopped or stuck (`systemctl --user status tokd`), or use --timeout to wait longer",
+                humantime::format_duration(self.timeout)
+            ),
+        )
     }
 }
 
@@ -596,7 +619,7 @@ pub(crate) async fn connect(needs_the_bus: bool) -> Result<zbus::Connection, Fai
         && let Some(path) = tokd_shared::private_socket_path()
         // A missing or stale socket (tokd killed) fails here at once.
         && let Ok(stream) = std::os::unix::net::UnixStream::connect(&path)
-        && served_by_this_user(&stream, &path)
+        && direct::served_by_this_user(&stream, &path)
         && stream.set_nonblocking(true).is_ok()
         && let Ok(stream) = tokio::net::UnixStream::from_std(stream)
         && let Ok(Ok(connection)) = tokio::time::timeout(
@@ -618,25 +641,6 @@ pub(crate) async fn connect(needs_the_bus: bool) -> Result<zbus::Connection, Fai
                 format!("cannot reach the session bus ({error}); is DBUS_SESSION_BUS_ADDRESS set?"),
             )
         })
-}
-
-/// Whether the process at the other end of `stream` runs as this user:
-/// nothing is sent to a socket another user put in a runtime folder they
-/// could write to.
-fn served_by_this_user(stream: &std::os::unix::net::UnixStream, path: &std::path::Path) -> bool {
-    let own = rustix::process::getuid();
-    match rustix::net::sockopt::socket_peercred(stream) {
-        Ok(credentials) if credentials.uid == own => true,
-        Ok(credentials) => {
-            say::warning(&format!(
-                "{} is served by uid {}, not by you; not using it (check that $XDG_RUNTIME_DIR is yours and mode 700)",
-                path.display(),
-                credentials.uid.as_raw()
-            ));
-            false
-        }
-        Err(_) => false,
-    }
 }
 
 /// `90`, `90s`, `5m`, `1h 30m`.

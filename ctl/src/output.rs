@@ -8,6 +8,25 @@ use tokd_shared::InstallationInfo;
 use crate::say::one_line;
 pub use tokd_shared::text::span;
 
+/// What `tokctl get` prints for GetToken's answer (its warning, if any,
+/// said on stderr first).
+pub fn token(
+    token: &str,
+    expires_at: i64,
+    token_type: &str,
+    warning: &str,
+    format: Format,
+    sasl_user: Option<&str>,
+) -> String {
+    if !warning.is_empty() {
+        crate::say::warning(warning);
+    }
+    match sasl_user {
+        Some(user) => sasl_response(format, user, token),
+        None => format_token(token, expires_at, token_type, format, crate::now()),
+    }
+}
+
 pub fn format_token(
     token: &str,
     expires_at: i64,

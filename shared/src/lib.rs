@@ -4,6 +4,7 @@
 //! It never depends on the daemon, never speaks HTTP and never reads config:
 //! a client (tokctl, a desktop program) compiles only this.
 
+pub mod direct;
 pub mod socket;
 pub mod text;
 

@@ -1,53 +1,35 @@
 //! What `tokctl get NAME` does between its start and its exit, stage by
 //! stage, with the same crates and the same calls as tokctl
-//! (`ctl/src/main.rs`: `connect`, `served_by_this_user`, the socket of
-//! `tokd_shared::socket`, the proxy, the call): the runtime, the socket's connect, the uid check, the zbus
-//! handshake, the proxy, the call, and the teardown. Prints one line of
-//! JSON, each stage and its time in microseconds in order; tokd-bench runs it many
-//! times and takes the medians. Linked as tokctl is (glibc static) by
-//! `bench/run`.
+//! (`ctl/src/direct.rs`: the private socket's connect, the uid check of
+//! `served_by_this_user`, then `tokd_shared::direct::get_token`, which
+//! sends the handshake and the call in one write and reads the answer).
+//! Prints one line of JSON, each stage and its time in microseconds in
+//! order; tokd-bench runs it many times and takes the medians. Linked as
+//! tokctl is (glibc static) by `bench/run`.
 //!
 //! Usage: `get-stages NAME` with tokctl's environment (XDG_RUNTIME_DIR).
 
-use std::time::Instant;
-use tokd_shared::ManagerProxy;
+use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     let name = std::env::args().nth(1).unwrap_or_else(|| "bench".into());
     let mut marks: Vec<(&str, Instant)> = Vec::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    marks.push(("runtime", Instant::now()));
     let path = tokd_shared::private_socket_path().ok_or("XDG_RUNTIME_DIR is not set")?;
-    let stream = std::os::unix::net::UnixStream::connect(&path)?;
+    let mut stream = std::os::unix::net::UnixStream::connect(&path)?;
     marks.push(("connect", Instant::now()));
     let credentials = rustix::net::sockopt::socket_peercred(&stream)?;
-    if credentials.uid != rustix::process::getuid() {
+    let uid = rustix::process::getuid();
+    if credentials.uid != uid {
         return Err("the socket is another user's".into());
     }
     marks.push(("uid check", Instant::now()));
-    let token = runtime.block_on(async {
-        stream.set_nonblocking(true)?;
-        let stream = tokio::net::UnixStream::from_std(stream)?;
-        let connection = zbus::connection::Builder::socket(tokd_shared::socket::NoFdSocket(stream))
-            .p2p()
-            .build()
-            .await?;
-        marks.push(("handshake", Instant::now()));
-        let proxy = ManagerProxy::builder(&connection)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await?;
-        marks.push(("proxy", Instant::now()));
-        let (token, _, _, _) = proxy.get_token(&name, 60).await?;
-        marks.push(("call", Instant::now()));
-        drop(proxy);
-        drop(connection);
-        Ok::<_, Box<dyn std::error::Error>>(token)
-    })?;
-    drop(runtime);
+    let within = Instant::now() + Duration::from_secs(60);
+    let (token, _, _, _) =
+        tokd_shared::direct::get_token(&mut stream, uid.as_raw(), &name, 60, within, within)
+            .map_err(|unanswered| format!("{unanswered:?}"))??;
+    marks.push(("call", Instant::now()));
+    drop(stream);
     marks.push(("teardown", Instant::now()));
     if token.is_empty() {
         return Err("an empty token".into());

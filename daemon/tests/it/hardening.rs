@@ -344,6 +344,7 @@ async fn tokctl_sends_nothing_to_a_socket_another_user_serves() {
         assert!(done.stderr.contains("served by uid 65534"), "{done:?}");
         let get = world.tokctl(&["get", "m"]).await;
         assert_eq!(get.status, 0, "{get:?}");
+        assert_eq!(get.stderr.matches("served by uid").count(), 1, "{get:?}");
         assert!(world.emulator.access_token_is_valid(get.stdout.trim()));
         let _ = squatter.kill().await;
         let received = std::fs::read(&record).expect("record");

@@ -98,6 +98,13 @@ async fn without_a_live_socket_tokctl_falls_back_to_the_bus() {
         drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
         assert!(path.exists());
         assert_eq!(world.get("bot").await, token);
+        // A socket that takes the connection and never finishes the
+        // handshake (a stopped tokd): the bus answers once the handshake's
+        // time is up, and the call sent with the handshake is not answered
+        // twice.
+        std::fs::remove_file(&path).expect("remove the stale socket");
+        let _stuck = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        assert_eq!(world.get("bot").await, token);
     })
     .await;
 }
