@@ -26,7 +26,6 @@ use crate::broker::Broker;
 use crate::callers::identity::{self, Caller};
 use crate::sync::lock;
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokd_shared::Error;
@@ -211,7 +210,7 @@ impl Manager {
 /// One calling process: its pidfd, and what was read of it.
 #[derive(Debug)]
 pub struct Peer {
-    pidfd: Option<Arc<OwnedFd>>,
+    process: Option<Arc<identity::Process>>,
     light: std::sync::OnceLock<Arc<Caller>>,
     full: tokio::sync::OnceCell<Arc<Caller>>,
 }
@@ -220,27 +219,28 @@ impl Peer {
     /// Takes the connecting process's pidfd from an accepted socket.
     pub fn of(stream: &tokio::net::UnixStream) -> Self {
         use nix::errno::Errno;
-        let pidfd = match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd)
+        // The pid taken at connect: with SO_PEERPIDFD, the same process's.
+        let pid = stream
+            .peer_cred()
+            .ok()
+            .and_then(|credentials| credentials.pid())
+            .and_then(|pid| u32::try_from(pid).ok());
+        let process = match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd)
         {
-            Ok(pidfd) => Some(pidfd),
+            Ok(pidfd) => identity::Process::new(pidfd, pid),
             // A kernel without SO_PEERPIDFD (before 6.5): the pid taken
             // at connect, opened now (racy; the README says so).
-            Err(Errno::ENOPROTOOPT | Errno::EINVAL) => stream
-                .peer_cred()
-                .ok()
-                .and_then(|credentials| credentials.pid())
-                .and_then(|pid| u32::try_from(pid).ok())
-                .and_then(identity::pidfd_of_pid),
+            Err(Errno::ENOPROTOOPT | Errno::EINVAL) => pid.and_then(identity::Process::of_pid),
             // The process that connected is gone (ESRCH): nobody. Its pid
             // may already be another process's.
             Err(_) => None,
         };
-        Self::with(pidfd)
+        Self::with(process)
     }
 
-    fn with(pidfd: Option<OwnedFd>) -> Self {
+    fn with(process: Option<identity::Process>) -> Self {
         Self {
-            pidfd: pidfd.map(Arc::new),
+            process: process.map(Arc::new),
             light: std::sync::OnceLock::new(),
             full: tokio::sync::OnceCell::new(),
         }
@@ -254,9 +254,9 @@ impl Peer {
         self.light
             .get_or_init(|| {
                 Arc::new(
-                    self.pidfd
-                        .as_ref()
-                        .map_or_else(Caller::default, |fd| identity::identify_light(fd.as_fd())),
+                    self.process
+                        .as_deref()
+                        .map_or_else(Caller::default, identity::identify_light),
                 )
             })
             .clone()
@@ -268,7 +268,7 @@ impl Peer {
     pub async fn full(&self) -> Arc<Caller> {
         self.full
             .get_or_init(|| async {
-                let Some(pidfd) = self.pidfd.clone() else {
+                let Some(process) = self.process.clone() else {
                     return Arc::new(Caller::default());
                 };
                 let read = async {
@@ -277,7 +277,7 @@ impl Peer {
                     let permit = identifying().acquire().await.ok()?;
                     tokio::task::spawn_blocking(move || {
                         let _permit = permit;
-                        identity::identify(pidfd.as_fd())
+                        identity::identify(&process)
                     })
                     .await
                     .ok()
@@ -313,7 +313,7 @@ impl BusCallers {
         if let Some(known) = lock(&self.known).get(sender.as_str()) {
             return Some(known.clone());
         }
-        let peer = Arc::new(Peer::with(Some(pidfd_of_sender(proxy, sender).await?)));
+        let peer = Arc::new(Peer::with(Some(process_of_sender(proxy, sender).await?)));
         let mut known = lock(&self.known);
         if known.len() >= CALLER_CACHE {
             known.clear();
@@ -323,10 +323,10 @@ impl BusCallers {
     }
 }
 
-async fn pidfd_of_sender(
+async fn process_of_sender(
     proxy: &zbus::fdo::DBusProxy<'static>,
     sender: &UniqueName<'_>,
-) -> Option<OwnedFd> {
+) -> Option<identity::Process> {
     let credentials = proxy
         .get_connection_credentials(sender.clone().into())
         .await
@@ -334,9 +334,10 @@ async fn pidfd_of_sender(
         .ok()?;
     let pid = credentials.process_id();
     if let Some(pidfd) = credentials.into_process_fd() {
-        return Some(pidfd.into());
+        // Its pid read from the pidfd itself, once per sender.
+        return identity::Process::new(pidfd.into(), None);
     }
-    let pidfd = identity::pidfd_of_pid(pid?)?;
+    let process = identity::Process::of_pid(pid?)?;
     // The pid was read before the pidfd was opened: ask again, so that a
     // sender gone (and its pid reused) in between is not taken for the
     // new process.
@@ -344,7 +345,7 @@ async fn pidfd_of_sender(
         .get_connection_unix_process_id(sender.clone().into())
         .await
         .ok()?;
-    (Some(again) == pid).then_some(pidfd)
+    (Some(again) == pid).then_some(process)
 }
 
 /// The bus proxy a [`BusCallers`] asks, built on first use.

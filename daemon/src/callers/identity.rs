@@ -1,11 +1,15 @@
 //! Who is calling: a process's systemd unit, executable and Flatpak app,
 //! read through a pidfd so that a recycled pid cannot stand in for it.
 //!
-//! The recipe: from the pidfd, the pid (`/proc/self/fdinfo/FD`); open
-//! `/proc/PID` as a folder; read the pidfd's pid again. A pid is reused
-//! only after its process is reaped, and the pidfd's pid reads -1 from
-//! then on: if it still reads PID, the folder opened is this process's,
-//! and every later read through it fails rather than reach another.
+//! The recipe: the pidfd's pid (given with the pidfd by the kernel, as
+//! `SO_PEERCRED` and `SO_PEERPIDFD` of one socket are, else read from
+//! `/proc/self/fdinfo/FD`); open `/proc/PID` as a folder; then check that
+//! the pidfd's process still holds PID. A pid is reused only after its
+//! process is reaped: if the process is still running (its pidfd not
+//! readable), it was running when the folder was opened; if it has
+//! exited, the pidfd's pid reads -1 once it is reaped. Either way, when
+//! the check passes, the folder opened is this process's, and every later
+//! read through it fails rather than reach another.
 
 use rustix::fs::{Mode, OFlags};
 use std::fmt;
@@ -88,8 +92,8 @@ const MAX_READ: u64 = 64 * 1024;
 /// Never fails: what cannot be read stays `None`. It reads through the
 /// process's root, which a sandbox may serve from a FUSE file system that
 /// never answers: callers run it on a blocking thread with a timeout.
-pub fn identify(pidfd: BorrowedFd<'_>) -> Caller {
-    let Some((folder, mut caller)) = open_and_read(pidfd) else {
+pub fn identify(process: &Process) -> Caller {
+    let Some((folder, mut caller)) = open_and_read(process) else {
         return Caller::default();
     };
     caller.host = same_root(&folder);
@@ -134,12 +138,57 @@ pub fn sandbox_of_cgroup(path: &str) -> Option<Option<String>> {
 /// The pid, cgroup, unit and program of the process `pidfd` refers to:
 /// procfs only, nothing read through the process's own files, so it
 /// cannot be made to wait.
-pub fn identify_light(pidfd: BorrowedFd<'_>) -> Caller {
-    open_and_read(pidfd).map_or_else(Caller::default, |(_, caller)| caller)
+pub fn identify_light(process: &Process) -> Caller {
+    open_and_read(process).map_or_else(Caller::default, |(_, caller)| caller)
 }
 
-fn open_and_read(pidfd: BorrowedFd<'_>) -> Option<(OwnedFd, Caller)> {
-    let pid = pid_of(pidfd)?;
+/// A process held by its pidfd, and its pid.
+#[derive(Debug)]
+pub struct Process {
+    pidfd: OwnedFd,
+    pid: u32,
+}
+
+impl Process {
+    /// `pid`: the pidfd's pid where the kernel handed both over together
+    /// (`SO_PEERCRED` and `SO_PEERPIDFD` of one socket: the same process
+    /// by construction); `None` reads it from the pidfd. `None` when the
+    /// process has been reaped (or lives in a pid namespace tokd cannot
+    /// see into).
+    pub fn new(pidfd: OwnedFd, pid: Option<u32>) -> Option<Self> {
+        let pid = match pid.filter(|pid| *pid > 0) {
+            Some(pid) => pid,
+            None => pid_of(pidfd.as_fd())?,
+        };
+        Some(Self { pidfd, pid })
+    }
+
+    /// A process known by its pid only: racy (the pid may have been
+    /// reused before the call), which is why callers prefer a pidfd the
+    /// kernel or the bus hands over.
+    pub fn of_pid(pid: u32) -> Option<Self> {
+        let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+        let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+        Some(Self { pidfd, pid })
+    }
+
+    /// Whether the process still holds its pid (see the module's comment).
+    fn holds_its_pid(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // Not readable: still running (one call, where reading the pid
+        // back from procfs costs three and a formatted file).
+        let running = poll(&mut fds, Some(&zero)) == Ok(0);
+        running || pid_of(self.pidfd.as_fd()) == Some(self.pid)
+    }
+}
+
+fn open_and_read(process: &Process) -> Option<(OwnedFd, Caller)> {
+    let pid = process.pid;
     let folder = rustix::fs::open(
         format!("/proc/{pid}"),
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -147,7 +196,7 @@ fn open_and_read(pidfd: BorrowedFd<'_>) -> Option<(OwnedFd, Caller)> {
     )
     .ok()?;
     // Still this process (see the module's comment)?
-    if pid_of(pidfd) != Some(pid) {
+    if !process.holds_its_pid() {
         return None;
     }
     let cgroup = read_at(&folder, "cgroup").and_then(|text| cgroup_path(&text));
@@ -214,17 +263,9 @@ fn read_at(folder: &OwnedFd, path: &str) -> Option<String> {
     Some(text)
 }
 
-/// A pidfd for a process known by its pid only: racy (the pid may have
-/// been reused before the call), which is why callers prefer one the
-/// kernel or the bus hands over.
-pub fn pidfd_of_pid(pid: u32) -> Option<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
-    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
-}
-
-/// Identifies a process by pid alone (see [`pidfd_of_pid`]).
+/// Identifies a process by pid alone (see [`Process::of_pid`]).
 pub fn identify_pid(pid: u32) -> Caller {
-    pidfd_of_pid(pid).map_or_else(Caller::default, |fd| identify(fd.as_fd()))
+    Process::of_pid(pid).map_or_else(Caller::default, |process| identify(&process))
 }
 
 /// The systemd path of a `/proc/PID/cgroup`: the unified hierarchy's
@@ -362,9 +403,32 @@ mod tests {
         let mut child = std::process::Command::new("true")
             .spawn()
             .expect("true runs");
-        let pidfd = pidfd_of_pid(child.id()).expect("a pidfd of a live or zombie child");
+        let process = Process::of_pid(child.id()).expect("a pidfd of a live or zombie child");
         child.wait().expect("reaped");
-        assert_eq!(identify(pidfd.as_fd()), Caller::default());
+        assert_eq!(identify(&process), Caller::default());
+        // Its pidfd says so whether or not its pid is given.
+        let again = Process::of_pid(std::process::id()).expect("this process");
+        let reaped = Process::new(process.pidfd, None);
+        assert!(reaped.is_none());
+        assert!(again.holds_its_pid());
+    }
+
+    #[test]
+    fn an_exited_process_not_yet_reaped_still_holds_its_pid() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("true runs");
+        let process = Process::of_pid(child.id()).expect("a pidfd");
+        // Exited (its pidfd readable) but not reaped: a zombie keeps its pid.
+        let mut fds = [rustix::event::PollFd::new(
+            &process.pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut fds, None).expect("poll");
+        assert!(process.holds_its_pid());
+        assert_eq!(identify(&process).pid, Some(child.id()));
+        child.wait().expect("reaped");
+        assert!(!process.holds_its_pid());
     }
 
     #[test]
