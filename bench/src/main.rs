@@ -1480,6 +1480,7 @@ async fn memory_section(
         )
     };
     out.push_str(&row("tokd, one installation, idle", &idle));
+    let layout = code_layout(&bin.tokd);
     match &pizauth {
         Some(pizauth) => {
             out.push_str(&row("pizauth server, one account, idle", pizauth));
@@ -1503,6 +1504,7 @@ async fn memory_section(
             });
         }
     }
+    writeln!(out, "\n{layout}")?;
     // The burst of section 3, on this fresh tokd.
     burst(bin, &world, plan, &mut Vec::new())?;
     let right_after = Memory::of(pid)?;
@@ -1541,6 +1543,41 @@ async fn memory_section(
         met: after.anon <= idle.anon + 2 * 1024,
     });
     Ok(out)
+}
+
+/// How much of `daemon/tokd.order` (the functions tokd runs until it
+/// idles, which the linker places first) this tokd's build found: names
+/// carry hashes of the compiler and the locked dependencies, so after
+/// either changes the file is stale until `bench/order` writes it anew.
+fn code_layout(tokd: &Path) -> String {
+    let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/tokd.order");
+    let Ok(listed) = std::fs::read_to_string(&order) else {
+        return "tokd's code is not laid out by an order file (`daemon/tokd.order` is missing).".into();
+    };
+    let listed: std::collections::HashSet<&str> = listed.lines().collect();
+    let defined = Command::new("nm")
+        .arg("--defined-only")
+        .arg(tokd)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    let found = defined
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .filter(|name| listed.contains(name))
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let verdict = if found * 10 >= listed.len() * 9 {
+        "current"
+    } else {
+        "**stale**: run `bench/order` and commit the file"
+    };
+    format!(
+        "tokd's code is laid out by `daemon/tokd.order` (the functions it runs from its start \
+         until it idles, placed first by the linker; `daemon/build.rs`): {found} of its {} \
+         names are in this build ({verdict}).",
+        listed.len()
+    )
 }
 
 /// `pizauth server` in the foreground with a one-account config pointing
