@@ -785,34 +785,30 @@ fn process_latency(
         out,
         "tokd's own CPU time per `tokctl get` ({runs} runs in a row, `/proc/PID/stat`): \
          {p2p_cpu:.0} µs over the private socket, {bus_cpu:.0} µs over the bus. A \
-         `tokctl get` makes two round trips to tokd over the socket, each waking \
-         the other process: the handshake (zbus sends the call only after the \
-         server's `OK`) and the call. Over the bus there are three, each through \
-         dbus-daemon (handshake, `Hello`, the call, which dbus-daemon passes on \
-         to tokd and back).\n"
+         `tokctl get` makes one round trip to tokd over the socket: the \
+         handshake and the call go in one write, and tokd answers `OK` and then \
+         the reply (`tokd_shared::direct`). Over the bus there are three, each \
+         through dbus-daemon (handshake, `Hello`, the call, which dbus-daemon \
+         passes on to tokd and back).\n"
     )?;
     if tokctl > 1.5 * cat || tokctl > 0.75 * bare {
         let shared = median_of("bare zbus client, session bus, glibc shared");
         writeln!(
             out,
             "\n### Why `tokctl get` misses a target here\n\n\
-             Not by its own work: it runs about as many user-space instructions as \
-             the bare client (above), a few hundred thousand, a tenth of a \
-             millisecond. The rest is the socket: two round trips, each a wakeup \
-             of tokd, and tokd's {p2p_cpu:.0} µs of CPU per connection (accept, \
-             the uid check, a new zbus server connection with its object server, \
-             the handshake, the call, the hang-up) against {bus_cpu:.0} µs per call \
-             over the bus, where the connection already exists. The profile of a \
-             loop of gets (`tokd-bench --hold`, then `perf record -p` on tokd) is \
-             mostly kernel: accept, epoll, send, receive, close; tokd's own \
-             functions do not show. Closing the gap needs the call sent with the \
-             handshake (zbus waits for the server's `OK` first) or a cheaper \
-             server-side connection in zbus; both are changes to zbus. Statically \
-             linking glibc into tokctl (done) removed the dynamic loader's work, \
-             the largest part; a non-PIE build would save a few more page faults \
-             but gives up address-space randomisation, so it is not done. Against \
-             the bare client as a plain `cargo build` links it ({shared:.2} ms), \
-             tokctl is at {:.2}×.\n",
+             Not by its own work: it runs a few hundred thousand user-space \
+             instructions (above), a tenth of a millisecond. The rest is the \
+             socket: one round trip, in which tokd does {p2p_cpu:.0} µs of work \
+             for the connection (accept, the uid check and the caller's pidfd, a \
+             new zbus server connection with its object server, the handshake, \
+             the caller's identity for the record of deliveries, the call, the \
+             hang-up), against {bus_cpu:.0} µs per call over the bus, where the \
+             connection already exists. The profile of a loop of gets \
+             (`tokd-bench --hold`, then `perf record -p` on tokd) is mostly \
+             kernel: accept, epoll, send, receive, close, procfs. Going further \
+             needs a cheaper server-side connection in zbus. Against the bare \
+             client as a plain `cargo build` links it ({shared:.2} ms), tokctl \
+             is at {:.2}×.\n",
             tokctl / shared
         )?;
     }
