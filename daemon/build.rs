@@ -17,7 +17,9 @@ fn main() {
     println!("cargo::rerun-if-env-changed=TOKD_NO_ORDER");
     let env = |name: &str| std::env::var(name).unwrap_or_default();
     let flags = env("CARGO_ENCODED_RUSTFLAGS");
-    let linker_chosen = ["linker", "fuse-ld"].iter().any(|word| flags.contains(word))
+    let linker_chosen = ["linker", "fuse-ld"]
+        .iter()
+        .any(|word| flags.contains(word))
         || std::env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some();
     if env("PROFILE") != "release"
         || env("TARGET") != "x86_64-unknown-linux-gnu"

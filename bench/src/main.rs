@@ -1394,7 +1394,9 @@ fn get_stages(binary: &Path, env: &[(String, String)], runs: u32) -> Fallible<St
     let what = |stage: &str| match stage {
         "connect" => "`connect` to `$XDG_RUNTIME_DIR/tokd/bus`",
         "uid check" => "`SO_PEERCRED` against `getuid`",
-        "call" => "`AUTH EXTERNAL`, `BEGIN` and `GetToken` in one write; tokd's `OK` and answer read and decoded",
+        "call" => {
+            "`AUTH EXTERNAL`, `BEGIN` and `GetToken` in one write; tokd's `OK` and answer read and decoded"
+        }
         "teardown" => "the socket closed",
         _ => "",
     };
@@ -1548,7 +1550,8 @@ async fn memory_section(
 fn code_layout(tokd: &Path) -> String {
     let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/tokd.order");
     let Ok(listed) = std::fs::read_to_string(&order) else {
-        return "tokd's code is not laid out by an order file (`daemon/tokd.order` is missing).".into();
+        return "tokd's code is not laid out by an order file (`daemon/tokd.order` is missing)."
+            .into();
     };
     let listed: std::collections::HashSet<&str> = listed.lines().collect();
     let defined = Command::new("nm")

@@ -332,7 +332,8 @@ mod tests {
                 )
             });
             assert!(
-                peer.before_answering.starts_with(b"\0AUTH EXTERNAL 31303030\r\nBEGIN\r\n"),
+                peer.before_answering
+                    .starts_with(b"\0AUTH EXTERNAL 31303030\r\nBEGIN\r\n"),
                 "{:?}",
                 String::from_utf8_lossy(&peer.before_answering)
             );
@@ -350,10 +351,14 @@ mod tests {
             peer.send(first);
             peer.send(second);
         });
-        let (token, expires_at, token_type, warning) =
-            answer.expect("an answer").expect("a token");
+        let (token, expires_at, token_type, warning) = answer.expect("an answer").expect("a token");
         assert_eq!(
-            (token.as_str(), expires_at, token_type.as_str(), warning.as_str()),
+            (
+                token.as_str(),
+                expires_at,
+                token_type.as_str(),
+                warning.as_str()
+            ),
             ("the-token", 5, "bearer", "")
         );
     }
@@ -384,7 +389,10 @@ mod tests {
             peer.read_call(|_| ());
             peer.send(b"REJECTED EXTERNAL\r\n");
         });
-        assert!(matches!(refused, Err(Unanswered::Handshake(_))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(Unanswered::Handshake(_))),
+            "{refused:?}"
+        );
         // Silence until the handshake's time is up (the peer waits for
         // the client to hang up).
         let silent = against(Duration::from_millis(1), LONG, |peer| {
@@ -392,7 +400,10 @@ mod tests {
             let mut rest = Vec::new();
             let _ = peer.stream.read_to_end(&mut rest);
         });
-        assert!(matches!(silent, Err(Unanswered::Handshake(_))), "{silent:?}");
+        assert!(
+            matches!(silent, Err(Unanswered::Handshake(_))),
+            "{silent:?}"
+        );
     }
 
     #[test]

@@ -225,16 +225,16 @@ impl Peer {
             .ok()
             .and_then(|credentials| credentials.pid())
             .and_then(|pid| u32::try_from(pid).ok());
-        let process = match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd)
-        {
-            Ok(pidfd) => identity::Process::new(pidfd, pid),
-            // A kernel without SO_PEERPIDFD (before 6.5): the pid taken
-            // at connect, opened now (racy; the README says so).
-            Err(Errno::ENOPROTOOPT | Errno::EINVAL) => pid.and_then(identity::Process::of_pid),
-            // The process that connected is gone (ESRCH): nobody. Its pid
-            // may already be another process's.
-            Err(_) => None,
-        };
+        let process =
+            match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd) {
+                Ok(pidfd) => identity::Process::new(pidfd, pid),
+                // A kernel without SO_PEERPIDFD (before 6.5): the pid taken
+                // at connect, opened now (racy; the README says so).
+                Err(Errno::ENOPROTOOPT | Errno::EINVAL) => pid.and_then(identity::Process::of_pid),
+                // The process that connected is gone (ESRCH): nobody. Its pid
+                // may already be another process's.
+                Err(_) => None,
+            };
         Self::with(process)
     }
 
