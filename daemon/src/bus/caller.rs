@@ -216,15 +216,12 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Takes the connecting process's pidfd from an accepted socket.
-    pub fn of(stream: &tokio::net::UnixStream) -> Self {
+    /// Takes the connecting process's pidfd from an accepted socket;
+    /// `pid` is its `SO_PEERCRED` pid (taken at connect: with
+    /// `SO_PEERPIDFD`, the same process's).
+    pub fn of(stream: &tokio::net::UnixStream, pid: Option<i32>) -> Self {
         use nix::errno::Errno;
-        // The pid taken at connect: with SO_PEERPIDFD, the same process's.
-        let pid = stream
-            .peer_cred()
-            .ok()
-            .and_then(|credentials| credentials.pid())
-            .and_then(|pid| u32::try_from(pid).ok());
+        let pid = pid.and_then(|pid| u32::try_from(pid).ok());
         let process =
             match nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd) {
                 Ok(pidfd) => identity::Process::new(pidfd, pid),

@@ -151,8 +151,8 @@ async fn accept_peers(
                 continue;
             }
         };
-        let uid = match stream.peer_cred() {
-            Ok(credentials) => credentials.uid(),
+        let (uid, pid) = match stream.peer_cred() {
+            Ok(credentials) => (credentials.uid(), credentials.pid()),
             Err(error) => {
                 warn!(%error, "cannot read a private-socket peer's credentials; refused");
                 continue;
@@ -165,7 +165,7 @@ async fn accept_peers(
             );
             continue;
         }
-        let peer = super::caller::Peer::of(&stream);
+        let peer = super::caller::Peer::of(&stream, pid);
         tasks.spawn_until_stopped(serve_peer(
             stream,
             peer,
