@@ -40,16 +40,21 @@ pub(crate) fn get(command: &Command, deadline: &Deadline) -> Tried {
     let Some(path) = tokd_shared::private_socket_path() else {
         return Tried::Not { skip_socket: false };
     };
-    // A missing or stale socket (tokd killed) fails here at once.
-    let Ok(mut stream) = UnixStream::connect(&path) else {
-        return Tried::Not { skip_socket: false };
+    // A missing or stale socket (tokd killed) fails here at once; a full
+    // queue (a stopped tokd's, a squatter's) once the handshake's time is up.
+    let deadline_at = deadline.at.into_std();
+    let handshake_by = (Instant::now() + SOCKET_HANDSHAKE).min(deadline_at);
+    let mut stream = match connect(&path, handshake_by) {
+        Ok(stream) => stream,
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+            return Tried::Not { skip_socket: true };
+        }
+        Err(_) => return Tried::Not { skip_socket: false },
     };
     if !served_by_this_user(&stream, &path) {
         return Tried::Not { skip_socket: true };
     }
     let secs = u32::try_from(min_valid.as_secs()).unwrap_or(u32::MAX);
-    let deadline_at = deadline.at.into_std();
-    let handshake_by = (Instant::now() + SOCKET_HANDSHAKE).min(deadline_at);
     let uid = rustix::process::getuid().as_raw();
     match tokd_shared::direct::get_token(&mut stream, uid, name, secs, handshake_by, deadline_at) {
         Ok(Ok((token, expires_at, token_type, warning))) => Tried::Done(Ok(output::token(
@@ -67,6 +72,28 @@ pub(crate) fn get(command: &Command, deadline: &Deadline) -> Tried {
         }
         Err(Unanswered::Handshake(_)) => Tried::Not { skip_socket: true },
     }
+}
+
+/// Connects to the socket at `path`, waiting at most until `by` for a
+/// place in its listener's queue (a full queue would keep `connect`
+/// waiting for ever; a timeout is `WouldBlock`).
+pub(crate) fn connect(path: &Path, by: Instant) -> std::io::Result<UnixStream> {
+    use rustix::net::sockopt::{Timeout, set_socket_timeout};
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let within = by
+        .saturating_duration_since(Instant::now())
+        .max(std::time::Duration::from_millis(1));
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // The send timeout bounds the wait in connect too.
+    set_socket_timeout(&socket, Timeout::Send, Some(within))?;
+    rustix::net::connect(&socket, &SocketAddrUnix::new(path)?)?;
+    set_socket_timeout(&socket, Timeout::Send, None)?;
+    Ok(UnixStream::from(socket))
 }
 
 /// Whether the process at the other end of `stream` runs as this user:

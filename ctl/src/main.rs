@@ -618,7 +618,7 @@ pub(crate) async fn connect(needs_the_bus: bool) -> Result<zbus::Connection, Fai
     if !needs_the_bus
         && let Some(path) = tokd_shared::private_socket_path()
         // A missing or stale socket (tokd killed) fails here at once.
-        && let Ok(stream) = std::os::unix::net::UnixStream::connect(&path)
+        && let Ok(stream) = direct::connect(&path, std::time::Instant::now() + SOCKET_HANDSHAKE)
         && direct::served_by_this_user(&stream, &path)
         && stream.set_nonblocking(true).is_ok()
         && let Ok(stream) = tokio::net::UnixStream::from_std(stream)

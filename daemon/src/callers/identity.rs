@@ -2,8 +2,9 @@
 //! read through a pidfd so that a recycled pid cannot stand in for it.
 //!
 //! The recipe: the pidfd's pid (given with the pidfd by the kernel, as
-//! `SO_PEERCRED` and `SO_PEERPIDFD` of one socket are, else read from
-//! `/proc/self/fdinfo/FD`); open `/proc/PID` as a folder; then check that
+//! `SO_PEERCRED` and `SO_PEERPIDFD` of one socket are, when `/proc` is of
+//! tokd's own pid namespace; else read from `/proc/self/fdinfo/FD`, which
+//! gives it as `/proc` names it); open `/proc/PID` as a folder; then check that
 //! the pidfd's process still holds PID. A pid is reused only after its
 //! process is reaped: if the process is still running (its pidfd not
 //! readable), it was running when the folder was opened; if it has
@@ -156,7 +157,9 @@ impl Process {
     /// process has been reaped (or lives in a pid namespace tokd cannot
     /// see into).
     pub fn new(pidfd: OwnedFd, pid: Option<u32>) -> Option<Self> {
-        let pid = match pid.filter(|pid| *pid > 0) {
+        // Pids the kernel hands tokd are in tokd's pid namespace; `/proc`
+        // may be another's (see `proc_is_ours`): then the pidfd says.
+        let pid = match pid.filter(|pid| *pid > 0 && proc_is_ours()) {
             Some(pid) => pid,
             None => pid_of(pidfd.as_fd())?,
         };
@@ -169,7 +172,7 @@ impl Process {
     pub fn of_pid(pid: u32) -> Option<Self> {
         let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
         let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
-        Some(Self { pidfd, pid })
+        Self::new(pidfd, Some(pid))
     }
 
     /// Whether the process still holds its pid (see the module's comment).
@@ -185,6 +188,21 @@ impl Process {
         let running = poll(&mut fds, Some(&zero)) == Ok(0);
         running || pid_of(self.pidfd.as_fd()) == Some(self.pid)
     }
+}
+
+/// Whether `/proc` shows tokd's own pid namespace, so that a pid the
+/// kernel hands tokd (`SO_PEERCRED`'s, `pidfd_open`'s) names the same
+/// process under `/proc`. Not so when tokd runs in a pid namespace of its
+/// own under a `/proc` mounted for another (`unshare -p` without
+/// `--mount-proc`): `/proc/self` then reads tokd's pid out there.
+fn proc_is_ours() -> bool {
+    static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OURS.get_or_init(|| {
+        std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|link| link.to_str()?.parse::<u32>().ok())
+            == Some(std::process::id())
+    })
 }
 
 fn open_and_read(process: &Process) -> Option<(OwnedFd, Caller)> {

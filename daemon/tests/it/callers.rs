@@ -618,3 +618,49 @@ async fn a_reused_pid_cannot_stand_in_for_the_process_that_connected() {
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs root: runs tokd in a pid namespace of its own (unshare --pid) under the host's /proc, and a caller in it (nsenter)"]
+async fn a_tokd_in_a_pid_namespace_of_its_own_identifies_callers_as_proc_names_them() {
+    crate::support::within(async {
+        let caller = caller_path();
+        let mut world = World::prepare(Behaviour::wso2()).await;
+        world
+            .home
+            .write_config(&world.config(&guarded(&format!("[\"exe:{caller}\"]"))));
+        // /proc stays the host's: tokd's pids and /proc's differ.
+        world
+            .restart_tokd_wrapped(&["unshare", "--pid", "--fork", "--kill-child", "--"])
+            .await;
+        let outer = world.tokd().pid();
+        let children = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+            .expect("unshare's children");
+        let tokd = children.split_whitespace().next().expect("tokd").to_owned();
+        let env: Vec<(String, String)> = world.home.env(&world.bus);
+        let in_tokds_namespace = |program: &str, args: &[&str]| {
+            let mut command = tokio::process::Command::new("nsenter");
+            command
+                .args(["-t", &tokd, "--pid", "--", program])
+                .args(args)
+                .envs(env.iter().map(|(k, v)| (k, v)));
+            command
+        };
+        // The allowed program, from inside tokd's namespace, over the
+        // private socket: its pid there is small, and names some other
+        // process (a kernel thread) in the host's /proc.
+        let allowed = run(in_tokds_namespace(&caller, &["--private", "guarded"])).await;
+        assert_eq!(allowed.status, 0, "{allowed:?}\n{}", world.log());
+        assert!(world.emulator.access_token_is_valid(allowed.stdout.trim()));
+        let log = world.tokctl(&["log", "guarded"]).await;
+        assert!(log.stdout.contains(&caller), "{log:?}");
+        // Another program from there is refused, as from the host.
+        let other = run(in_tokds_namespace(
+            &crate::support::tokctl_bin().display().to_string(),
+            &["get", "guarded"],
+        ))
+        .await;
+        assert_ne!(other.status, 0, "{other:?}");
+        assert!(other.stdout.is_empty(), "{other:?}");
+    })
+    .await;
+}

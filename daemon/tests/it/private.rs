@@ -103,8 +103,14 @@ async fn without_a_live_socket_tokctl_falls_back_to_the_bus() {
         // time is up, and the call sent with the handshake is not answered
         // twice.
         std::fs::remove_file(&path).expect("remove the stale socket");
-        let _stuck = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let stuck = std::os::unix::net::UnixListener::bind(&path).expect("bind");
         assert_eq!(world.get("bot").await, token);
+        // The same listener with its queue full (a stopped tokd that many
+        // clients tried): connect itself would wait for ever.
+        let queued = fill_the_queue(&path);
+        assert!(!queued.is_empty());
+        assert_eq!(world.get("bot").await, token);
+        drop(stuck);
     })
     .await;
 }
@@ -128,4 +134,27 @@ async fn a_new_tokd_replaces_a_stale_socket_and_removes_its_own_when_it_stops() 
         assert!(!path.exists(), "a clean stop removes the socket");
     })
     .await;
+}
+
+/// Connects to `path` without waiting until its listener's queue is full;
+/// the connections, kept open.
+fn fill_the_queue(path: &std::path::Path) -> Vec<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    let address = UnixAddr::new(path).expect("address");
+    let mut queued = Vec::new();
+    loop {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &address) {
+            Ok(()) => queued.push(fd),
+            Err(nix::errno::Errno::EAGAIN) => return queued,
+            Err(error) => panic!("connect: {error}"),
+        }
+        assert!(queued.len() < 100_000, "the queue never filled");
+    }
 }
