@@ -52,6 +52,11 @@ struct Args {
     /// (`perf`, `strace`, `valgrind`) against the same tokd.
     #[arg(long)]
     hold: bool,
+    /// With --hold: a Secret Service (gnome-keyring) on the world's bus
+    /// first, so that tokd keeps its tokens in the keyring, as it does by
+    /// default on a desktop (`bench/order` profiles both stores).
+    #[arg(long, requires = "hold")]
+    keyring: bool,
     /// Set up the home of the installations section (config and state of
     /// 10,000 installations, a private bus, the emulator) without starting
     /// tokd, print its environment and wait: to run tokd by hand under a
@@ -254,7 +259,7 @@ async fn run(args: &Args) -> Fallible<Vec<String>> {
         wait_for_a_stop().await?;
         return Ok(Vec::new());
     }
-    let world = World::start(&bin).await?;
+    let world = World::start(&bin, args.keyring).await?;
     if args.hold {
         let mut exports = String::new();
         for (key, value) in world.env() {
@@ -433,6 +438,8 @@ struct World {
     tokd: Tokd,
     bare: std::process::Child,
     token_file: PathBuf,
+    /// The Secret Service, when the world has one (`--keyring`).
+    _keyring: Option<tokd_testkit::GnomeKeyring>,
 }
 
 impl Drop for World {
@@ -443,7 +450,7 @@ impl Drop for World {
 }
 
 impl World {
-    async fn start(bin: &Binaries) -> Fallible<Self> {
+    async fn start(bin: &Binaries, keyring: bool) -> Fallible<Self> {
         let emulator = Emulator::start(Behaviour {
             token_length: 1024,
             ..Behaviour::bitbucket_classic()
@@ -451,6 +458,10 @@ impl World {
         .await;
         emulator.register_client(CLIENT_ID, SECRET);
         let bus = PrivateBus::start();
+        let keyring = match keyring {
+            true => Some(tokd_testkit::GnomeKeyring::start(&bus).await),
+            false => None,
+        };
         let home = Home::new();
         let secret = home.write_secret("bench.secret", SECRET);
         home.write_config(&format!(
@@ -494,6 +505,7 @@ impl World {
             tokd,
             bare,
             token_file,
+            _keyring: keyring,
         };
         world.wait_for_bare().await?;
         Ok(world)
@@ -1452,7 +1464,7 @@ async fn memory_section(
     plan: &Plan,
     targets: &mut Vec<Target>,
 ) -> Fallible<String> {
-    let world = World::start(bin).await?;
+    let world = World::start(bin, false).await?;
     let pid = world.tokd.pid();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = Memory::of(pid)?;

@@ -531,7 +531,12 @@ for_each_store! {
                 "{out:?}"
             );
             assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
-            assert_eq!(world.status("b").await["state"], "valid", "b is untouched");
+            // b's tokens live 12 s, so its scheduled refresh may be under way.
+            let b = world.status("b").await;
+            assert!(
+                matches!(b["state"].as_str(), Some("valid" | "refreshing")),
+                "b is untouched: {b}"
+            );
 
             world.login("a").await;
             let fresh = token(&world, "a").await;
