@@ -44,12 +44,9 @@ pub(crate) fn get(command: &Command, deadline: &Deadline) -> Tried {
     // queue (a stopped tokd's, a squatter's) once the handshake's time is up.
     let deadline_at = deadline.at.into_std();
     let handshake_by = (Instant::now() + SOCKET_HANDSHAKE).min(deadline_at);
-    let mut stream = match connect(&path, handshake_by) {
-        Ok(stream) => stream,
-        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-            return Tried::Not { skip_socket: true };
-        }
-        Err(_) => return Tried::Not { skip_socket: false },
+    // Either way the zbus path would find the same socket: it is skipped.
+    let Ok(mut stream) = connect(&path, handshake_by) else {
+        return Tried::Not { skip_socket: true };
     };
     if !served_by_this_user(&stream, &path) {
         return Tried::Not { skip_socket: true };
